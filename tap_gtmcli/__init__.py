@@ -1,0 +1,1 @@
+"""Singer tap, mapper and target for GTMCLI, with a local GTMCLI-compatible sandbox."""

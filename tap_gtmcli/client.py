@@ -1,0 +1,168 @@
+"""A small GTMCLI HTTP client for the mapper and target: auth, timeouts and the shared
+retry policy around one `requests.Session`.
+
+The tap's streams use the SDK's request machinery with the same policy (`errors`,
+`retry`); this client serves the code that is not a stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import requests
+import urllib3.exceptions
+
+from tap_gtmcli.errors import GTMCLIRetriableError, decode_json, raise_for_response
+from tap_gtmcli.retry import TRANSIENT_EXCEPTIONS, RetryPolicy, parse_retry_after
+
+DEFAULT_API_URL = "https://api.gtmcli.com"
+USER_AGENT = "tap-gtmcli/0.1"
+
+logger = logging.getLogger("tap_gtmcli.client")
+
+
+class GTMCLIAmbiguousCreateError(Exception):
+    """A create call failed in a way that leaves open whether GTMCLI made the job."""
+
+    def __init__(self, message: str, started_at: float) -> None:
+        super().__init__(message)
+        self.started_at = started_at
+
+
+class GTMCLIRetriesExhaustedError(Exception):
+    """Every allowed attempt failed with a transient error."""
+
+
+def _never_reached_server(error: BaseException) -> bool:
+    """True when the request certainly did not reach GTMCLI (so a retry cannot double it)."""
+    if isinstance(error, requests.exceptions.ConnectTimeout):
+        return True
+    if isinstance(error, requests.exceptions.ConnectionError):
+        reason = error.args[0] if error.args else None
+        inner = getattr(reason, "reason", reason)
+        return isinstance(inner, urllib3.exceptions.NewConnectionError)
+    return False
+
+
+class GTMCLIClient:
+    """Requests to one GTMCLI base URL with one key."""
+
+    def __init__(
+        self,
+        *,
+        api_url: str,
+        api_key: str,
+        timeout: float = 60.0,
+        retry: RetryPolicy | None = None,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.session = session or requests.Session()
+        self.session.headers.update(
+            {"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT}
+        )
+        self._sleep = sleep
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self.session.close()
+
+    def _send_once(self, method: str, path: str, **kwargs: Any) -> dict:
+        response = self.session.request(
+            method, f"{self.api_url}{path}", timeout=self.timeout, **kwargs
+        )
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        raise_for_response(response, retry_after)
+        return decode_json(response)
+
+    def request_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        can_retry: Callable[[BaseException], bool] = lambda _error: True,
+        **kwargs: Any,
+    ) -> dict:
+        """Send a request, retrying transient failures that `can_retry` allows."""
+        for attempt in range(1, self.retry.max_tries + 1):
+            try:
+                return self._send_once(method, path, **kwargs)
+            except TRANSIENT_EXCEPTIONS as error:
+                if not can_retry(error):
+                    raise
+                if attempt == self.retry.max_tries:
+                    status = getattr(error, "status", None) or type(error).__name__
+                    msg = (
+                        f"{method} {path} failed after {attempt} attempts; "
+                        f"last error: {status}"
+                    )
+                    raise GTMCLIRetriesExhaustedError(msg) from error
+                wait = self.retry.wait_seconds(attempt, error)
+                logger.warning(
+                    "%s %s failed (%s); retry %d of %d in %.2f s",
+                    method, path, _short(error), attempt, self.retry.max_retries, wait,
+                )
+                self._sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def create_job(
+        self, job_type: str, items: list[dict[str, str]], webhook_url: str | None = None
+    ) -> dict:
+        """POST /v1/jobs once, retrying only failures that certainly created nothing.
+
+        Creation has no idempotency key, so a timeout or a 5xx after sending raises
+        `GTMCLIAmbiguousCreateError` for the caller to reconcile against the job list.
+        """
+        body: dict[str, Any] = {"type": job_type, "data": items}
+        if webhook_url:
+            body["webhook_url"] = webhook_url
+        started_at = time.time()
+
+        def certainly_not_created(error: BaseException) -> bool:
+            if isinstance(error, GTMCLIRetriableError) and error.status == 429:
+                return True
+            if _never_reached_server(error):
+                return True
+            raise GTMCLIAmbiguousCreateError(
+                f"POST /v1/jobs may or may not have created a job: {_short(error)}",
+                started_at,
+            ) from error
+
+        return self.request_json("POST", "/v1/jobs", json=body, can_retry=certainly_not_created)
+
+    def get_job(self, job_id: str) -> dict:
+        """GET /v1/jobs/{id}."""
+        return self.request_json("GET", f"/v1/jobs/{job_id}")
+
+    def list_jobs(self) -> Iterator[dict]:
+        """GET /v1/jobs, newest first, following pagination when the answer has it."""
+        page = 1
+        while True:
+            body = self.request_json("GET", "/v1/jobs", params={"page": page})
+            yield from body.get("jobs") or []
+            total_pages = body.get("total_pages")
+            if not isinstance(total_pages, int) or page >= total_pages:
+                return
+            page += 1
+
+    def get_results_page(self, job_id: str, page: int, per_page: int) -> dict:
+        """One page of GET /v1/jobs/{id}/results."""
+        return self.request_json(
+            "GET", f"/v1/jobs/{job_id}/results", params={"page": page, "per_page": per_page}
+        )
+
+
+def _short(error: BaseException) -> str:
+    """A one-line description of a transport or API error, without URLs or bodies."""
+    status = getattr(error, "status", None)
+    if isinstance(error, GTMCLIRetriableError):
+        return str(error)
+    if status:
+        return f"status {status}"
+    return type(error).__name__

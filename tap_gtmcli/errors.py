@@ -1,0 +1,125 @@
+"""How GTMCLI answers are classified: retriable or fatal, with a message fit for a log.
+
+Messages name the method, the path and the status, and the API's `error` code, never the
+body itself (it can hold personal data such as emails) and never the key.
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+from urllib.parse import urlparse
+from weakref import WeakKeyDictionary
+
+import requests
+from singer_sdk.exceptions import FatalAPIError, RetriableAPIError
+
+#: What a user should check for the statuses that retrying cannot fix.
+_HINTS: dict[int, str] = {
+    HTTPStatus.UNAUTHORIZED: "the API key was refused: check the `api_key` setting "
+    "(or GTMCLI_API_KEY)",
+    HTTPStatus.PAYMENT_REQUIRED: "not enough GTMCLI credits: top up the account, then rerun",
+    HTTPStatus.BAD_REQUEST: "GTMCLI rejected the request as malformed",
+    HTTPStatus.FORBIDDEN: "the API key is not allowed to do this",
+    HTTPStatus.NOT_FOUND: "not found",
+}
+
+
+class GTMCLIRetriableError(RetriableAPIError):
+    """A transient failure (429, 5xx, a body that is not the JSON we expect)."""
+
+    def __init__(
+        self,
+        message: str,
+        response: requests.Response | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, response)
+        self.retry_after = retry_after
+        self.status = response.status_code if response is not None else None
+
+
+class GTMCLIFatalError(FatalAPIError):
+    """A failure that retrying cannot fix (400, 401, 402, 403, other 4xx)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class GTMCLIAuthError(GTMCLIFatalError):
+    """401: the key is missing or wrong."""
+
+
+class GTMCLICreditsError(GTMCLIFatalError):
+    """402: the account has not enough credits."""
+
+
+class GTMCLIBadRequestError(GTMCLIFatalError):
+    """400: the request was malformed."""
+
+
+class GTMCLINotFoundError(GTMCLIFatalError):
+    """404: the job does not exist (any more)."""
+
+
+_FATAL_CLASSES: dict[int, type[GTMCLIFatalError]] = {
+    HTTPStatus.UNAUTHORIZED: GTMCLIAuthError,
+    HTTPStatus.PAYMENT_REQUIRED: GTMCLICreditsError,
+    HTTPStatus.BAD_REQUEST: GTMCLIBadRequestError,
+    HTTPStatus.NOT_FOUND: GTMCLINotFoundError,
+}
+
+
+def describe_request(response: requests.Response) -> str:
+    """`GET /v1/jobs/job_1/results` for a response, without host or query string."""
+    method = response.request.method if response.request is not None else "GET"
+    return f"{method} {urlparse(response.url).path}"
+
+
+def error_code(response: requests.Response) -> str:
+    """The API's `error` code, or a word saying why there is none."""
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        return "non-JSON body"
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return body["error"][:80]
+    return "no error code"
+
+
+def raise_for_response(response: requests.Response, retry_after: float | None = None) -> None:
+    """Raise the error class that fits a non-2xx answer; return quietly on 2xx."""
+    status = response.status_code
+    if status < HTTPStatus.BAD_REQUEST:
+        return
+    where = describe_request(response)
+    message = f"{where} answered {status} ({error_code(response)})"
+    if status == HTTPStatus.TOO_MANY_REQUESTS or status >= HTTPStatus.INTERNAL_SERVER_ERROR:
+        raise GTMCLIRetriableError(message, response, retry_after)
+    hint = _HINTS.get(status)
+    error_class = _FATAL_CLASSES.get(status, GTMCLIFatalError)
+    raise error_class(f"{message}: {hint}" if hint else message, status)
+
+
+_decoded_bodies: WeakKeyDictionary[requests.Response, dict] = WeakKeyDictionary()
+
+
+def decode_json(response: requests.Response) -> dict:
+    """The JSON object of a 2xx answer; a truncated or non-JSON body is retriable.
+
+    Decoded once per response: validation, paging and parsing all read the same dict.
+    """
+    if response in _decoded_bodies:
+        return _decoded_bodies[response]
+    try:
+        body = json.loads(response.content)
+    except ValueError as exc:
+        where = describe_request(response)
+        msg = f"{where} answered {response.status_code} with a body that is not valid JSON"
+        raise GTMCLIRetriableError(msg, response) from exc
+    if not isinstance(body, dict):
+        msg = f"{describe_request(response)} answered with JSON that is not an object"
+        raise GTMCLIRetriableError(msg, response)
+    _decoded_bodies[response] = body
+    return body

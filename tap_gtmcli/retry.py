@@ -1,0 +1,78 @@
+"""When to try a request again: `Retry-After` exactly when the API gives it, else
+exponential backoff with full jitter.
+
+Shared by the tap (through the SDK's backoff decorator) and the mapper's client.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+import requests
+
+from tap_gtmcli.errors import GTMCLIRetriableError
+
+#: The transport failures worth another try (the API may never have seen the request,
+#: or its answer was lost on the way).
+TRANSIENT_EXCEPTIONS: tuple[type[BaseException], ...] = (
+    GTMCLIRetriableError,
+    ConnectionResetError,
+    requests.exceptions.Timeout,
+    requests.exceptions.ConnectionError,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a `Retry-After` header: delta-seconds or an HTTP date."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    try:
+        moment = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, moment.timestamp() - current)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How many times to retry, and how long to wait between tries."""
+
+    max_retries: int = 5
+    base_seconds: float = 1.0
+    max_seconds: float = 60.0
+
+    @property
+    def max_tries(self) -> int:
+        """Total attempts: the first one plus the retries."""
+        return self.max_retries + 1
+
+    def wait_seconds(self, retry_number: int, error: BaseException | None) -> float:
+        """The wait before retry `retry_number` (1-based) after `error`."""
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None:
+            return float(retry_after)
+        ceiling = min(self.max_seconds, self.base_seconds * 2 ** (retry_number - 1))
+        # Full jitter: spreads the retries of many workers instead of synchronising them.
+        return random.uniform(0, ceiling)
+
+    def wait_generator(self) -> Generator[float, BaseException | None, None]:
+        """A generator in the protocol of `backoff`: primed with None, then sent errors."""
+        error = yield 0.0
+        retry_number = 0
+        while True:
+            retry_number += 1
+            error = yield self.wait_seconds(retry_number, error)

@@ -1,0 +1,76 @@
+"""Settings of one sandbox server, fixed when it starts."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+DEFAULT_API_KEY = "sandbox-key"
+DEFAULT_PORT = 8765
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+CREATE_STATUSES = (200, 201, 202)
+RETRY_AFTER_FORMATS = ("seconds", "http-date", "none")
+TIER_NAMES = ("free", "starter", "growth", "scale")
+
+
+@dataclass
+class SandboxConfig:
+    """Everything a sandbox needs to know; the defaults model a fast, fault-free GTMCLI."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    api_key: str = DEFAULT_API_KEY
+    # None keeps jobs in memory; a path keeps them in a SQLite file that outlives the process.
+    db_path: str | None = None
+    credits: float = 1_000_000.0
+    start_delay: float = 1.0
+    # Items per second; 0 or inf completes a job the moment its start delay ends.
+    processing_rate: float = 2000.0
+    fail_job_share: float = 0.0
+    create_status: int = 201
+    # 0 serves the documented unpaginated list; above 0 the list is paginated.
+    list_page_size: int = 0
+    tier: str | None = None
+    retry_after_format: str = "seconds"
+    error_share: float = 0.0
+    drop_share: float = 0.0
+    truncate_share: float = 0.0
+    latency_ms: float = 0.0
+    fault_seed: int = 0
+    webhook_timeout: float = 10.0
+    webhook_backoff: float = 1.0
+    webhook_retries: int = 3
+
+    def __post_init__(self) -> None:
+        if self.host not in LOOPBACK_HOSTS:
+            # The sandbox accepts any payload and holds fake keys: never expose it beyond loopback.
+            raise ValueError(f"host must be one of {LOOPBACK_HOSTS}, not {self.host!r}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be between 0 and 65535, not {self.port}")
+        if not self.api_key:
+            raise ValueError("api_key must not be empty")
+        if self.create_status not in CREATE_STATUSES:
+            raise ValueError(f"create_status must be one of {CREATE_STATUSES}")
+        if self.retry_after_format not in RETRY_AFTER_FORMATS:
+            raise ValueError(f"retry_after_format must be one of {RETRY_AFTER_FORMATS}")
+        if self.tier is not None and self.tier not in TIER_NAMES:
+            raise ValueError(f"tier must be one of {TIER_NAMES} or None")
+        for name in ("fail_job_share", "error_share", "drop_share", "truncate_share"):
+            share = getattr(self, name)
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, not {share}")
+        if self.error_share + self.drop_share + self.truncate_share > 1.0:
+            raise ValueError("error_share + drop_share + truncate_share must not exceed 1")
+        if self.start_delay < 0 or self.processing_rate < 0 or math.isnan(self.processing_rate):
+            raise ValueError("start_delay and processing_rate must be 0 or more")
+        if self.list_page_size < 0 or self.list_page_size > 1000:
+            raise ValueError("list_page_size must be between 0 and 1000")
+        if self.credits < 0 or self.latency_ms < 0:
+            raise ValueError("credits and latency_ms must be 0 or more")
+        if self.webhook_timeout <= 0 or self.webhook_backoff < 0 or self.webhook_retries < 0:
+            raise ValueError("webhook_timeout must be positive, backoff and retries 0 or more")
+
+    @property
+    def bind_host(self) -> str:
+        """The address actually bound: always the IPv4 loopback."""
+        return "127.0.0.1"

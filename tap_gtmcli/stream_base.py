@@ -1,0 +1,131 @@
+"""The one place that holds GTMCLI's API policy for the tap's streams: base URL, auth,
+timeouts, error classes, retries and what to do with fields we do not know yet."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Generator, Iterable
+from functools import cached_property
+from importlib import resources
+from typing import Any
+
+import requests
+from singer_sdk import RESTStream
+from singer_sdk.authenticators import BearerTokenAuthenticator
+from singer_sdk.helpers.types import Context, Record
+from singer_sdk import SchemaDirectory, StreamSchema
+from typing_extensions import override
+
+from tap_gtmcli import schemas
+from tap_gtmcli.client import DEFAULT_API_URL, USER_AGENT
+from tap_gtmcli.errors import decode_json, raise_for_response
+from tap_gtmcli.pagination import TotalPagesPaginator
+from tap_gtmcli.retry import RetryPolicy, parse_retry_after
+
+SCHEMAS = SchemaDirectory(resources.files(schemas))
+EXTRA_FIELDS = "additional_fields"
+
+
+class GTMCLIStream(RESTStream[int]):
+    """Base for GTMCLI streams: every request goes through this policy."""
+
+    schema = StreamSchema(SCHEMAS)
+    records_key: str = ""
+
+    @override
+    @property
+    def url_base(self) -> str:
+        return str(self.config.get("api_url") or DEFAULT_API_URL).rstrip("/")
+
+    @override
+    @property
+    def authenticator(self) -> BearerTokenAuthenticator:
+        return BearerTokenAuthenticator(token=self.config["api_key"])
+
+    @override
+    @property
+    def http_headers(self) -> dict[str, str]:
+        return {"User-Agent": USER_AGENT}
+
+    @override
+    @property
+    def timeout(self) -> int:
+        return int(self.config.get("request_timeout", 60))
+
+    @cached_property
+    def retry_policy(self) -> RetryPolicy:
+        """Retries from the `max_retries` setting."""
+        return RetryPolicy(max_retries=int(self.config.get("max_retries", 5)))
+
+    @override
+    def backoff_wait_generator(self) -> Generator[float, Any, None]:  # type: ignore[override]
+        # Retry-After is honoured exactly; otherwise exponential backoff with full jitter.
+        return self.retry_policy.wait_generator()
+
+    @override
+    def backoff_jitter(self, value: float) -> float:
+        return value  # the policy has already jittered what needs jitter
+
+    @override
+    def backoff_max_tries(self) -> int:
+        return self.retry_policy.max_tries
+
+    @override
+    def backoff_handler(self, details: Any) -> None:
+        error = details.get("exception")
+        self.log(
+            "Retry %d of %d for %s in %.2f s after %s",
+            details.get("tries"),
+            self.retry_policy.max_retries,
+            self.path,
+            details.get("wait") or 0.0,
+            error if isinstance(error, Exception) and "answered" in str(error)
+            else type(error).__name__,
+            level=logging.WARNING,
+        )
+
+    @override
+    def validate_response(self, response: requests.Response) -> None:
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        raise_for_response(response, retry_after)
+        decode_json(response)  # a truncated body is retried, not parsed
+
+    @override
+    def get_new_paginator(self) -> TotalPagesPaginator:
+        return TotalPagesPaginator()
+
+    @override
+    def parse_response(self, response: requests.Response) -> Iterable[dict]:
+        rows = decode_json(response).get(self.records_key) or []
+        return [row for row in rows if isinstance(row, dict)]
+
+    @cached_property
+    def _known_fields(self) -> frozenset[str]:
+        return frozenset(self.schema["properties"])
+
+    def fold_unknown_fields(self, record: Record) -> Record:
+        """Move fields the schema does not know into `additional_fields`, saying so once."""
+        unknown = [key for key in record if key not in self._known_fields]
+        if not unknown:
+            return record
+        extras = {key: record.pop(key) for key in unknown}
+        new_names = sorted(set(unknown) - self._reported_unknown)
+        if new_names:
+            self._reported_unknown.update(new_names)
+            self.logger.warning(
+                "GTMCLI returned fields this tap does not know yet on '%s': %s; "
+                "they are kept in '%s'",
+                self.name,
+                ", ".join(new_names),
+                EXTRA_FIELDS,
+            )
+        record[EXTRA_FIELDS] = extras
+        return record
+
+    @cached_property
+    def _reported_unknown(self) -> set[str]:
+        return set()
+
+    @override
+    def post_process(self, row: Record, context: Context | None = None) -> Record | None:
+        return self.fold_unknown_fields(row)

@@ -1,0 +1,175 @@
+"""The tap's streams: `jobs` (incremental by job state) and its child `job_results`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from functools import cached_property
+from typing import Any
+
+import requests
+from singer_sdk.helpers.types import Context, Record
+from typing_extensions import override
+
+from tap_gtmcli.errors import GTMCLINotFoundError, decode_json
+from tap_gtmcli.job_bookmarks import JobBookmarks, parse_timestamp
+from tap_gtmcli.pagination import TotalPagesPaginator
+from tap_gtmcli.stream_base import GTMCLIStream
+
+MAX_RESULTS_PER_PAGE = 1000
+PROGRESS_LOG_SECONDS = 5.0
+
+
+class JobsStream(GTMCLIStream):
+    """GET /v1/jobs: every job once, then again each time its status changes."""
+
+    name = "jobs"
+    path = "/v1/jobs"
+    primary_keys = ("id",)
+    replication_key = "created_at"
+    is_sorted = False
+    records_key = "jobs"
+
+    @override
+    def get_url_params(self, context: Context | None, next_page_token: int | None) -> dict:
+        # The documented list takes no parameters; ask for page 2+ only when paged.
+        return {"page": next_page_token} if next_page_token and next_page_token > 1 else {}
+
+    @cached_property
+    def bookmarks(self) -> JobBookmarks:
+        """This run's view of the job list, backed by the stream's state."""
+        job_types = self.config.get("job_types")
+        return JobBookmarks(
+            state=self.stream_state,
+            start_date=parse_timestamp(self.config.get("start_date")),
+            job_types=frozenset(job_types) if job_types else None,
+        )
+
+    @override
+    def get_records(self, context: Context | None) -> Iterable[dict[str, Any]]:
+        bookmarks = self.bookmarks
+        # Breaking out of the listing stops paging: older jobs cannot have changed.
+        bookmarks.observe_all(self.request_records(context))
+        for job_id in bookmarks.vanished_open_jobs():
+            self.logger.warning("Job %s is no longer listed by GTMCLI; forgetting it", job_id)
+            bookmarks.forget(job_id)
+        to_emit = bookmarks.jobs_to_emit()
+        self.logger.info("%d new or changed jobs to emit", len(to_emit))
+        for job in to_emit:
+            yield job
+            # Reached only after the SDK has synced this job's results.
+            bookmarks.settle(job)
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        # The SDK writes STATE only every 10,000 records; after each settled job is
+        # what makes a killed run resume without redoing finished jobs.
+        self.state_manager.is_flushed = False
+        self._write_state_message()
+
+    @override
+    def get_child_context(self, record: Record, context: Context | None) -> Context | None:
+        if record.get("status") != "completed":
+            return None  # results are read only once, when the job is complete
+        return {"job_id": record["id"], "job_type": record.get("type")}
+
+    @override
+    def _sync_children(self, child_context: Context | None) -> None:
+        # The SDK logs a warning for every job without results to read; pending and
+        # failed jobs are expected to have none.
+        if child_context is not None:
+            super()._sync_children(child_context)
+
+
+class JobResultsStream(GTMCLIStream):
+    """GET /v1/jobs/{job_id}/results: the rows of each job that completed since last run."""
+
+    name = "job_results"
+    path = "/v1/jobs/{job_id}/results"
+    primary_keys = ("job_id", "row_number")
+    parent_stream_type = JobsStream
+    state_partitioning_keys = ()
+    records_key = "results"
+
+    @cached_property
+    def per_page(self) -> int:
+        """Rows asked for per request."""
+        return min(int(self.config.get("results_per_page", MAX_RESULTS_PER_PAGE)),
+                   MAX_RESULTS_PER_PAGE)
+
+    @override
+    def get_url_params(self, context: Context | None, next_page_token: int | None) -> dict:
+        return {"page": next_page_token or 1, "per_page": self.per_page}
+
+    @override
+    def get_records(self, context: Context | None) -> Iterable[dict[str, Any]]:
+        assert context is not None  # a child stream always has its job  # noqa: S101
+        self._progress = _Progress(str(context["job_id"]), self.logger)
+        try:
+            yield from super().get_records(context)
+        except GTMCLINotFoundError:
+            self.logger.warning(
+                "Job %s vanished (404) before its results were read; skipping it",
+                context["job_id"],
+            )
+            return
+        self._progress.finish()
+
+    @override
+    def get_new_paginator(self) -> TotalPagesPaginator:
+        self._paginator = TotalPagesPaginator()
+        return self._paginator
+
+    @override
+    def parse_response(self, response: requests.Response) -> Iterable[dict]:
+        body = decode_json(response)
+        rows = [row for row in body.get("results") or [] if isinstance(row, dict)]
+        page = body.get("page") if isinstance(body.get("page"), int) else self._paginator.current_value
+        per_page = body.get("per_page") if isinstance(body.get("per_page"), int) else self.per_page
+        first_row = (page - 1) * per_page + 1
+        for offset, row in enumerate(rows):
+            row["row_number"] = first_row + offset
+        total_pages = body.get("total_pages")
+        self._progress.page_done(page, total_pages if isinstance(total_pages, int) else None,
+                                 len(rows))
+        return rows
+
+    @override
+    def post_process(self, row: Record, context: Context | None = None) -> Record | None:
+        assert context is not None  # noqa: S101
+        row["job_id"] = context["job_id"]
+        row["job_type"] = context.get("job_type")
+        return self.fold_unknown_fields(row)
+
+
+class _Progress:
+    """Logs pages done of total and rows per second for one job, every few seconds."""
+
+    def __init__(self, job_id: str, logger: logging.Logger) -> None:
+        self.job_id = job_id
+        self.logger = logger
+        self.started = self.last_logged = time.monotonic()
+        self.rows = 0
+        self.pages = 0
+        self.total_pages: int | None = None
+
+    def page_done(self, page: int, total_pages: int | None, rows: int) -> None:
+        self.rows += rows
+        self.pages = page
+        self.total_pages = total_pages
+        now = time.monotonic()
+        if now - self.last_logged >= PROGRESS_LOG_SECONDS:
+            self.last_logged = now
+            self._log("progress")
+
+    def finish(self) -> None:
+        self._log("done")
+
+    def _log(self, what: str) -> None:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        self.logger.info(
+            "Job %s results %s: page %d of %s, %d rows, %.0f rows/s",
+            self.job_id, what, self.pages, self.total_pages or "?", self.rows,
+            self.rows / elapsed,
+        )
