@@ -7,6 +7,7 @@ answers the item at position k; validate rows are checked by email on the way in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -17,9 +18,8 @@ from typing import Any
 
 from singer_sdk.contrib.msgspec import decoder, encoder
 
-from tap_gtmcli.client import GTMCLIClient
+from tap_gtmcli.client import GTMCLIClient, GTMCLIRetriesExhaustedError
 from tap_gtmcli.errors import GTMCLIFatalError, GTMCLIRetriableError
-from tap_gtmcli.client import GTMCLIRetriesExhaustedError
 
 RESULTS_PER_PAGE = 1000
 MAX_POLL_SECONDS = 60.0
@@ -77,7 +77,9 @@ class RecordSpool:
     """Records waiting for their batch's results, in a temporary SQLite file."""
 
     def __init__(self, directory: str | None = None) -> None:
-        handle, self.path = tempfile.mkstemp(prefix="gtmcli-spool-", suffix=".sqlite", dir=directory)
+        handle, self.path = tempfile.mkstemp(
+            prefix="gtmcli-spool-", suffix=".sqlite", dir=directory
+        )
         os.close(handle)
         # The spool is scratch space: durability would only slow it down.
         self._db = sqlite3.connect(self.path, isolation_level=None)
@@ -137,10 +139,8 @@ class RecordSpool:
     def close(self) -> None:
         """Delete the spool file."""
         self._db.close()
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-        except FileNotFoundError:
-            pass
 
 
 class JobWaiter:
@@ -200,17 +200,18 @@ class JobWaiter:
             rows = body.get("results")
             if not isinstance(rows, list) or not rows:
                 break
-            for row in rows:
+            for raw_row in rows:
                 if position >= item_count:
                     break
-                if not isinstance(row, dict):
-                    row = {}
+                row = raw_row if isinstance(raw_row, dict) else {}
                 if emails is not None:
                     answered = row.get("email")
-                    if not isinstance(answered, str) or answered.strip().lower() != emails[position]:
+                    expected = emails[position]
+                    if not isinstance(answered, str) or answered.strip().lower() != expected:
+                        # The emails themselves stay out of the message: they are personal data.
                         msg = (
-                            f"GTMCLI job {job_id} result row {position + 1} answers "
-                            f"{answered!r}, not the submitted item {position + 1}"
+                            f"GTMCLI job {job_id} result row {position + 1} answers a "
+                            f"different email than submitted item {position + 1}"
                         )
                         raise EnrichmentFailedError(msg)
                 yield position, enrichment_fields(row, job_id)

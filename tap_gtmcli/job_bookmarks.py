@@ -112,7 +112,9 @@ class JobBookmarks:
                 tzinfo=timezone.utc
             )
 
-        return sorted(self._candidates.values(), key=order)
+        # The list is newest first; reversing it before a stable sort keeps jobs created
+        # in the same second in creation order.
+        return sorted(reversed(self._candidates.values()), key=order)
 
     def vanished_open_jobs(self) -> list[str]:
         """Open jobs the list no longer shows (deleted on GTMCLI's side)."""

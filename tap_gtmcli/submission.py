@@ -90,8 +90,8 @@ class JobSubmitter:
             try:
                 job = self.client.create_job(batch.job_type, payloads, self.webhook_url)
             except GTMCLIAmbiguousCreateError as error:
-                job = self._find_created_job(batch.job_type, len(payloads), error.started_at)
-                if job is None:
+                adopted = self._find_created_job(batch.job_type, len(payloads), error.started_at)
+                if adopted is None:
                     logger.warning(
                         "%s; no matching job in GET /v1/jobs, so resubmitting the %s "
                         "(attempt %d of %d)",
@@ -101,8 +101,9 @@ class JobSubmitter:
                 logger.warning(
                     "%s; adopted job %s (same type and item count, created since the "
                     "call) instead of resubmitting the %s",
-                    error, job["id"], where,
+                    error, adopted.get("id"), where,
                 )
+                job = adopted
             except (GTMCLIFatalError, GTMCLIRetriesExhaustedError, GTMCLIRetriableError) as error:
                 msg = f"Submitting the {where} failed: {error}"
                 raise SubmissionFailedError(msg) from error

@@ -229,6 +229,11 @@ class SubmitSettings:
             webhook_url=config.get("webhook_url") or None,
             mode=mode,
             max_retries=max_retries,
-            **fields,
-            **numbers,  # type: ignore[arg-type]
+            email_field=fields["email_field"],
+            first_name_field=fields["first_name_field"],
+            last_name_field=fields["last_name_field"],
+            domain_field=fields["domain_field"],
+            poll_interval=numbers["poll_interval"],
+            max_wait=numbers["max_wait"],
+            request_timeout=numbers["request_timeout"],
         )

@@ -1,0 +1,122 @@
+"""`mapper-gtmcli`: submits the records of a Singer stream to GTMCLI as async jobs.
+
+Every message passes through in order (enrich mode holds acted-on records back until
+their job's results are attached); STATE waits until the records before it are
+submitted, so a rerun after a failure resubmits exactly what was not confirmed.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from typing import IO, Any, ClassVar
+
+from singer_sdk import InlineMapper
+from singer_sdk.helpers.capabilities import PluginCapabilities
+from singer_sdk.singerlib import Message
+
+from tap_gtmcli.client import GTMCLIClient
+from tap_gtmcli.enrich import EnrichmentFailedError
+from tap_gtmcli.retry import RetryPolicy
+from tap_gtmcli.singer_io import BufferedMsgSpecWriter, MsgSpecReader
+from tap_gtmcli.submission import SubmissionFailedError
+from tap_gtmcli.submit_settings import SUBMIT_SETTINGS, SubmitSettings
+from tap_gtmcli.submitter import GTMCLISubmitter
+
+#: The failures that end a run with a message instead of a traceback.
+RUN_STOPPING_ERRORS = (SubmissionFailedError, EnrichmentFailedError)
+
+
+def build_client(settings: SubmitSettings) -> GTMCLIClient:
+    """The GTMCLI client for these settings, with the shared retry policy."""
+    return GTMCLIClient(
+        api_url=settings.api_url,
+        api_key=settings.api_key,
+        timeout=settings.request_timeout,
+        retry=RetryPolicy(max_retries=settings.max_retries),
+    )
+
+
+class GTMCLIMapper(InlineMapper):
+    """Submits records to GTMCLI and passes the stream through."""
+
+    name = "mapper-gtmcli"
+    config_jsonschema = SUBMIT_SETTINGS.to_dict()
+    capabilities: ClassVar[list[Any]] = [
+        PluginCapabilities.ABOUT,
+        PluginCapabilities.STRUCTURED_LOGGING,
+    ]
+    message_reader_class = MsgSpecReader
+    message_writer_class = BufferedMsgSpecWriter
+
+    def __init__(
+        self,
+        *,
+        config: dict | None = None,
+        parse_env_config: bool = False,
+        validate_config: bool = True,
+        output: IO[bytes] | None = None,
+        client: GTMCLIClient | None = None,
+    ) -> None:
+        """Build the submitter once from config; `output` and `client` are for tests."""
+        self.output_writer = BufferedMsgSpecWriter(output)
+        super().__init__(
+            config=config,
+            parse_env_config=parse_env_config,
+            validate_config=validate_config,
+            message_writer=self.output_writer,
+        )
+        self.settings = SubmitSettings.from_config(self.config)
+        self.client = client or build_client(self.settings)
+        self.submitter = GTMCLISubmitter(settings=self.settings, client=self.client)
+
+    def map_schema_message(self, message_dict: dict) -> Iterable[Message]:
+        """Pass the SCHEMA on (extended with `gtmcli_*` fields in enrich mode)."""
+        return self.submitter.schema(message_dict)
+
+    def map_record_message(self, message_dict: dict) -> Iterable[Message]:
+        """Pass the record on and batch it for GTMCLI."""
+        return self.submitter.record(message_dict)
+
+    def map_state_message(self, message_dict: dict) -> Iterable[Message]:
+        """Hold the STATE until the records before it are submitted."""
+        return self.submitter.state(message_dict)
+
+    def map_activate_version_message(self, message_dict: dict) -> Iterable[Message]:
+        """Pass ACTIVATE_VERSION on."""
+        return self.submitter.activate_version(message_dict)
+
+    def map_batch_message(self, message_dict: dict) -> Iterable[Message]:
+        """Pass BATCH manifests on: their records are not in the stream to submit."""
+        self.logger.warning("Passing a BATCH message on without submitting its records")
+        return self.submitter.passthrough(message_dict)
+
+    def _write_messages(self, messages: Iterable[Message]) -> None:
+        # Overridden so that a failed submission still delivers the passthrough written
+        # so far and removes the spool; the held STATE was never written, by design.
+        try:
+            for message in messages:
+                self.write_message(message)
+        except RUN_STOPPING_ERRORS:
+            self.close()
+            raise
+
+    def process_endofpipe(self) -> None:
+        """Submit what is left, release the last STATE, and clean up."""
+        self._write_messages(self.submitter.finish())
+        self.close()
+
+    def close(self) -> None:
+        """Flush the output and release the spool and the connection pool."""
+        self.output_writer.flush()
+        self.submitter.close()
+        self.client.close()
+
+    @classmethod
+    def invoke(cls, **kwargs: Any) -> None:
+        """Run as a CLI; a failed submission ends the run with its message, exit code 1."""
+        try:
+            super().invoke(**kwargs)
+        except RUN_STOPPING_ERRORS as error:
+            cls.logger.error("%s", error)
+            sys.exit(1)

@@ -1,0 +1,239 @@
+"""The submitter core shared by `mapper-gtmcli` and `target-gtmcli`.
+
+It takes Singer messages one at a time and returns the messages to emit: passthrough,
+the `gtmcli_submissions` ledger, the `gtmcli_rejected` stream, enriched records (enrich
+mode) and STATE, which is held until every record read before it has been submitted.
+The mapper writes everything it returns; the target writes only the STATE.
+
+Returned iterables may be lazy and submit jobs as they are consumed: consume each one
+fully, in order, before passing the next message.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from itertools import chain
+
+from singer_sdk.contrib.msgspec import encoder
+
+from tap_gtmcli.batches import Batch, OpenBatches
+from tap_gtmcli.client import GTMCLIClient
+from tap_gtmcli.enrich import NO_ENRICHMENT, JobWaiter, RecordSpool, extend_schema
+from tap_gtmcli.items import ItemExtractor
+from tap_gtmcli.singer_io import RawMessage
+from tap_gtmcli.state_gate import StateGate
+from tap_gtmcli.submission import JobSubmitter, SubmittedJob, utc_now_iso
+from tap_gtmcli.submit_settings import SubmitSettings
+
+LEDGER_STREAM = "gtmcli_submissions"
+REJECTED_STREAM = "gtmcli_rejected"
+
+LEDGER_SCHEMA: dict = {
+    "type": "SCHEMA",
+    "stream": LEDGER_STREAM,
+    "key_properties": ["job_id"],
+    "schema": {
+        "type": "object",
+        "properties": {
+            "job_id": {"type": "string"},
+            "job_type": {"type": "string"},
+            "item_count": {"type": "integer"},
+            "source_stream": {"type": "string"},
+            "batch_sha256": {"type": "string"},
+            "submitted_at": {"type": "string", "format": "date-time"},
+        },
+        "required": ["job_id", "job_type", "item_count", "source_stream", "batch_sha256"],
+    },
+}
+REJECTED_SCHEMA: dict = {
+    "type": "SCHEMA",
+    "stream": REJECTED_STREAM,
+    "key_properties": [],
+    "schema": {
+        "type": "object",
+        "properties": {
+            "source_stream": {"type": ["string", "null"]},
+            "reason": {"type": "string"},
+            "record": {"type": "string"},
+            "rejected_at": {"type": "string", "format": "date-time"},
+        },
+    },
+}
+
+logger = logging.getLogger("tap_gtmcli.submitter")
+
+Messages = Iterable[RawMessage]
+
+
+class GTMCLISubmitter:
+    """Batches acted-on records into GTMCLI jobs and decides what goes downstream."""
+
+    def __init__(
+        self,
+        *,
+        settings: SubmitSettings,
+        client: GTMCLIClient,
+        spool_directory: str | None = None,
+    ) -> None:
+        self.stream_patterns = settings.streams
+        self.enriching = settings.mode == "enrich"
+        self.extractor = ItemExtractor(settings=settings)
+        self.batches = OpenBatches(batch_size=settings.batch_size)
+        self.jobs = JobSubmitter(
+            client=client,
+            webhook_url=settings.webhook_url,
+            max_resubmissions=settings.max_retries,
+        )
+        self.gate = StateGate()
+        self.waiter = JobWaiter(
+            client=client, poll_interval=settings.poll_interval, max_wait=settings.max_wait
+        )
+        self.spool = RecordSpool(spool_directory) if self.enriching else None
+        self.submitted: list[SubmittedJob] = []
+        self.rejections: Counter[str] = Counter()
+        self._acts_on_stream: dict[object, bool] = {}
+        self._announced: set[str] = set()
+        self._seq = 0
+
+    # One method per Singer message type.
+
+    def schema(self, message: dict) -> Messages:
+        """Pass a SCHEMA on; in enrich mode extend it, after flushing the stream's batches."""
+        self._seq += 1
+        stream = message.get("stream")
+        if not self.enriching or not self._acts_on(stream):
+            return (RawMessage(message),)
+        # Records waiting under the old schema must go out before the new one.
+        flushed = self._flush(self.batches.of_stream(str(stream)))
+        extended = {**message, "schema": extend_schema(message.get("schema"))}
+        return chain(flushed, (RawMessage(extended),))
+
+    def record(self, message: dict) -> Messages:
+        """Batch an acted-on record (or reject it); pass the others on."""
+        self._seq += 1
+        stream = message.get("stream")
+        if not self._acts_on(stream):
+            return (RawMessage(message),)
+        item = self.extractor.extract(message.get("record"))
+        if isinstance(item, str):
+            return self._reject(str(stream), message, item)
+        batch, position = self.batches.add(str(stream), item.job_type, item.key, self._seq)
+        passed: Messages
+        if self.spool is not None:
+            self.spool.add(self._seq, batch.number, position, message)
+            passed = ()
+        else:
+            passed = (RawMessage(message),)
+        if self.batches.is_full(batch):
+            return chain(passed, self._flush([batch]))
+        return passed
+
+    def state(self, message: dict) -> Messages:
+        """Pass a STATE on when nothing is pending, else hold it."""
+        self._seq += 1
+        if self.batches.oldest_seq() is None:
+            return (RawMessage(message),)
+        self.gate.hold(self._seq, message, self.batches.newest_seq())
+        return ()
+
+    def activate_version(self, message: dict) -> Messages:
+        """Pass an ACTIVATE_VERSION on; in enrich mode after the stream's waiting records."""
+        self._seq += 1
+        stream = message.get("stream")
+        if not self.enriching or not self._acts_on(stream):
+            return (RawMessage(message),)
+        return chain(self._flush(self.batches.of_stream(str(stream))), (RawMessage(message),))
+
+    def passthrough(self, message: dict) -> Messages:
+        """Pass any other message on unchanged."""
+        self._seq += 1
+        return (RawMessage(message),)
+
+    def finish(self) -> Messages:
+        """Submit every open batch, then release the last STATE."""
+        yield from self._flush(self.batches.all())
+        released = self.gate.release(None)
+        if released is not None:
+            yield RawMessage(released)
+        if self.rejections:
+            logger.warning(
+                "Rejected %d records (not sent to GTMCLI, see stream %s): %s",
+                sum(self.rejections.values()),
+                REJECTED_STREAM,
+                "; ".join(f"{reason}: {count}" for reason, count in self.rejections.most_common()),
+            )
+        logger.info(
+            "Submitted %d GTMCLI jobs (%d items)",
+            len(self.submitted),
+            sum(job.item_count for job in self.submitted),
+        )
+
+    def close(self) -> None:
+        """Remove the spool file, if any."""
+        if self.spool is not None:
+            self.spool.close()
+
+    # Internals.
+
+    def _acts_on(self, stream: object) -> bool:
+        acts = self._acts_on_stream.get(stream)
+        if acts is None:
+            acts = isinstance(stream, str) and any(
+                fnmatch.fnmatchcase(stream, pattern) for pattern in self.stream_patterns
+            )
+            self._acts_on_stream[stream] = acts
+        return acts
+
+    def _announce(self, schema: dict) -> Messages:
+        """A stream's SCHEMA the first time one of its records is emitted."""
+        if schema["stream"] in self._announced:
+            return ()
+        self._announced.add(schema["stream"])
+        return (RawMessage(schema),)
+
+    def _reject(self, stream: str, message: dict, reason: str) -> Messages:
+        self.rejections[reason] += 1
+        record = message.get("record")
+        if self.enriching and isinstance(record, dict):
+            passed = RawMessage({**message, "record": {**record, **NO_ENRICHMENT}})
+        else:
+            passed = RawMessage(message)
+        rejected = {
+            "type": "RECORD",
+            "stream": REJECTED_STREAM,
+            "record": {
+                "source_stream": stream,
+                "reason": reason,
+                "record": encoder.encode(record).decode(),
+                "rejected_at": utc_now_iso(),
+            },
+        }
+        return (passed, *self._announce(REJECTED_SCHEMA), RawMessage(rejected))
+
+    def _flush(self, batches: list[Batch]) -> Iterator[RawMessage]:
+        """Submit batches (and in enrich mode emit their records), releasing STATE after each."""
+        for batch in batches:
+            self.batches.close(batch)
+            job = self.jobs.submit(batch)
+            self.submitted.append(job)
+            yield from self._announce(LEDGER_SCHEMA)
+            ledger = {"type": "RECORD", "stream": LEDGER_STREAM, "record": job.ledger_record()}
+            yield RawMessage(ledger)
+            if self.spool is not None:
+                yield from self._enriched_records(batch, job)
+            released = self.gate.release(self.batches.oldest_seq())
+            if released is not None:
+                yield RawMessage(released)
+
+    def _enriched_records(self, batch: Batch, job: SubmittedJob) -> Iterator[RawMessage]:
+        assert self.spool is not None
+        self.waiter.wait(job.job_id)
+        emails = list(batch.positions) if batch.job_type == "validate" else None
+        rows = self.waiter.result_rows(job.job_id, job.job_type, emails, len(batch))  # type: ignore[arg-type]
+        self.spool.add_results(batch.number, rows)
+        del emails
+        for message in self.spool.enriched(batch.number):
+            yield RawMessage(message)
