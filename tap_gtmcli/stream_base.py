@@ -10,10 +10,9 @@ from importlib import resources
 from typing import Any
 
 import requests
-from singer_sdk import RESTStream
+from singer_sdk import RESTStream, SchemaDirectory, StreamSchema
 from singer_sdk.authenticators import BearerTokenAuthenticator
 from singer_sdk.helpers.types import Context, Record
-from singer_sdk import SchemaDirectory, StreamSchema
 from typing_extensions import override
 
 from tap_gtmcli import schemas
@@ -58,7 +57,7 @@ class GTMCLIStream(RESTStream[int]):
         return RetryPolicy(max_retries=int(self.config.get("max_retries", 5)))
 
     @override
-    def backoff_wait_generator(self) -> Generator[float, Any, None]:  # type: ignore[override]
+    def backoff_wait_generator(self) -> Generator[float, Any, None]:
         # Retry-After is honoured exactly; otherwise exponential backoff with full jitter.
         return self.retry_policy.wait_generator()
 
@@ -107,6 +106,7 @@ class GTMCLIStream(RESTStream[int]):
         """Move fields the schema does not know into `additional_fields`, saying so once."""
         unknown = [key for key in record if key not in self._known_fields]
         if not unknown:
+            record[EXTRA_FIELDS] = None  # a stable column, null until GTMCLI adds fields
             return record
         extras = {key: record.pop(key) for key in unknown}
         new_names = sorted(set(unknown) - self._reported_unknown)

@@ -104,7 +104,7 @@ class JobResultsStream(GTMCLIStream):
 
     @override
     def get_records(self, context: Context | None) -> Iterable[dict[str, Any]]:
-        assert context is not None  # a child stream always has its job  # noqa: S101
+        assert context is not None  # a child stream always has its job
         self._progress = _Progress(str(context["job_id"]), self.logger)
         try:
             yield from super().get_records(context)
@@ -125,22 +125,29 @@ class JobResultsStream(GTMCLIStream):
     def parse_response(self, response: requests.Response) -> Iterable[dict]:
         body = decode_json(response)
         rows = [row for row in body.get("results") or [] if isinstance(row, dict)]
-        page = body.get("page") if isinstance(body.get("page"), int) else self._paginator.current_value
-        per_page = body.get("per_page") if isinstance(body.get("per_page"), int) else self.per_page
+        # Row k of the job answers item k: number rows from the page the API says it
+        # served, which may differ from what we asked if it clamps per_page.
+        page = _int_or(body.get("page"), self._paginator.current_value)
+        per_page = _int_or(body.get("per_page"), self.per_page)
         first_row = (page - 1) * per_page + 1
         for offset, row in enumerate(rows):
             row["row_number"] = first_row + offset
         total_pages = body.get("total_pages")
-        self._progress.page_done(page, total_pages if isinstance(total_pages, int) else None,
-                                 len(rows))
+        self._progress.page_done(
+            page, total_pages if isinstance(total_pages, int) else None, len(rows)
+        )
         return rows
 
     @override
     def post_process(self, row: Record, context: Context | None = None) -> Record | None:
-        assert context is not None  # noqa: S101
+        assert context is not None
         row["job_id"] = context["job_id"]
         row["job_type"] = context.get("job_type")
         return self.fold_unknown_fields(row)
+
+
+def _int_or(value: object, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
 class _Progress:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from singer_sdk import typing as th
@@ -214,7 +215,7 @@ class SubmitSettings:
             ("request_timeout", 60.0),
         ):
             value = pick(name, default)
-            if not isinstance(value, int | float) or value <= 0:
+            if not isinstance(value, int | float | Decimal) or value <= 0:
                 raise _setting_error(f"{name}: {value!r} must be a positive number of seconds")
             numbers[name] = float(value)
         max_retries = pick("max_retries", 5)

@@ -62,7 +62,10 @@ class JobService:
         timeline = JobTimeline.planned(
             len(items), now, self._config.start_delay, self._config.processing_rate
         )
-        job = self._build_job(job_id, job_type, items, now, timeline, webhook_url, charged=True)
+        job = self._build_job(
+            job_id, job_type, items, now=now, timeline=timeline, webhook_url=webhook_url,
+            charged=True,
+        )
         if stable_fraction("fail", job_id) < self._config.fail_job_share:
             job = self._with_planned_failure(job)
         try:
@@ -99,7 +102,10 @@ class JobService:
                 )
             else:
                 timeline = JobTimeline(total=count, starts_at=now, completes_at=now)
-            job = self._build_job(new_job_id(), job_type, items, now, timeline, None, False)
+            job = self._build_job(
+                new_job_id(), job_type, items, now=now, timeline=timeline, webhook_url=None,
+                charged=False,
+            )
             if status == "failed":
                 job = self._with_planned_failure(job)
             record = self._store.insert_job(job, now, credit_limit=None)
@@ -107,7 +113,7 @@ class JobService:
         return job_ids
 
     def _build_job(
-        self, job_id: str, job_type: str, items: Sequence[dict[str, Any]], now: float,
+        self, job_id: str, job_type: str, items: Sequence[dict[str, Any]], *, now: float,
         timeline: JobTimeline, webhook_url: str | None, charged: bool,
     ) -> NewJob:
         # Rows are encoded once here so that serving a page only joins bytes.

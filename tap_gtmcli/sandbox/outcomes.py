@@ -98,6 +98,7 @@ def domain_provider(domain: str) -> str:
     return "other"
 
 
+@lru_cache(maxsize=65536)
 def is_catchall_domain(domain: str) -> bool:
     """Whether the domain's mail server accepts every local part."""
     if domain in CATCHALL_DOMAINS:
@@ -161,13 +162,17 @@ def _validation_row(
     }
 
 
+@lru_cache(maxsize=65536)
 def normalize_name(name: str) -> str:
     """Lowercase ASCII letters only: 'José-María' -> 'josemaria'."""
+    if name.isascii():
+        return _NON_LETTERS.sub("", name.lower())
     decomposed = unicodedata.normalize("NFKD", name)
     stripped = "".join(char for char in decomposed if not unicodedata.combining(char))
     return _NON_LETTERS.sub("", stripped.lower())
 
 
+@lru_cache(maxsize=65536)
 def normalize_domain(domain: str) -> str:
     """A bare lowercase host: no scheme, path, 'www.' or '@'."""
     host = domain.strip().lower()
@@ -186,17 +191,34 @@ def domain_convention(domain: str) -> str:
 
 def compose_address(convention: str, first: str, last: str, domain: str) -> str:
     """The address a convention gives for a person."""
-    local = {
-        "first.last": f"{first}.{last}",
-        "flast": f"{first[:1]}{last}",
-        "first": first,
-        "firstlast": f"{first}{last}",
-        "first_last": f"{first}_{last}",
-        "f.last": f"{first[:1]}.{last}",
-        "lastf": f"{last}{first[:1]}",
-        "last.first": f"{last}.{first}",
-    }[convention]
+    if convention == "first.last":
+        local = f"{first}.{last}"
+    elif convention == "flast":
+        local = f"{first[:1]}{last}"
+    elif convention == "first":
+        local = first
+    elif convention == "firstlast":
+        local = f"{first}{last}"
+    elif convention == "first_last":
+        local = f"{first}_{last}"
+    elif convention == "f.last":
+        local = f"{first[:1]}.{last}"
+    elif convention == "lastf":
+        local = f"{last}{first[:1]}"
+    else:
+        local = f"{last}.{first}"
     return f"{local}@{domain}"
+
+
+@lru_cache(maxsize=65536)
+def is_findable_domain(host: str) -> bool:
+    """Whether people at this host can have a findable work address."""
+    return (
+        "." in host
+        and _EMAIL_SYNTAX.match(f"x@{host}") is not None
+        and host not in DISPOSABLE_DOMAINS
+        and host.rsplit(".", 1)[-1] not in RESERVED_TLDS
+    )
 
 
 def find_email(first_name: str, last_name: str, domain: str) -> dict[str, Any]:
@@ -204,13 +226,7 @@ def find_email(first_name: str, last_name: str, domain: str) -> dict[str, Any]:
     first, last = normalize_name(first_name), normalize_name(last_name)
     host = normalize_domain(domain)
     provider = domain_provider(host) if host else "other"
-    unusable_domain = (
-        "." not in host
-        or not _EMAIL_SYNTAX.match(f"x@{host}")
-        or host in DISPOSABLE_DOMAINS
-        or host.rsplit(".", 1)[-1] in RESERVED_TLDS
-    )
-    if not first or not last or unusable_domain:
+    if not first or not last or not is_findable_domain(host):
         return _finder_row(None, "not_found", None, 0.0, provider)
     convention = domain_convention(host)
     address = compose_address(convention, first, last, host)

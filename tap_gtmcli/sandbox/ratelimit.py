@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import calendar
 import math
 import threading
-import time
 from dataclasses import dataclass
 from email.utils import formatdate
 
@@ -73,9 +71,7 @@ class RateLimiter:
         if allowed:
             return RateDecision(True, headers)
         # Over the daily quota the wait lasts until the next UTC midnight.
-        retry_at = reset if in_window >= self.tier.per_second else (day + 1) * 86_400
-        if in_day >= self.tier.per_day:
-            retry_at = (day + 1) * 86_400
+        retry_at = (day + 1) * 86_400 if in_day >= self.tier.per_day else reset
         retry_value = self._retry_after_value(retry_at, now)
         if retry_value is not None:
             headers["Retry-After"] = retry_value
@@ -88,8 +84,3 @@ class RateLimiter:
             return formatdate(retry_at, usegmt=True)
         return str(max(1, math.ceil(retry_at - now)))
 
-
-def utc_midnight_after(moment: float) -> int:
-    """Unix seconds of the UTC midnight following `moment`."""
-    day = time.gmtime(moment)
-    return calendar.timegm((day.tm_year, day.tm_mon, day.tm_mday, 0, 0, 0)) + 86_400

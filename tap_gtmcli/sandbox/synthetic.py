@@ -42,6 +42,11 @@ def _ascii(name: str) -> str:
     return "".join(char for char in name.lower().translate(table) if char.isalpha())
 
 
+# Email local parts use the plain-ASCII spelling, computed once.
+ASCII_FIRST_NAMES = tuple(_ascii(name) for name in FIRST_NAMES)
+ASCII_LAST_NAMES = tuple(_ascii(name) for name in LAST_NAMES)
+
+
 def synthetic_items(job_type: str, count: int, seed: str) -> list[dict[str, Any]]:
     """`count` items for a job of `job_type`; the same seed gives the same items."""
     make = _validate_item if job_type == "validate" else _find_item
@@ -60,8 +65,8 @@ def _company_domain(draws: bytes) -> str:
 
 
 def _validate_item(draws: bytes, index: int) -> dict[str, Any]:
-    first = _ascii(FIRST_NAMES[draws[0] % len(FIRST_NAMES)])
-    last = _ascii(LAST_NAMES[draws[1] % len(LAST_NAMES)])
+    first = ASCII_FIRST_NAMES[draws[0] % len(FIRST_NAMES)]
+    last = ASCII_LAST_NAMES[draws[1] % len(LAST_NAMES)]
     kind = draws[5] / 256
     if kind < 0.68:
         local = (f"{first}.{last}", f"{first[0]}{last}", first, f"{first}_{last}")[draws[6] % 4]

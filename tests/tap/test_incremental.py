@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 from tests.tap.conftest import API_KEY, run_tap

@@ -1,0 +1,135 @@
+"""Throughput of `mapper-gtmcli` in submit mode and its peak RSS in enrich mode.
+
+Feeds a generated file of N upstream records (default 1,000,000) through the real
+console script against a `gtmcli-sandbox` subprocess, output to /dev/null.
+Bars: >= 100,000 records/s in submit mode; < 300 MB peak RSS in enrich mode.
+
+    .venv/bin/python benchmarks/bench_mapper.py [--records N] [--skip-enrich]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+WORK = Path(__file__).parent / ".work"
+BIN = Path(sys.executable).parent
+API_KEY = "bench-key"
+
+
+def generate(path: Path, records: int) -> None:
+    """SCHEMA, then records (one in ten repeats an earlier email), a STATE every 10,000."""
+    schema = {
+        "type": "SCHEMA",
+        "stream": "contacts",
+        "schema": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "integer"},
+                "email": {"type": "string"},
+                "first_name": {"type": "string"},
+                "company": {"type": "string"},
+                "score": {"type": "number"},
+            },
+        },
+        "key_properties": ["id"],
+    }
+    with path.open("w") as out:
+        out.write(json.dumps(schema) + "\n")
+        for i in range(records):
+            n = i - 7 if i % 10 == 9 else i
+            out.write(
+                f'{{"type":"RECORD","stream":"contacts","record":{{"id":{i},'
+                f'"email":"person{n}@company{n % 997}.com","first_name":"Person",'
+                f'"company":"Company {n % 997}","score":{i % 100}.5}}}}\n'
+            )
+            if i % 10_000 == 9_999:
+                out.write(f'{{"type":"STATE","value":{{"bookmarks":{{"contacts":{{"id":{i}}}}}}}}}\n')
+
+
+def start_sandbox() -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [
+            str(BIN / "gtmcli-sandbox"),
+            "--port",
+            "0",
+            "--api-key",
+            API_KEY,
+            "--start-delay",
+            "0",
+            "--processing-rate",
+            "0",
+            "--credits",
+            "1e12",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        match = re.search(r"listening on (http://\S+)", line)
+        if match:
+            return process, match.group(1)
+    raise RuntimeError("gtmcli-sandbox did not start")
+
+
+def run_mapper(config: dict, input_path: Path) -> tuple[float, int, int]:
+    """(seconds, peak RSS in KB, exit code) of one mapper run, output to /dev/null."""
+    config_path = WORK / "config.json"
+    config_path.write_text(json.dumps(config))
+    started = time.perf_counter()
+    with open(os.devnull, "wb") as devnull, (WORK / "mapper.log").open("wb") as log:
+        process = subprocess.Popen(
+            [str(BIN / "mapper-gtmcli"), "--config", str(config_path), "--input", str(input_path)],
+            stdout=devnull,
+            stderr=log,
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    return seconds, usage.ru_maxrss, os.waitstatus_to_exitcode(status)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--skip-enrich", action="store_true")
+    args = parser.parse_args()
+    WORK.mkdir(exist_ok=True)
+    input_path = WORK / f"contacts-{args.records}.singer"
+    if not input_path.exists():
+        generate(input_path, args.records)
+    sandbox, url = start_sandbox()
+    try:
+        base = {"api_key": API_KEY, "api_url": url, "streams": ["contacts"]}
+        seconds, rss_kb, code = run_mapper({**base, "mode": "submit"}, input_path)
+        if code != 0:
+            sys.exit(f"submit run failed (exit {code}); see {WORK / 'mapper.log'}")
+        rate = args.records / seconds
+        print(
+            f"submit mode: {args.records:,} records in {seconds:.2f} s = {rate:,.0f} records/s "
+            f"(bar >= 100,000), peak RSS {rss_kb / 1024:.0f} MB"
+        )
+        if not args.skip_enrich:
+            config = {**base, "mode": "enrich", "poll_interval": 0.2}
+            seconds, rss_kb, code = run_mapper(config, input_path)
+            if code != 0:
+                sys.exit(f"enrich run failed (exit {code}); see {WORK / 'mapper.log'}")
+            print(
+                f"enrich mode: {args.records:,} records in {seconds:.2f} s = "
+                f"{args.records / seconds:,.0f} records/s, peak RSS {rss_kb / 1024:.0f} MB "
+                "(bar < 300 MB)"
+            )
+    finally:
+        sandbox.terminate()
+        sandbox.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

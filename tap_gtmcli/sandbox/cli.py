@@ -1,0 +1,106 @@
+"""`gtmcli-sandbox`: run the sandbox in the foreground until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from tap_gtmcli.sandbox.config import (
+    CREATE_STATUSES,
+    DEFAULT_API_KEY,
+    DEFAULT_PORT,
+    LOOPBACK_HOSTS,
+    RETRY_AFTER_FORMATS,
+    TIER_NAMES,
+    SandboxConfig,
+)
+from tap_gtmcli.sandbox.server import SandboxServer
+
+API_KEY_ENV = "GTMCLI_SANDBOX_API_KEY"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    parser = argparse.ArgumentParser(
+        prog="gtmcli-sandbox",
+        description="A local GTMCLI-compatible API server for tests and benchmarks.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", choices=LOOPBACK_HOSTS,
+                        help="loopback only (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help=f"0 picks a free port (default: {DEFAULT_PORT})")
+    parser.add_argument("--api-key", default=None,
+                        help=f"accepted Bearer key (default: ${API_KEY_ENV} or {DEFAULT_API_KEY})")
+    parser.add_argument("--db", dest="db_path", default=None,
+                        help="SQLite file that keeps jobs across restarts (default: in memory)")
+    parser.add_argument("--credits", type=float, default=1_000_000.0)
+    parser.add_argument("--start-delay", type=float, default=1.0,
+                        help="seconds a job stays pending")
+    parser.add_argument("--processing-rate", type=float, default=2000.0,
+                        help="items per second; 0 completes at once")
+    parser.add_argument("--fail-job-share", type=float, default=0.0)
+    parser.add_argument("--tier", choices=TIER_NAMES, default=None,
+                        help="enable the rate limits of a plan tier")
+    parser.add_argument("--retry-after-format", choices=RETRY_AFTER_FORMATS, default="seconds")
+    parser.add_argument("--list-page-size", type=int, default=0,
+                        help="paginate GET /v1/jobs with this page size (0: unpaginated)")
+    parser.add_argument("--error-share", type=float, default=0.0)
+    parser.add_argument("--drop-share", type=float, default=0.0)
+    parser.add_argument("--truncate-share", type=float, default=0.0)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--fault-seed", type=int, default=0)
+    parser.add_argument("--create-status", type=int, choices=CREATE_STATUSES, default=201)
+    parser.add_argument("--webhook-timeout", type=float, default=10.0)
+    parser.add_argument("--webhook-backoff", type=float, default=1.0)
+    parser.add_argument("--log-level", default="WARNING",
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        help="DEBUG logs each request line (never headers or keys)")
+    return parser
+
+
+def config_from_arguments(arguments: argparse.Namespace) -> SandboxConfig:
+    """A SandboxConfig from parsed flags (and the API key environment variable)."""
+    settings = vars(arguments).copy()
+    settings.pop("log_level")
+    settings["api_key"] = settings["api_key"] or os.environ.get(API_KEY_ENV) or DEFAULT_API_KEY
+    return SandboxConfig(**settings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve until SIGTERM or SIGINT, then stop cleanly and return 0."""
+    parser = build_parser()
+    arguments = parser.parse_args(argv)
+    logging.basicConfig(
+        level=arguments.log_level, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = config_from_arguments(arguments)
+    except ValueError as error:
+        parser.error(str(error))
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    server = SandboxServer(config).start()
+    try:
+        # Scripts and tests parse exactly this line to find the port.
+        print(f"gtmcli-sandbox listening on {server.url}", flush=True)
+        while not stop_requested.wait(0.5):
+            pass
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""The mapper against the local sandbox: the exact jobs received and messages emitted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tap_gtmcli.client import GTMCLIClient
+from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
+from tap_gtmcli.submission import SubmissionFailedError
+from tap_gtmcli.submitter import LEDGER_STREAM, REJECTED_STREAM
+
+from .conftest import (
+    API_KEY,
+    FIXTURES,
+    fixture_messages,
+    fixture_text,
+    of_stream,
+    read_messages,
+    run_mapper,
+    sandbox_config,
+)
+
+CONTACTS_SETTINGS = {"streams": ["contacts"], "domain_field": "company.domain", "batch_size": 3}
+MAPPER = str(Path(sys.executable).parent / "mapper-gtmcli")
+
+
+def run_cli(
+    command: str, config: dict[str, Any], fixture: str, tmp_path: Path, **env: str
+) -> subprocess.CompletedProcess[bytes]:
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(config))
+    with (FIXTURES / fixture).open("rb") as stdin:
+        return subprocess.run(
+            [str(Path(sys.executable).parent / command), "--config", str(config_path)],
+            stdin=stdin,
+            capture_output=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, **env},
+        )
+
+
+def submitted_jobs(server: Any) -> list[tuple[str, list[dict]]]:
+    """(type, items) of every job the sandbox holds, oldest first."""
+
+
+    client = GTMCLIClient(api_url=server.url, api_key=API_KEY)
+    try:
+        jobs = list(reversed(list(client.list_jobs())))
+    finally:
+        client.close()
+    return [(job["type"], server.job_items(job["id"])) for job in jobs]
+
+
+def expected_contacts_output(out: list[dict]) -> list[tuple]:
+    """The shape the contacts fixture must produce (timestamps and ids aside)."""
+    upstream = fixture_messages("contacts.singer")
+    ledger = [m["record"] for m in of_stream(out, LEDGER_STREAM)]
+    rejected = [m["record"] for m in of_stream(out, REJECTED_STREAM)]
+    return [
+        *(("up", m) for m in upstream[:6]),  # schemas, accounts/1, contacts 1-3
+        ("up", upstream[7]),  # contacts 4 (find); STATE 3 held
+        ("up", upstream[8]),
+        ("schema", REJECTED_STREAM),
+        ("rejected", rejected[0]),
+        ("up", upstream[9]),
+        ("rejected", rejected[1]),
+        ("up", upstream[10]),  # contacts 7 fills the validate batch
+        ("schema", LEDGER_STREAM),
+        ("ledger", ledger[0]),
+        ("up", upstream[6]),  # STATE 3 released; STATE 7 held behind the find batch
+        ("up", upstream[12]),
+        ("up", upstream[13]),
+        ("up", upstream[14]),
+        ("rejected", rejected[2]),
+        ("ledger", ledger[1]),  # end of input: the find job, then STATE 7
+        ("up", upstream[11]),
+        ("ledger", ledger[2]),
+        ("up", upstream[15]),
+    ]
+
+
+def label(out: list[dict]) -> list[tuple]:
+    labelled: list[tuple] = []
+    for message in out:
+        stream = message.get("stream")
+        if message["type"] == "SCHEMA" and stream in (LEDGER_STREAM, REJECTED_STREAM):
+            labelled.append(("schema", stream))
+        elif stream == LEDGER_STREAM:
+            labelled.append(("ledger", message["record"]))
+        elif stream == REJECTED_STREAM:
+            labelled.append(("rejected", message["record"]))
+        else:
+            labelled.append(("up", message))
+    return labelled
+
+
+def check_contacts_run(out: list[dict], server: Any) -> None:
+    assert label(out) == expected_contacts_output(out)
+    assert submitted_jobs(server) == [
+        (
+            "validate",
+            [{"email": "ada@acme.io"}, {"email": "grace@navy.mil"}, {"email": "alan@bletchley.uk"}],
+        ),
+        ("find", [{"first_name": "linus", "last_name": "torvalds", "domain": "linux.org"}]),
+        ("validate", [{"email": "margaret@nasa.gov"}]),
+    ]
+    assert server.stats()["requests"]["POST /v1/jobs"] == 3
+    ledger = [m["record"] for m in of_stream(out, LEDGER_STREAM)]
+    assert [(row["job_type"], row["item_count"], row["source_stream"]) for row in ledger] == [
+        ("validate", 3, "contacts"),
+        ("find", 1, "contacts"),
+        ("validate", 1, "contacts"),
+    ]
+    for row in ledger:
+        assert server.get_job(row["job_id"])["total"] == row["item_count"]
+    assert [
+        (r["source_stream"], r["reason"], json.loads(r["record"])["id"])
+        for r in of_stream(out, REJECTED_STREAM)
+        for r in [r["record"]]
+    ] == [
+        (
+            "contacts",
+            "email_field 'email' is empty and first_name_field 'first_name' is missing",
+            5,
+        ),
+        (
+            "contacts",
+            "email_field 'email' is missing and domain_field 'company.domain' is missing",
+            6,
+        ),
+        (
+            "contacts",
+            "email_field 'email' is not a string (int) and "
+            "first_name_field 'first_name' is missing",
+            9,
+        ),
+    ]
+
+
+def test_contacts_fixture_in_process(sandbox: Any) -> None:
+    out = run_mapper(sandbox_config(sandbox, **CONTACTS_SETTINGS), fixture_text("contacts.singer"))
+    check_contacts_run(out, sandbox)
+
+
+def test_contacts_fixture_through_the_console_script(sandbox: Any, tmp_path: Path) -> None:
+    result = run_cli(
+        "mapper-gtmcli", sandbox_config(sandbox, **CONTACTS_SETTINGS), "contacts.singer", tmp_path
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    check_contacts_run(read_messages(result.stdout), sandbox)
+
+
+def test_402_mid_run_stops_before_the_state_of_unsubmitted_records(tmp_path: Path) -> None:
+
+
+    messages = fixture_messages("two_batches.singer")
+    # Each two-email job of this fixture costs 0.25 credits: the second create gets a real 402.
+    with SandboxServer(
+        SandboxConfig(api_key=API_KEY, start_delay=0, processing_rate=0, credits=0.4)
+    ) as server:
+        result = run_cli(
+            "mapper-gtmcli", sandbox_config(server, batch_size=2), "two_batches.singer", tmp_path
+        )
+        out = read_messages(result.stdout)
+        stderr = result.stderr.decode()
+        assert result.returncode == 1
+        assert "402" in stderr
+        assert "credits" in stderr
+        assert "Traceback" not in stderr
+        # Job 1 exists, so STATE 2 went out; STATE 4 covers the refused batch and did not.
+        assert [m for m in out if m["type"] == "STATE"] == [messages[3]]
+        assert of_stream(out, "contacts") == [messages[1], messages[2], messages[4], messages[5]]
+        assert submitted_jobs(server) == [
+            ("validate", [{"email": "a@one.io"}, {"email": "b@one.io"}])
+        ]
+        assert server.stats()["requests"]["POST /v1/jobs"] == 2
+        # A rerun with credits submits exactly what was not confirmed.
+
+
+def test_402_in_process_raises_and_holds_the_state(sandbox: Any) -> None:
+
+
+    class SecondCreateRefused(GTMCLIClient):
+        def create_job(self, *args: Any, **kwargs: Any) -> dict:
+            job = super().create_job(*args, **kwargs)
+            sandbox.add_fault_rules(
+                [{"method": "POST", "path_prefix": "/v1/jobs", "status": 402, "count": 1}]
+            )
+            return job
+
+    client = SecondCreateRefused(api_url=sandbox.url, api_key=API_KEY)
+    messages = fixture_messages("two_batches.singer")
+    with pytest.raises(SubmissionFailedError, match=r"402 .*credits"):
+        run_mapper(sandbox_config(sandbox, batch_size=2), messages, client)
+    out = run_mapper.last_output  # type: ignore[attr-defined]
+    assert [m for m in out if m["type"] == "STATE"] == [messages[3]]
+    assert len(submitted_jobs(sandbox)) == 1
+
+
+@pytest.mark.parametrize(
+    ("sandbox_settings", "fault"),
+    [
+        # The job is created but the answer is cut short: the mapper must adopt it.
+        (
+            {"create_status": 200},
+            {"method": "POST", "path_prefix": "/v1/jobs", "body": "truncated", "count": 1},
+        ),
+        # The connection drops before anything is created: the mapper must resubmit.
+        ({}, {"method": "POST", "path_prefix": "/v1/jobs", "body": "drop", "count": 1}),
+        # A 502 from a proxy: ambiguous, nothing was created, resubmitted once.
+        (
+            {},
+            {
+                "method": "POST",
+                "path_prefix": "/v1/jobs",
+                "status": 502,
+                "body": "html",
+                "count": 1,
+            },
+        ),
+    ],
+    ids=["created-answer-lost", "dropped", "proxy-502"],
+)
+def test_ambiguous_create_yields_exactly_one_job_per_batch(
+    sandbox_settings: dict, fault: dict
+) -> None:
+
+
+    config = SandboxConfig(api_key=API_KEY, start_delay=0, processing_rate=0, **sandbox_settings)
+    with SandboxServer(config) as server:
+        server.add_fault_rules([fault])
+        out = run_mapper(
+            sandbox_config(server, batch_size=2), fixture_messages("two_batches.singer")
+        )
+        assert submitted_jobs(server) == [
+            ("validate", [{"email": "a@one.io"}, {"email": "b@one.io"}]),
+            ("validate", [{"email": "c@two.io"}, {"email": "d@two.io"}]),
+        ]
+        ledger_ids = [m["record"]["job_id"] for m in of_stream(out, LEDGER_STREAM)]
+        assert len(set(ledger_ids)) == 2
+        assert [m["type"] for m in out].count("STATE") == 2
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"mode": "replay"}, "mode"),
+        ({"batch_size": 100_001}, "batch_size"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"email_field": ""}, "email_field"),
+        ({"domain_field": "  "}, "domain_field"),
+        ({"job_type": "guess"}, "job_type"),
+    ],
+)
+def test_invalid_settings_stop_the_run_at_start(settings: dict, named: str, tmp_path: Path) -> None:
+    config = {"api_key": API_KEY, "api_url": "http://127.0.0.1:9", **settings}
+    result = run_cli("mapper-gtmcli", config, "two_batches.singer", tmp_path)
+    assert result.returncode == 1
+    assert result.stdout == b""
+    assert named in result.stderr.decode()
+    assert API_KEY not in result.stderr.decode()
+
+
+def test_the_api_key_never_appears_in_any_output(sandbox: Any, tmp_path: Path) -> None:
+    sandbox.add_fault_rules(
+        [
+            {
+                "method": "POST",
+                "path_prefix": "/v1/jobs",
+                "status": 429,
+                "retry_after": "0",
+                "count": 1,
+            },
+            {"method": "POST", "path_prefix": "/v1/jobs", "status": 401, "count": 1},
+        ]
+    )
+    outputs = []
+    for command in ("mapper-gtmcli", "target-gtmcli"):
+        result = run_cli(
+            command,
+            sandbox_config(sandbox, batch_size=2),
+            "contacts.singer",
+            tmp_path,
+            LOGLEVEL="DEBUG",
+        )
+        outputs.append(result)
+    assert outputs[0].returncode == 1
+    assert "401" in outputs[0].stderr.decode()
+    for result in outputs:
+        assert API_KEY.encode() not in result.stdout
+        assert API_KEY.encode() not in result.stderr
+    about = subprocess.run([MAPPER, "--about", "--format", "json"], capture_output=True, check=True)
+    assert b'"secret": true' in about.stdout
