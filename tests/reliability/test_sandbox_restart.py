@@ -1,0 +1,82 @@
+"""The sandbox (with --db) restarted in the middle of a tap run: the run rides it out."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import requests
+
+from tests.tap.conftest import API_KEY, TAP
+
+SANDBOX = str(Path(sys.executable).with_name("gtmcli-sandbox"))
+
+
+def start_sandbox(db: Path, port: int = 0, latency_ms: int = 0) -> tuple[subprocess.Popen, str]:
+    process = subprocess.Popen(
+        [SANDBOX, "--port", str(port), "--api-key", API_KEY, "--db", str(db),
+         "--start-delay", "0", "--processing-rate", "0", "--latency-ms", str(latency_ms)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+    assert match, f"unexpected first line: {line!r}"
+    return process, match[0]
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=20)
+
+
+def test_tap_completes_exactly_across_a_sandbox_restart(tmp_path):
+    db = tmp_path / "sandbox.db"
+    sandbox, url = start_sandbox(db, latency_ms=20)
+    port = int(url.rsplit(":", 1)[1])
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    seeded = requests.post(f"{url}/_sandbox/seed", json={"type": "validate", "count": 2000, "jobs": 3},
+                           headers=headers, timeout=30)
+    seeded.raise_for_status()
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"api_key": API_KEY, "api_url": url, "results_per_page": 100,
+                                  "max_retries": 8}))
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    with subprocess.Popen([TAP, "--config", str(config)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=env) as tap:
+        assert tap.stdout is not None and tap.stderr is not None
+        stderr_lines: list[str] = []
+        drain = threading.Thread(target=lambda: stderr_lines.extend(tap.stderr), daemon=True)
+        drain.start()
+        rows = 0
+        messages = []
+        restarted = False
+        for line in tap.stdout:
+            message = json.loads(line)
+            messages.append(message)
+            if message["type"] == "RECORD" and message["stream"] == "job_results":
+                rows += 1
+                if rows == 2500 and not restarted:
+                    stop(sandbox)  # mid-extraction: the tap now meets refused connections
+                    sandbox, _ = start_sandbox(db, port=port)
+                    restarted = True
+        tap.wait(timeout=120)
+        drain.join(timeout=10)
+    stop(sandbox)
+
+    assert restarted
+    assert tap.returncode == 0, "".join(stderr_lines)[-3000:]
+    keys = [(m["record"]["job_id"], m["record"]["row_number"]) for m in messages
+            if m["type"] == "RECORD" and m["stream"] == "job_results"]
+    assert len(set(keys)) == 6000
+    assert len(keys) == 6000  # a retried page is emitted once
+    log = "".join(stderr_lines)
+    assert re.search(r"Retry 1 of 8 for /v1/jobs/\{job_id\}/results .* after ConnectionError", log)
+    assert API_KEY not in log
