@@ -213,10 +213,10 @@ class JobService:
         done = record.timeline.progress_at(self._clock.now()).completed
         start = (page - 1) * per_page
         stop = min(start + per_page, done)
-        rows = self._store.result_rows(record.seq, start, stop) if start < stop else []
+        rows = self._store.joined_results(record.seq, start, stop)
         total_pages = math.ceil(record.total / per_page)
         return b"".join((
-            b'{"results":[', b",".join(rows),
+            b'{"results":[', rows,
             b'],"page":%d,"per_page":%d,"total":%d,"total_pages":%d}'
             % (page, per_page, record.total, total_pages),
         ))
