@@ -63,7 +63,13 @@ class OpenBatches:
             batch = self._open[source_stream, job_type] = Batch(
                 number=self._count, source_stream=source_stream, job_type=job_type, first_seq=seq
             )
-        return batch, batch.add(key)
+        # Batch.add, inlined: this runs once per record.
+        batch.record_count += 1
+        positions = batch.positions
+        position = positions.get(key)
+        if position is None:
+            position = positions[key] = len(positions)
+        return batch, position
 
     def is_full(self, batch: Batch) -> bool:
         """True when the batch holds `batch_size` distinct items."""

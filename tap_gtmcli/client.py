@@ -112,16 +112,31 @@ class GTMCLIClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def create_job(
-        self, job_type: str, items: list[dict[str, str]], webhook_url: str | None = None
+        self,
+        job_type: str,
+        items: list[dict[str, str]],
+        webhook_url: str | None = None,
+        *,
+        body_bytes: bytes | None = None,
     ) -> dict:
         """POST /v1/jobs once, retrying only failures that certainly created nothing.
 
         Creation has no idempotency key, so a timeout or a 5xx after sending raises
         `GTMCLIAmbiguousCreateError` for the caller to reconcile against the job list.
+        `body_bytes`, when given, is the already-encoded JSON body sent instead of one
+        built from the other arguments (a 100,000-item body is costly to encode twice).
         """
-        body: dict[str, Any] = {"type": job_type, "data": items}
-        if webhook_url:
-            body["webhook_url"] = webhook_url
+        payload: dict[str, Any]
+        if body_bytes is not None:
+            payload = {
+                "data": body_bytes,
+                "headers": {"Content-Type": "application/json"},
+            }
+        else:
+            body: dict[str, Any] = {"type": job_type, "data": items}
+            if webhook_url:
+                body["webhook_url"] = webhook_url
+            payload = {"json": body}
         started_at = time.time()
 
         def certainly_not_created(error: BaseException) -> bool:
@@ -134,7 +149,7 @@ class GTMCLIClient:
                 started_at,
             ) from error
 
-        return self.request_json("POST", "/v1/jobs", json=body, can_retry=certainly_not_created)
+        return self.request_json("POST", "/v1/jobs", can_retry=certainly_not_created, **payload)
 
     def get_job(self, job_id: str) -> dict:
         """GET /v1/jobs/{id}."""

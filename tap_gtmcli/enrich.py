@@ -96,9 +96,9 @@ class RecordSpool:
         )
         self._pending: list[tuple[int, int, int, bytes]] = []
 
-    def add(self, seq: int, batch: int, position: int, message: dict) -> None:
-        """Park one RECORD message of a batch."""
-        self._pending.append((seq, batch, position, encoder.encode(message)))
+    def add(self, seq: int, batch: int, position: int, message: bytes) -> None:
+        """Park one RECORD message of a batch, as its JSON line."""
+        self._pending.append((seq, batch, position, message))
         if len(self._pending) >= SPOOL_CHUNK:
             self._write_pending()
 

@@ -8,7 +8,10 @@ email is still an item, because judging it is the API's job.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, NamedTuple
+
+import msgspec
 
 from tap_gtmcli.submit_settings import SubmitSettings
 
@@ -74,6 +77,51 @@ class ItemExtractor:
             FieldPath("last_name_field", settings.last_name_field),
             FieldPath("domain_field", settings.domain_field),
         )
+        # The top-level keys the field paths can read: the name itself (a literal key
+        # wins over a dotted path) and the first part of a dotted path.
+        keys: list[str] = []
+        for field in (self.email, *self.finder_fields):
+            for key in (field.name, field.name.split(".")[0]):
+                if key not in keys:
+                    keys.append(key)
+        self._keys = tuple(keys)
+        #: A msgspec Struct of only those keys: decoding a record into it skips the rest.
+        self.fields_type: type = msgspec.defstruct(
+            "RecordFields",
+            [(f"f{index}", Any, _MISSING) for index in range(len(keys))],
+            rename={f"f{index}": key for index, key in enumerate(keys)},
+        )
+        self._values = attrgetter(*(f"f{index}" for index in range(len(keys))))
+        plain_email = self.job_type != "find" and "." not in self.email.name
+        self._email_value = (
+            attrgetter(f"f{keys.index(self.email.name)}") if plain_email else None
+        )
+
+    def email_key(self, fields: Any) -> str | None:
+        """The validate item key of a record decoded into `fields_type`, when it is plain.
+
+        None means "ask `extract_fields`": no usable top-level email, or not validating.
+        """
+        if self._email_value is None:
+            return None
+        value = self._email_value(fields)
+        if type(value) is str:
+            stripped = value.strip()
+            if stripped:
+                return stripped.lower()
+        return None
+
+    def extract_fields(self, fields: Any) -> Item | str:
+        """`extract` for a record decoded into `fields_type`."""
+        values = self._values(fields)
+        if len(self._keys) == 1:
+            values = (values,)
+        record = {
+            key: value
+            for key, value in zip(self._keys, values, strict=True)
+            if value is not _MISSING
+        }
+        return self.extract(record)
 
     def extract(self, record: Any) -> Item | str:
         """The record's item, or a reason naming the field that prevents one."""

@@ -8,17 +8,18 @@ submitted, so a rerun after a failure resubmits exactly what was not confirmed.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import IO, Any, ClassVar
 
 from singer_sdk import InlineMapper
 from singer_sdk.helpers.capabilities import PluginCapabilities
 from singer_sdk.singerlib import Message
+from singer_sdk.singerlib.exceptions import InvalidInputLine
 
 from tap_gtmcli.client import GTMCLIClient
 from tap_gtmcli.enrich import EnrichmentFailedError
 from tap_gtmcli.retry import RetryPolicy
-from tap_gtmcli.singer_io import BufferedMsgSpecWriter, MsgSpecReader
+from tap_gtmcli.singer_io import BufferedMsgSpecWriter, SingerLineReader, envelope_decoder
 from tap_gtmcli.submission import SubmissionFailedError
 from tap_gtmcli.submit_settings import SUBMIT_SETTINGS, SubmitSettings
 from tap_gtmcli.submitter import GTMCLISubmitter
@@ -46,7 +47,7 @@ class GTMCLIMapper(InlineMapper):
         PluginCapabilities.ABOUT,
         PluginCapabilities.STRUCTURED_LOGGING,
     ]
-    message_reader_class = MsgSpecReader
+    message_reader_class = SingerLineReader
     message_writer_class = BufferedMsgSpecWriter
 
     def __init__(
@@ -69,6 +70,43 @@ class GTMCLIMapper(InlineMapper):
         self.settings = SubmitSettings.from_config(self.config)
         self.client = client or build_client(self.settings)
         self.submitter = GTMCLISubmitter(settings=self.settings, client=self.client)
+        self.message_reader: SingerLineReader = SingerLineReader(
+            envelopes=envelope_decoder(self.submitter.extractor.fields_type),
+            on_record=self._process_record_line,
+            on_bad_line=self._stop_on_bad_input,
+        )
+        self._pass_line: Callable[[bytes], None] = self.output_writer.write_line
+
+    # The SDK calls these with each message's dict; the reader keeps its raw line.
+
+    def _process_schema_message(self, message_dict: dict) -> None:
+        self._write_messages(self.submitter.schema(message_dict, self.message_reader.line))
+
+    def _process_record_message(self, message_dict: dict) -> None:
+        self._write_messages(self.submitter.record(message_dict, self.message_reader.line))
+
+    def _process_state_message(self, message_dict: dict) -> None:
+        self._write_messages(self.submitter.state(message_dict, self.message_reader.line))
+
+    def _process_activate_version_message(self, message_dict: dict) -> None:
+        line = self.message_reader.line
+        self._write_messages(self.submitter.activate_version(message_dict, line))
+
+    def _process_batch_message(self, message_dict: dict) -> None:
+        self.logger.warning("Passing a BATCH message on without submitting its records")
+        self._write_messages(self.submitter.passthrough(message_dict, self.message_reader.line))
+
+    def _process_record_line(self, envelope: Any, line: bytes) -> None:
+        """The per-record fast path: most records only pass their line on."""
+        messages = self.submitter.record_line(envelope, line)
+        if messages is not None:
+            self._write_messages(messages)
+            return
+        try:
+            self._pass_line(line)
+        except RUN_STOPPING_ERRORS:
+            self.close()
+            raise
 
     def map_schema_message(self, message_dict: dict) -> Iterable[Message]:
         """Pass the SCHEMA on (extended with `gtmcli_*` fields in enrich mode)."""
@@ -96,15 +134,29 @@ class GTMCLIMapper(InlineMapper):
         # so far and removes the spool; the held STATE was never written, by design.
         try:
             for message in messages:
-                self.write_message(message)
+                self.output_writer.write_message(message)
         except RUN_STOPPING_ERRORS:
             self.close()
             raise
 
     def process_endofpipe(self) -> None:
-        """Submit what is left, release the last STATE, and clean up."""
+        """Submit what is left, wait for every create, release the last STATE, clean up."""
         self._write_messages(self.submitter.finish())
+        try:
+            self.output_writer.drain()
+        except RUN_STOPPING_ERRORS:
+            self.close()
+            raise
         self.close()
+
+    def _stop_on_bad_input(self) -> None:
+        """Before a bad input line stops the run: confirm the creates already running."""
+        try:
+            self.output_writer.drain()
+        except RUN_STOPPING_ERRORS as error:
+            self.logger.error("%s", error)
+        finally:
+            self.close()
 
     def close(self) -> None:
         """Flush the output and release the spool and the connection pool."""
@@ -117,6 +169,6 @@ class GTMCLIMapper(InlineMapper):
         """Run as a CLI; a failed submission ends the run with its message, exit code 1."""
         try:
             super().invoke(**kwargs)
-        except RUN_STOPPING_ERRORS as error:
+        except (*RUN_STOPPING_ERRORS, InvalidInputLine) as error:
             cls.logger.error("%s", error)
             sys.exit(1)

@@ -8,9 +8,14 @@ call and not already claimed by this run, is adopted instead of paying for it tw
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
+
+import msgspec
 
 from tap_gtmcli.batches import Batch
 from tap_gtmcli.client import (
@@ -22,6 +27,8 @@ from tap_gtmcli.errors import GTMCLIFatalError, GTMCLIRetriableError
 
 #: How far the server's clock may run behind ours when matching `created_at`.
 CLOCK_SKEW_SECONDS = 120.0
+#: Batches handed to the background creator and not yet confirmed, at most.
+MAX_IN_FLIGHT = 2
 
 logger = logging.getLogger("tap_gtmcli.submission")
 
@@ -71,24 +78,76 @@ def _parse_created_at(value: object) -> float | None:
 
 
 class JobSubmitter:
-    """Submits batches through one client, reconciling ambiguous creates."""
+    """Submits batches through one client, reconciling ambiguous creates.
+
+    `submit_in_background` creates jobs on one worker thread, one at a time and in
+    order, so reading can go on meanwhile; after a failure it creates nothing more, as
+    a blocking run would have stopped there.
+    """
 
     def __init__(
-        self, *, client: GTMCLIClient, webhook_url: str | None, max_resubmissions: int
+        self,
+        *,
+        client: GTMCLIClient,
+        webhook_url: str | None,
+        max_resubmissions: int,
+        max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
         self.client = client
         self.webhook_url = webhook_url
         self.max_resubmissions = max_resubmissions
+        self.max_in_flight = max_in_flight
         self.known_job_ids: set[str] = set()
+        self._executor: ThreadPoolExecutor | None = None
+        self._in_flight: deque[Future[SubmittedJob]] = deque()
+        self._failed = False
+
+    def submit_in_background(self, batch: Batch) -> Future[SubmittedJob]:
+        """Queue the batch's create; wait first while `max_in_flight` are unconfirmed."""
+        while self._in_flight and self._in_flight[0].done():
+            self._in_flight.popleft()
+        if len(self._in_flight) >= self.max_in_flight:
+            wait([self._in_flight.popleft()])
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gtmcli-create")
+        future = self._executor.submit(self._submit_unless_failed, batch)
+        self._in_flight.append(future)
+        return future
+
+    def _submit_unless_failed(self, batch: Batch) -> SubmittedJob:
+        if self._failed:
+            msg = "Not submitted: an earlier batch failed"
+            raise SubmissionFailedError(msg)
+        try:
+            return self.submit(batch)
+        except BaseException:
+            self._failed = True
+            raise
+
+    def close(self) -> None:
+        """Cancel creates not started yet and wait for a running one."""
+        if self._executor is not None:
+            self._failed = True
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
 
     def submit(self, batch: Batch) -> SubmittedJob:
         """Create the batch's job; raise `SubmissionFailedError` naming the cause."""
         payloads = batch.payloads()
-        digest = Batch.sha256(payloads)
+        items_json = msgspec.json.encode(payloads)
+        digest = hashlib.sha256(items_json).hexdigest()
+        body = b'{"type":%b,"data":%b%b}' % (
+            msgspec.json.encode(batch.job_type),
+            items_json,
+            b',"webhook_url":' + msgspec.json.encode(self.webhook_url) if self.webhook_url else b"",
+        )
+        del items_json
         where = f"{batch.job_type} job of {len(payloads)} items from stream {batch.source_stream!r}"
         for attempt in range(self.max_resubmissions + 1):
             try:
-                job = self.client.create_job(batch.job_type, payloads, self.webhook_url)
+                job = self.client.create_job(
+                    batch.job_type, payloads, self.webhook_url, body_bytes=body
+                )
             except GTMCLIAmbiguousCreateError as error:
                 adopted = self._find_created_job(batch.job_type, len(payloads), error.started_at)
                 if adopted is None:

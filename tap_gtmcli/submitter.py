@@ -6,7 +6,11 @@ mode) and STATE, which is held until every record read before it has been submit
 The mapper writes everything it returns; the target writes only the STATE.
 
 Returned iterables may be lazy and submit jobs as they are consumed: consume each one
-fully, in order, before passing the next message.
+fully, in order, before passing the next message. In submit mode a job's ledger row is a
+`PendingMessage` while its create runs in the background; the writer holds what follows
+it until the create confirms, so STATE still waits for the jobs before it.
+
+Messages read from input carry their raw line, and pass through as those exact bytes.
 """
 
 from __future__ import annotations
@@ -15,15 +19,17 @@ import fnmatch
 import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from functools import partial
 from itertools import chain
+from typing import Any
 
-from singer_sdk.contrib.msgspec import encoder
+from singer_sdk.contrib.msgspec import decoder, encoder
 
 from tap_gtmcli.batches import Batch, OpenBatches
 from tap_gtmcli.client import GTMCLIClient
 from tap_gtmcli.enrich import NO_ENRICHMENT, JobWaiter, RecordSpool, extend_schema
-from tap_gtmcli.items import ItemExtractor
-from tap_gtmcli.singer_io import RawMessage
+from tap_gtmcli.items import ItemExtractor, ItemKey
+from tap_gtmcli.singer_io import PendingMessage, RawMessage
 from tap_gtmcli.state_gate import StateGate
 from tap_gtmcli.submission import JobSubmitter, SubmittedJob, utc_now_iso
 from tap_gtmcli.submit_settings import SubmitSettings
@@ -65,7 +71,7 @@ REJECTED_SCHEMA: dict = {
 
 logger = logging.getLogger("tap_gtmcli.submitter")
 
-Messages = Iterable[RawMessage]
+Messages = Iterable[RawMessage | PendingMessage]
 
 
 class GTMCLISubmitter:
@@ -87,12 +93,13 @@ class GTMCLISubmitter:
             webhook_url=settings.webhook_url,
             max_resubmissions=settings.max_retries,
         )
-        self.gate = StateGate()
+        self.gate: StateGate[RawMessage] = StateGate()
         self.waiter = JobWaiter(
             client=client, poll_interval=settings.poll_interval, max_wait=settings.max_wait
         )
         self.spool = RecordSpool(spool_directory) if self.enriching else None
-        self.submitted: list[SubmittedJob] = []
+        #: (jobs, items) submitted so far.
+        self.submitted = [0, 0]
         self.rejections: Counter[str] = Counter()
         self._acts_on_stream: dict[object, bool] = {}
         self._announced: set[str] = set()
@@ -100,64 +107,101 @@ class GTMCLISubmitter:
 
     # One method per Singer message type.
 
-    def schema(self, message: dict) -> Messages:
+    def schema(self, message: dict, line: bytes | None = None) -> Messages:
         """Pass a SCHEMA on; in enrich mode extend it, after flushing the stream's batches."""
         self._seq += 1
         stream = message.get("stream")
         if not self.enriching or not self._acts_on(stream):
-            return (RawMessage(message),)
+            return (RawMessage(message, line),)
         # Records waiting under the old schema must go out before the new one.
         flushed = self._flush(self.batches.of_stream(str(stream)))
         extended = {**message, "schema": extend_schema(message.get("schema"))}
         return chain(flushed, (RawMessage(extended),))
 
-    def record(self, message: dict) -> Messages:
+    def record(self, message: dict, line: bytes | None = None) -> Messages:
         """Batch an acted-on record (or reject it); pass the others on."""
         self._seq += 1
         stream = message.get("stream")
         if not self._acts_on(stream):
-            return (RawMessage(message),)
+            return (RawMessage(message, line),)
         item = self.extractor.extract(message.get("record"))
         if isinstance(item, str):
-            return self._reject(str(stream), message, item)
-        batch, position = self.batches.add(str(stream), item.job_type, item.key, self._seq)
-        passed: Messages
+            return self._reject(str(stream), message, item, line)
+        line = line or encoder.encode(message) + b"\n"
+        return self._batch(str(stream), item.job_type, item.key, line, message) or ()
+
+    def record_line(self, envelope: Any, line: bytes) -> Messages | None:
+        """`record` for a RECORD line decoded by `SingerLineReader`; None: pass the line on.
+
+        `envelope.record` holds only the item fields, so the record is decoded whole only
+        when it is rejected (its content goes to the rejected stream).
+        """
+        stream = envelope.stream
+        acts = self._acts_on_stream.get(stream) if type(stream) is str else None
+        if acts is None:
+            acts = self._acts_on(stream)
+        if not acts or envelope.record is None:
+            if acts:  # a null or missing record is rejected: take the full path
+                return self.record(decoder.decode(line), line)
+            self._seq += 1
+            return None
+        key = self.extractor.email_key(envelope.record)
+        if key is not None:
+            self._seq += 1
+            return self._batch(stream, "validate", key, line, None)
+        item = self.extractor.extract_fields(envelope.record)
+        if isinstance(item, str):
+            return self.record(decoder.decode(line), line)
+        self._seq += 1
+        return self._batch(stream, item.job_type, item.key, line, None)
+
+    def _batch(
+        self, stream: str, job_type: str, key: ItemKey, line: bytes, message: dict | None
+    ) -> Messages | None:
+        """Add an item to its batch: the record passes on (or is spooled), a full batch goes."""
+        batch, position = self.batches.add(stream, job_type, key, self._seq)
+        passed: Messages | None
         if self.spool is not None:
-            self.spool.add(self._seq, batch.number, position, message)
+            self.spool.add(self._seq, batch.number, position, line)
             passed = ()
+        elif message is None:
+            passed = None
         else:
-            passed = (RawMessage(message),)
-        if self.batches.is_full(batch):
+            passed = (RawMessage(message, line),)
+        if len(batch.positions) >= self.batches.batch_size:
+            if passed is None:
+                passed = (RawMessage(decoder.decode(line), line),)
             return chain(passed, self._flush([batch]))
         return passed
 
-    def state(self, message: dict) -> Messages:
+    def state(self, message: dict, line: bytes | None = None) -> Messages:
         """Pass a STATE on when nothing is pending, else hold it."""
         self._seq += 1
         if self.batches.oldest_seq() is None:
-            return (RawMessage(message),)
-        self.gate.hold(self._seq, message, self.batches.newest_seq())
+            return (RawMessage(message, line),)
+        self.gate.hold(self._seq, RawMessage(message, line), self.batches.newest_seq())
         return ()
 
-    def activate_version(self, message: dict) -> Messages:
+    def activate_version(self, message: dict, line: bytes | None = None) -> Messages:
         """Pass an ACTIVATE_VERSION on; in enrich mode after the stream's waiting records."""
         self._seq += 1
         stream = message.get("stream")
+        passed = RawMessage(message, line)
         if not self.enriching or not self._acts_on(stream):
-            return (RawMessage(message),)
-        return chain(self._flush(self.batches.of_stream(str(stream))), (RawMessage(message),))
+            return (passed,)
+        return chain(self._flush(self.batches.of_stream(str(stream))), (passed,))
 
-    def passthrough(self, message: dict) -> Messages:
+    def passthrough(self, message: dict, line: bytes | None = None) -> Messages:
         """Pass any other message on unchanged."""
         self._seq += 1
-        return (RawMessage(message),)
+        return (RawMessage(message, line),)
 
     def finish(self) -> Messages:
         """Submit every open batch, then release the last STATE."""
         yield from self._flush(self.batches.all())
         released = self.gate.release(None)
         if released is not None:
-            yield RawMessage(released)
+            yield released
         if self.rejections:
             logger.warning(
                 "Rejected %d records (not sent to GTMCLI, see stream %s): %s",
@@ -165,14 +209,11 @@ class GTMCLISubmitter:
                 REJECTED_STREAM,
                 "; ".join(f"{reason}: {count}" for reason, count in self.rejections.most_common()),
             )
-        logger.info(
-            "Submitted %d GTMCLI jobs (%d items)",
-            len(self.submitted),
-            sum(job.item_count for job in self.submitted),
-        )
+        logger.info("Submitted %d GTMCLI jobs (%d items)", *self.submitted)
 
     def close(self) -> None:
-        """Remove the spool file, if any."""
+        """Stop background creates and remove the spool file, if any."""
+        self.jobs.close()
         if self.spool is not None:
             self.spool.close()
 
@@ -187,20 +228,22 @@ class GTMCLISubmitter:
             self._acts_on_stream[stream] = acts
         return acts
 
-    def _announce(self, schema: dict) -> Messages:
+    def _announce(self, schema: dict) -> tuple[RawMessage, ...]:
         """A stream's SCHEMA the first time one of its records is emitted."""
         if schema["stream"] in self._announced:
             return ()
         self._announced.add(schema["stream"])
         return (RawMessage(schema),)
 
-    def _reject(self, stream: str, message: dict, reason: str) -> Messages:
+    def _reject(
+        self, stream: str, message: dict, reason: str, line: bytes | None = None
+    ) -> Messages:
         self.rejections[reason] += 1
         record = message.get("record")
         if self.enriching and isinstance(record, dict):
             passed = RawMessage({**message, "record": {**record, **NO_ENRICHMENT}})
         else:
-            passed = RawMessage(message)
+            passed = RawMessage(message, line)
         rejected = {
             "type": "RECORD",
             "stream": REJECTED_STREAM,
@@ -213,20 +256,26 @@ class GTMCLISubmitter:
         }
         return (passed, *self._announce(REJECTED_SCHEMA), RawMessage(rejected))
 
-    def _flush(self, batches: list[Batch]) -> Iterator[RawMessage]:
+    def _flush(self, batches: list[Batch]) -> Iterator[RawMessage | PendingMessage]:
         """Submit batches (and in enrich mode emit their records), releasing STATE after each."""
         for batch in batches:
             self.batches.close(batch)
-            job = self.jobs.submit(batch)
-            self.submitted.append(job)
-            yield from self._announce(LEDGER_SCHEMA)
-            ledger = {"type": "RECORD", "stream": LEDGER_STREAM, "record": job.ledger_record()}
-            yield RawMessage(ledger)
-            if self.spool is not None:
+            self.submitted[0] += 1
+            self.submitted[1] += len(batch)
+            if self.spool is None:
+                # The create runs in the background; the writer holds everything after
+                # the ledger row (the STATE released below included) until it confirms.
+                future = self.jobs.submit_in_background(batch)
+                schemas = [message.body for message in self._announce(LEDGER_SCHEMA)]
+                yield PendingMessage(future, partial(_ledger_messages, schemas))
+            else:
+                job = self.jobs.submit(batch)
+                yield from self._announce(LEDGER_SCHEMA)
+                yield RawMessage(_ledger_message(job))
                 yield from self._enriched_records(batch, job)
             released = self.gate.release(self.batches.oldest_seq())
             if released is not None:
-                yield RawMessage(released)
+                yield released
 
     def _enriched_records(self, batch: Batch, job: SubmittedJob) -> Iterator[RawMessage]:
         assert self.spool is not None
@@ -237,3 +286,12 @@ class GTMCLISubmitter:
         del emails
         for message in self.spool.enriched(batch.number):
             yield RawMessage(message)
+
+
+def _ledger_message(job: SubmittedJob) -> dict:
+    return {"type": "RECORD", "stream": LEDGER_STREAM, "record": job.ledger_record()}
+
+
+def _ledger_messages(schemas: list[dict], job: SubmittedJob) -> list[dict]:
+    """The ledger SCHEMA (first job only) and row of a job created in the background."""
+    return [*schemas, _ledger_message(job)]

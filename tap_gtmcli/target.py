@@ -23,9 +23,13 @@ from singer_sdk.singerlib import Message
 
 from tap_gtmcli.client import GTMCLIClient
 from tap_gtmcli.mapper import GTMCLIMapper
-from tap_gtmcli.singer_io import RawMessage
+from tap_gtmcli.singer_io import PendingMessage, RawMessage
 from tap_gtmcli.submit_settings import LEDGER_PATH_SETTING, SUBMIT_SETTINGS
 from tap_gtmcli.submitter import LEDGER_STREAM
+
+
+def _discard(_line: bytes) -> None:
+    """Drop a passthrough line."""
 
 
 class TargetGTMCLI(GTMCLIMapper):
@@ -59,6 +63,8 @@ class TargetGTMCLI(GTMCLIMapper):
                 "Config validation failed",
                 errors=["mode: target-gtmcli only submits; use mapper-gtmcli for enrich"],
             )
+        # A target writes no passthrough: only the STATE it confirms.
+        self._pass_line = _discard
         ledger_path = self.config.get("ledger_path")
         self.ledger_file: IO[str] | None = (
             Path(ledger_path).open("a", encoding="utf-8") if ledger_path else None  # noqa: SIM115
@@ -70,10 +76,13 @@ class TargetGTMCLI(GTMCLIMapper):
     def _confirmations(self, messages: Iterable[Message]) -> Iterable[Message]:
         """Only the STATE goes to stdout; the ledger goes to the log and the ledger file."""
         for message in messages:
-            if message.type == "STATE":
-                yield message
-            elif isinstance(message, RawMessage) and self._is_ledger_record(message.body):
-                self._record_ledger(message.body["record"])
+            # The target writes only STATE, so it simply waits for each create.
+            resolved = message.resolve() if isinstance(message, PendingMessage) else [message]
+            for each in resolved:
+                if each.type == "STATE":
+                    yield each
+                elif isinstance(each, RawMessage) and self._is_ledger_record(each.body):
+                    self._record_ledger(each.body["record"])
 
     @staticmethod
     def _is_ledger_record(body: dict[str, Any]) -> bool:

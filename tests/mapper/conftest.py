@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ class FakeGTMCLI:
         self.jobs: dict[str, dict[str, Any]] = {}
         self.items: dict[str, list[dict[str, str]]] = {}
         self.create_calls = 0
+        #: Seconds each create takes, so that reading runs ahead of it.
+        self.create_delay = 0.0
         self.job_status = "completed"
         self.result_override: Callable[[str, int, dict[str, str]], dict] | None = None
         self.closed = False
@@ -50,9 +53,21 @@ class FakeGTMCLI:
         return job
 
     def create_job(
-        self, job_type: str, items: list[dict[str, str]], webhook_url: str | None = None
+        self,
+        job_type: str,
+        items: list[dict[str, str]],
+        webhook_url: str | None = None,
+        *,
+        body_bytes: bytes | None = None,
     ) -> dict:
         self.create_calls += 1
+        time.sleep(self.create_delay)
+        if body_bytes is not None:
+            assert json.loads(body_bytes) == {
+                "type": job_type,
+                "data": items,
+                **({"webhook_url": webhook_url} if webhook_url else {}),
+            }
         step = self.create_script.pop(0) if self.create_script else "ok"
         if step == "402":
             raise GTMCLICreditsError(
