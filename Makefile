@@ -30,4 +30,4 @@ test: $(STAMP)
 	$(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) .meltano output .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-meltano .meltano output .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,135 @@
+"""Real `meltano run` of both halves against the sandbox, into DuckDB and PostgreSQL."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tap_gtmcli.demo.generate_contacts import CSV_PATH
+from tap_gtmcli.demo.meltano_project import MeltanoRun
+
+from .conftest import Pipelines, PostgresServer
+
+pytestmark = pytest.mark.e2e
+
+STATE_ID_DUCKDB = "dev:tap-gtmcli-to-target-duckdb"
+STATE_ID_POSTGRES = "dev:tap-gtmcli-to-target-postgres"
+#: A state that grows with the number of jobs or rows would show up far above this.
+MAX_STATE_BYTES = 4096
+#: What tap-gtmcli logs when a run finds no new or changed job.
+NOTHING_NEW = "0 new or changed jobs to emit"
+
+
+def submit_more(pipelines: Pipelines, log_name: str) -> None:
+    """A find job on top of the validate job, so the second extract has something new."""
+    pipelines.run("--full-refresh", "tap-spreadsheets", "gtmcli-find", "target-jsonl",
+                  log_name=log_name)
+
+
+def assert_small_state(pipelines: Pipelines, state_id: str) -> None:
+    """The tap's state stays small: no open jobs once all settled, nothing per job."""
+    state = pipelines.state(state_id)
+    assert len(json.dumps(state)) < MAX_STATE_BYTES, state
+    bookmarks = state["singer_state"]["bookmarks"]
+    assert bookmarks["jobs"]["open_jobs"] == {}
+    assert bookmarks["jobs"]["replication_key"] == "created_at"
+    assert not bookmarks.get("job_results", {}).get("partitions")
+
+
+def test_duckdb_incremental_runs_match_the_sandbox(
+    pipelines: Pipelines,
+    submitted: MeltanoRun,
+    duckdb_query: Callable[[Path, str], list[list[Any]]],
+) -> None:
+    warehouse = pipelines.workdir / "duckdb-extract.duckdb"
+    env = {"TARGET_DUCKDB_FILEPATH": str(warehouse)}
+
+    first = pipelines.run("gtmcli-extract", log_name="duckdb-extract-1", env=env)
+    assert first.loaded.get("jobs", 0) >= 1
+    submit_more(pipelines, "duckdb-submit-find")
+    jobs, result_rows = pipelines.sandbox_truth()
+    second = pipelines.run("gtmcli-extract", log_name="duckdb-extract-2", env=env)
+    assert second.loaded.get("jobs", 0) >= 1
+
+    def one(sql: str) -> Any:
+        return duckdb_query(warehouse, sql)[0][0]
+
+    assert one("select count(*) from gtmcli.jobs") == len(jobs)
+    assert one("select count(distinct id) from gtmcli.jobs") == len(jobs)
+    assert one("select count(*) from gtmcli.job_results") == result_rows
+    assert one("select count(*) from (select distinct job_id, row_number "
+               "from gtmcli.job_results)") == result_rows
+    loaded_status = dict(duckdb_query(warehouse, "select id, status from gtmcli.jobs"))
+    assert loaded_status == {job_id: job["status"] for job_id, job in jobs.items()}
+    per_job = dict(duckdb_query(warehouse, "select job_id, count(*) from gtmcli.job_results "
+                                           "group by 1"))
+    assert per_job == {job_id: job["total"] for job_id, job in jobs.items()
+                       if job["status"] == "completed"}
+
+    third = pipelines.run("gtmcli-extract", log_name="duckdb-extract-3", env=env)
+    assert third.loaded == {}
+    assert NOTHING_NEW in third.log_path.read_text()
+    assert one("select count(*) from gtmcli.job_results") == result_rows
+    assert_small_state(pipelines, STATE_ID_DUCKDB)
+
+
+def test_postgres_incremental_runs_match_the_sandbox(
+    pipelines: Pipelines, submitted: MeltanoRun, postgres_server: PostgresServer,
+) -> None:
+    # Trust authentication ignores the password, but target-postgres insists on one.
+    env = {"TARGET_POSTGRES_PORT": str(postgres_server.port),
+           "TARGET_POSTGRES_PASSWORD": "unused-with-trust-auth"}
+
+    def one(sql: str) -> int:
+        return int(postgres_server.query(sql)[0][0])
+
+    pipelines.run("tap-gtmcli", "target-postgres", log_name="postgres-extract-1", env=env)
+    submit_more(pipelines, "postgres-submit-find")
+    jobs, result_rows = pipelines.sandbox_truth()
+    pipelines.run("tap-gtmcli", "target-postgres", log_name="postgres-extract-2", env=env)
+
+    assert one("select count(*) from gtmcli.jobs") == len(jobs)
+    assert one("select count(distinct id) from gtmcli.jobs") == len(jobs)
+    assert one("select count(*) from gtmcli.job_results") == result_rows
+    assert one("select count(*) from (select distinct job_id, row_number "
+               "from gtmcli.job_results) as k") == result_rows
+    loaded_status = dict(postgres_server.query("select id, status from gtmcli.jobs"))
+    assert loaded_status == {job_id: job["status"] for job_id, job in jobs.items()}
+
+    third = pipelines.run("tap-gtmcli", "target-postgres", log_name="postgres-extract-3",
+                          env=env)
+    assert NOTHING_NEW in third.log_path.read_text()
+    assert one("select count(*) from gtmcli.jobs") == len(jobs)
+    assert one("select count(*) from gtmcli.job_results") == result_rows
+    assert_small_state(pipelines, STATE_ID_POSTGRES)
+
+
+def test_enrich_mapping_lands_enriched_contacts(
+    pipelines: Pipelines, duckdb_query: Callable[[Path, str], list[list[Any]]],
+) -> None:
+    warehouse = pipelines.workdir / "duckdb-enrich.duckdb"
+    run = pipelines.run("--full-refresh", "tap-spreadsheets", "gtmcli-enrich", "target-duckdb",
+                        log_name="enrich", env={"TARGET_DUCKDB_FILEPATH": str(warehouse)})
+
+    with CSV_PATH.open(encoding="utf-8") as handle:
+        contacts = list(csv.DictReader(handle))
+    assert run.loaded["contacts"] == len(contacts)
+    rows = duckdb_query(warehouse, "select id, gtmcli_status, gtmcli_provider, gtmcli_job_id "
+                                   "from gtmcli.contacts")
+    assert len(rows) == len(contacts)
+    rejected = {row[0] for row in duckdb_query(
+        warehouse, "select json_extract_string(record, '$.id') from gtmcli.gtmcli_rejected")}
+    enriched = {row[0]: row[1:] for row in rows if row[0] not in rejected}
+    assert rejected and enriched
+    assert all(status and provider and job_id for status, provider, job_id in enriched.values())
+    # A contact with a well-formed email is always sent, so always enriched.
+    good = {c["id"] for c in contacts if "@" in c["email"] and c["email"].strip().count("@") == 1
+            and not c["email"].strip().startswith("@") and not c["email"].strip().endswith("@")}
+    assert good <= set(enriched)
+    submissions = duckdb_query(warehouse, "select job_id, item_count from gtmcli.gtmcli_submissions")
+    assert {job_id for *_, job_id in enriched.values()} == {row[0] for row in submissions}
