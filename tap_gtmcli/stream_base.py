@@ -8,9 +8,11 @@ from collections.abc import Generator, Iterable
 from functools import cached_property
 from importlib import resources
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import requests
-from singer_sdk import RESTStream, SchemaDirectory, StreamSchema
+from requests.adapters import HTTPAdapter
+from singer_sdk import RESTStream, SchemaDirectory, StreamSchema, Tap
 from singer_sdk.authenticators import BearerTokenAuthenticator
 from singer_sdk.helpers.types import Context, Record
 from typing_extensions import override
@@ -19,10 +21,15 @@ from tap_gtmcli import schemas
 from tap_gtmcli.client import DEFAULT_API_URL, USER_AGENT
 from tap_gtmcli.errors import decode_json, raise_for_response
 from tap_gtmcli.pagination import TotalPagesPaginator
+from tap_gtmcli.rate_gate import RateGate
 from tap_gtmcli.retry import RetryPolicy, parse_retry_after
 
 SCHEMAS = SchemaDirectory(resources.files(schemas))
 EXTRA_FIELDS = "additional_fields"
+DEFAULT_MAX_PARALLEL_REQUESTS = 8
+
+#: One gate per tap: the limit is per key, so every stream and worker shares it.
+_RATE_GATES: WeakKeyDictionary[Tap, RateGate] = WeakKeyDictionary()
 
 
 class GTMCLIStream(RESTStream[int]):
@@ -50,6 +57,44 @@ class GTMCLIStream(RESTStream[int]):
     @property
     def timeout(self) -> int:
         return int(self.config.get("request_timeout", 60))
+
+    @cached_property
+    def max_parallel_requests(self) -> int:
+        """Requests this stream may have in flight at once."""
+        return max(1, int(self.config.get("max_parallel_requests")
+                          or DEFAULT_MAX_PARALLEL_REQUESTS))
+
+    @property
+    def rate_gate(self) -> RateGate:
+        """The tap's one gate that spaces requests under the plan's rate limit."""
+        return _RATE_GATES.setdefault(self._tap, RateGate())
+
+    @override
+    @property
+    def requests_session(self) -> requests.Session:
+        # Workers share one session: its pool must hold a connection for each of them,
+        # or urllib3 opens and discards connections beyond its default of 10.
+        session = super().requests_session
+        if session.adapters.get("http://") is not self._pooled_adapter:
+            session.mount("https://", self._pooled_adapter)
+            session.mount("http://", self._pooled_adapter)
+        return session
+
+    @cached_property
+    def _pooled_adapter(self) -> HTTPAdapter:
+        return HTTPAdapter(pool_connections=1, pool_maxsize=max(10, self.max_parallel_requests))
+
+    @override
+    def _request(
+        self, prepared_request: requests.PreparedRequest, context: Context | None
+    ) -> requests.Response:
+        self.rate_gate.wait_turn()
+        return super()._request(prepared_request, context)
+
+    @cached_property
+    def send_with_retries(self) -> Any:
+        """`_request` under the retry policy; safe to call from several threads."""
+        return self.request_decorator(self._request)
 
     @cached_property
     def retry_policy(self) -> RetryPolicy:
@@ -86,6 +131,7 @@ class GTMCLIStream(RESTStream[int]):
     @override
     def validate_response(self, response: requests.Response) -> None:
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        self.rate_gate.observe(response.status_code, response.headers, retry_after)
         raise_for_response(response, retry_after)
         decode_json(response)  # a truncated body is retried, not parsed
 

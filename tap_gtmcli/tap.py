@@ -7,7 +7,9 @@ from singer_sdk import typing as th
 from typing_extensions import override
 
 from tap_gtmcli.client import DEFAULT_API_URL
+from tap_gtmcli.message_writer import TapMessageWriter
 from tap_gtmcli.redaction import redact_secrets_in_logs
+from tap_gtmcli.stream_base import DEFAULT_MAX_PARALLEL_REQUESTS
 from tap_gtmcli.streams import MAX_RESULTS_PER_PAGE, JobResultsStream, JobsStream
 
 
@@ -15,6 +17,7 @@ class TapGTMCLI(Tap):
     """Extracts GTMCLI jobs and the results of completed jobs, incrementally."""
 
     name = "tap-gtmcli"
+    message_writer_class = TapMessageWriter
 
     config_jsonschema = th.PropertiesList(
         th.Property(
@@ -67,6 +70,15 @@ class TapGTMCLI(Tap):
             title="Max retries",
             description="Retries of a failed request (429, 5xx, timeouts, dropped "
             "connections) before the run fails. Retry-After is honoured exactly.",
+        ),
+        th.Property(
+            "max_parallel_requests",
+            th.IntegerType(minimum=1),
+            default=DEFAULT_MAX_PARALLEL_REQUESTS,
+            title="Max parallel requests",
+            description="Result pages of a job downloaded at once (and held at most "
+            "before they are written). Requests stay under the plan's rate limit "
+            "whatever the value; 1 reads pages one after another.",
         ),
     ).to_dict()
 

@@ -1,0 +1,202 @@
+"""Concurrent result pages: order, exact rows under faults, the shared rate gate, and a
+bounded window. No assertion depends on timing."""
+
+from __future__ import annotations
+
+import io
+import random
+import threading
+import time
+from contextlib import redirect_stdout
+
+import pytest
+
+from tap_gtmcli.rate_gate import RateGate
+from tap_gtmcli.result_pages import ResultPage, ResultPages
+from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
+from tap_gtmcli.tap import TapGTMCLI
+from tests.tap.conftest import API_KEY, run_tap
+from tests.tap.test_errors import RESULTS_RULE, result_rows
+
+RESULTS = "GET /v1/jobs/{id}/results"
+
+
+class FakePages:
+    """`send` for ResultPages: answers pages after a random pause, counting overlap."""
+
+    def __init__(self, total_pages: int, jitter: float = 0.005, seed: int = 7) -> None:
+        self.total_pages = total_pages
+        self.random = random.Random(seed)
+        self.jitter = jitter
+        self.lock = threading.Lock()
+        self.running = 0
+        self.peak_running = 0
+        self.release = threading.Event()
+        self.release.set()
+
+    def send(self, page: int) -> ResultPage:
+        with self.lock:
+            self.running += 1
+            self.peak_running = max(self.peak_running, self.running)
+            pause = self.random.uniform(0, self.jitter)
+        time.sleep(pause)
+        self.release.wait()
+        with self.lock:
+            self.running -= 1
+        rows = [{"row_number": (page - 1) * 10 + i + 1} for i in range(10)]
+        return ResultPage(page, rows, self.total_pages)
+
+
+@pytest.mark.parametrize("window", [1, 3, 8])
+def test_pages_come_out_in_order_whatever_order_they_finish_in(window):
+    fake = FakePages(total_pages=40)
+    pages = ResultPages(prepare=lambda page: page, send=fake.send, window=window)
+    numbers = [page.number for page in pages]
+    assert numbers == list(range(1, 41))
+    assert pages.requested == 40
+    assert pages.peak_in_flight <= window
+    assert fake.peak_running <= window
+
+
+def test_the_window_bounds_pages_held_while_the_reader_is_busy():
+    fake = FakePages(total_pages=100, jitter=0)
+    pages = ResultPages(prepare=lambda page: page, send=fake.send, window=4,
+                        expected_pages=100)
+    reader = iter(pages)
+    first = next(reader)
+    # The reader holds page 1 and reads no further: only the window is fetched ahead.
+    assert first.number == 1
+    assert pages.requested == 4  # pages 1..4; page 5 waits for the reader
+    assert pages.in_flight == 3
+    assert [page.number for page in reader] == list(range(2, 101))
+    assert pages.peak_in_flight == 4
+
+
+def test_the_last_page_comes_from_the_answers_not_the_estimate():
+    fake = FakePages(total_pages=3, jitter=0)
+    pages = ResultPages(prepare=lambda page: page, send=fake.send, window=8,
+                        expected_pages=6)
+    assert [page.number for page in pages] == [1, 2, 3]
+
+
+def test_a_failed_page_stops_the_job_and_raises_in_the_reader():
+    def send(page: int) -> ResultPage:
+        if page == 3:
+            raise LookupError("page 3 failed")
+        return ResultPage(page, [{"row_number": page}], 10)
+
+    pages = ResultPages(prepare=lambda page: page, send=send, window=4, expected_pages=10)
+    seen = []
+    with pytest.raises(LookupError, match="page 3 failed"):
+        seen.extend(page.number for page in pages)
+    assert seen == [1, 2]
+
+
+def test_the_gate_spaces_requests_once_it_knows_the_limit():
+    now = [1000.0]
+    waits: list[float] = []
+    gate = RateGate(clock=lambda: now[0], wall_clock=lambda: now[0], wait=waits.append)
+    gate.wait_turn()
+    gate.observe(200, {"X-RateLimit-Limit": "50", "X-RateLimit-Remaining": "49"})
+    for _ in range(3):
+        gate.wait_turn()
+    assert len(waits) == 2
+    assert all(wait == pytest.approx(1 / 45) for wait in waits[:1])
+    assert waits[1] == pytest.approx(2 / 45)
+
+
+def test_a_429_holds_every_other_worker_for_retry_after_exactly():
+    now = [1000.0]
+    waits: list[float] = []
+    gate = RateGate(clock=lambda: now[0], wall_clock=lambda: now[0], wait=waits.append)
+    gate.observe(429, {}, retry_after=7.0)
+    gate.wait_turn()  # the worker told to wait backs off by itself
+    assert waits == []
+    other = threading.Thread(target=gate.wait_turn)
+    other.start()
+    other.join()
+    assert waits == [7.0]
+    # Its retry went through: the window is open again for everyone.
+    gate.observe(200, {})
+    other = threading.Thread(target=gate.wait_turn)
+    other.start()
+    other.join()
+    assert waits == [7.0]
+
+
+def test_remaining_zero_holds_until_the_window_resets():
+    now = [1000.4]
+    waits: list[float] = []
+    gate = RateGate(clock=lambda: now[0], wall_clock=lambda: now[0], wait=waits.append)
+    gate.observe(200, {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "1001"})
+    gate.wait_turn()
+    assert waits == [pytest.approx(0.6)]
+
+
+def sync_in_process(config: dict, monkeypatch) -> tuple[list[float], str]:
+    sleeps: list[float] = []
+    monkeypatch.setattr("backoff._sync.time.sleep", sleeps.append)
+    out = io.StringIO()
+    with redirect_stdout(out):
+        TapGTMCLI(config=config).sync_all()
+    return sleeps, out.getvalue()
+
+
+def test_rows_are_exact_and_in_order_with_faults_under_concurrency(
+    sandbox, tap_config, monkeypatch
+):
+    job_ids = sandbox.seed_jobs("validate", 2500, jobs=2)
+    sandbox.add_fault_rules([
+        {**RESULTS_RULE, "status": 429, "retry_after": "0", "count": 2},
+        {**RESULTS_RULE, "status": 503, "body": "html", "count": 2},
+        {**RESULTS_RULE, "status": 200, "body": "truncated", "count": 2},
+        {**RESULTS_RULE, "body": "slow", "delay": 0.05, "count": 6},
+    ])
+    config = {**tap_config, "results_per_page": 100, "max_parallel_requests": 6,
+              "max_retries": 8}  # more than all injected faults together
+    sleeps, output = sync_in_process(config, monkeypatch)
+    rows = result_rows(output)
+    for job_id in job_ids:
+        assert [r["row_number"] for r in rows if r["job_id"] == job_id] == list(range(1, 2501))
+    assert len(rows) == 5000
+    assert sleeps.count(0.0) == 2  # Retry-After: 0, honoured exactly
+    assert len(sleeps) == 6
+    assert sandbox.stats()["requests"][RESULTS] == 50 + 6
+
+
+def test_a_job_that_vanishes_mid_way_is_skipped_with_a_warning(
+    sandbox, tap_config, monkeypatch, caplog
+):
+    gone, kept = sandbox.seed_jobs("validate", 1000, jobs=2)
+    sandbox.add_fault_rules([{"method": "GET", "path_prefix": f"/v1/jobs/{gone}/results",
+                              "status": 404, "count": 100}])
+    _, output = sync_in_process({**tap_config, "results_per_page": 100}, monkeypatch)
+    rows = result_rows(output)
+    assert {row["job_id"] for row in rows} == {kept}
+    assert [row["row_number"] for row in rows] == list(range(1, 1001))
+    assert f"Job {gone} vanished (404)" in caplog.text
+
+
+def test_one_request_at_a_time_still_reads_everything(sandbox, tap_config, tmp_path):
+    job_id = sandbox.seed_jobs("find", 730)[0]
+    run = run_tap(tmp_path, {**tap_config, "results_per_page": 100,
+                             "max_parallel_requests": 1})
+    assert run.returncode == 0, run.stderr
+    rows = run.records("job_results")
+    assert [(r["job_id"], r["row_number"]) for r in rows] == [
+        (job_id, n) for n in range(1, 731)]
+    assert sandbox.stats()["requests"][RESULTS] == 8
+
+
+def test_the_shared_gate_keeps_growth_tier_429s_to_a_handful(tmp_path):
+    config = SandboxConfig(api_key=API_KEY, start_delay=0, processing_rate=0, tier="growth")
+    with SandboxServer(config) as server:
+        job_ids = server.seed_jobs("validate", 10_000, jobs=2)
+        run = run_tap(tmp_path, {"api_key": API_KEY, "api_url": server.url,
+                                 "results_per_page": 200, "max_parallel_requests": 16})
+        stats = server.stats()
+    assert run.returncode == 0, run.stderr
+    keys = [(r["job_id"], r["row_number"]) for r in run.records("job_results")]
+    assert keys == [(job_id, n) for job_id in job_ids for n in range(1, 10_001)]
+    assert stats["requests"][RESULTS] >= 100  # two one-second windows' worth, at least
+    assert stats["rate_limited"] <= 3
