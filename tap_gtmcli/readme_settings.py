@@ -50,7 +50,7 @@ def rendered_readme(text: str) -> str:
         block = _block(name)
         if not block.search(text):
             raise ValueError(f"README.md has no settings block for {name}")
-        text = block.sub(lambda match, t=table: match[1] + t + "\n" + match[3], text)
+        text = block.sub(lambda match: f"{match[1]}{table}\n{match[3]}", text)  # noqa: B023
     return text
 
 
