@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from singer_sdk import Tap
 from singer_sdk import typing as th
+from singer_sdk.helpers.capabilities import CapabilitiesEnum, PluginCapabilities, TapCapabilities
 from typing_extensions import override
 
 from tap_gtmcli.client import DEFAULT_API_URL
@@ -18,6 +21,17 @@ class TapGTMCLI(Tap):
 
     name = "tap-gtmcli"
     message_writer_class = TapMessageWriter
+    # Not ACTIVATE_VERSION: runs are incremental, and a version message would tell the
+    # target to drop every row an earlier run loaded. Not BATCH: untested here.
+    capabilities: ClassVar[list[CapabilitiesEnum]] = [
+        TapCapabilities.CATALOG,
+        TapCapabilities.STATE,
+        TapCapabilities.DISCOVER,
+        PluginCapabilities.ABOUT,
+        PluginCapabilities.STREAM_MAPS,
+        PluginCapabilities.FLATTENING,
+        PluginCapabilities.STRUCTURED_LOGGING,
+    ]
 
     config_jsonschema = th.PropertiesList(
         th.Property(
