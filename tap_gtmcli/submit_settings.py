@@ -16,6 +16,7 @@ from singer_sdk import typing as th
 from singer_sdk.exceptions import ConfigValidationError
 
 from tap_gtmcli.client import DEFAULT_API_URL
+from tap_gtmcli.connection_settings import API_KEY, API_URL, MAX_RETRIES, REQUEST_TIMEOUT
 
 MAX_BATCH_SIZE = 100_000
 MODES = ("submit", "enrich")
@@ -23,21 +24,8 @@ JOB_TYPES = ("validate", "find", "auto")
 FIELD_SETTINGS = ("email_field", "first_name_field", "last_name_field", "domain_field")
 
 SUBMIT_SETTINGS = th.PropertiesList(
-    th.Property(
-        "api_key",
-        th.StringType,
-        required=True,
-        secret=True,
-        title="API key",
-        description="GTMCLI API key (`gtm_live_…`), sent as a Bearer token; never logged.",
-    ),
-    th.Property(
-        "api_url",
-        th.StringType,
-        default=DEFAULT_API_URL,
-        title="API URL",
-        description="Base URL of the GTMCLI API (point it at a sandbox for tests).",
-    ),
+    API_KEY,
+    API_URL,
     th.Property(
         "streams",
         th.ArrayType(th.StringType),
@@ -123,21 +111,8 @@ SUBMIT_SETTINGS = th.PropertiesList(
         description="Enrich mode: seconds to wait for one job to complete before the "
         "run fails.",
     ),
-    th.Property(
-        "request_timeout",
-        th.NumberType(exclusive_minimum=0),
-        default=60,
-        title="Request timeout",
-        description="Seconds to wait for each GTMCLI HTTP answer.",
-    ),
-    th.Property(
-        "max_retries",
-        th.IntegerType(minimum=0),
-        default=5,
-        title="Maximum retries",
-        description="Retries of a transient failure (429, 5xx, dropped connection) "
-        "before the run fails; also bounds resubmissions of an ambiguous job create.",
-    ),
+    REQUEST_TIMEOUT,
+    MAX_RETRIES,
 )
 
 LEDGER_PATH_SETTING = th.Property(

@@ -9,7 +9,7 @@ from singer_sdk import typing as th
 from singer_sdk.helpers.capabilities import CapabilitiesEnum, PluginCapabilities, TapCapabilities
 from typing_extensions import override
 
-from tap_gtmcli.client import DEFAULT_API_URL
+from tap_gtmcli.connection_settings import API_KEY, API_URL, MAX_RETRIES, REQUEST_TIMEOUT
 from tap_gtmcli.message_writer import TapMessageWriter
 from tap_gtmcli.redaction import redact_secrets_in_logs
 from tap_gtmcli.stream_base import DEFAULT_MAX_PARALLEL_REQUESTS
@@ -34,22 +34,8 @@ class TapGTMCLI(Tap):
     ]
 
     config_jsonschema = th.PropertiesList(
-        th.Property(
-            "api_key",
-            th.StringType,
-            required=True,
-            secret=True,
-            title="API key",
-            description="GTMCLI API key (gtm_live_...). Sent as a Bearer token; never logged.",
-        ),
-        th.Property(
-            "api_url",
-            th.StringType,
-            default=DEFAULT_API_URL,
-            title="API URL",
-            description="Base URL of the GTMCLI API; point it at gtmcli-sandbox to try "
-            "the tap without an account.",
-        ),
+        API_KEY,
+        API_URL,
         th.Property(
             "start_date",
             th.DateTimeType,
@@ -70,21 +56,8 @@ class TapGTMCLI(Tap):
             title="Results per page",
             description="Result rows asked for per request (1 to 1000).",
         ),
-        th.Property(
-            "request_timeout",
-            th.IntegerType(minimum=1),
-            default=60,
-            title="Request timeout",
-            description="Seconds to wait for an answer before the request is retried.",
-        ),
-        th.Property(
-            "max_retries",
-            th.IntegerType(minimum=0),
-            default=5,
-            title="Max retries",
-            description="Retries of a failed request (429, 5xx, timeouts, dropped "
-            "connections) before the run fails. Retry-After is honoured exactly.",
-        ),
+        REQUEST_TIMEOUT,
+        MAX_RETRIES,
         th.Property(
             "max_parallel_requests",
             th.IntegerType(minimum=1),
