@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--processing-rate", type=float, default=2000.0,
                         help="items per second; 0 completes at once")
     parser.add_argument("--fail-job-share", type=float, default=0.0)
+    parser.add_argument("--inline-rows", type=int, default=5000,
+                        help="jobs up to this many items are computed within the create"
+                        " call; larger ones in the background (0: always)")
     parser.add_argument("--tier", choices=TIER_NAMES, default=None,
                         help="enable the rate limits of a plan tier")
     parser.add_argument("--retry-after-format", choices=RETRY_AFTER_FORMATS, default="seconds")

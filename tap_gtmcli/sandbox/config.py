@@ -27,6 +27,9 @@ class SandboxConfig:
     # Items per second; 0 or inf completes a job the moment its start delay ends.
     processing_rate: float = 2000.0
     fail_job_share: float = 0.0
+    # Jobs up to this many items are computed inside the create call (a few ms); larger
+    # ones by the background processor after the create answers. 0: always background.
+    inline_rows: int = 5000
     create_status: int = 201
     # 0 serves the documented unpaginated list; above 0 the list is paginated.
     list_page_size: int = 0
@@ -63,6 +66,8 @@ class SandboxConfig:
             raise ValueError("error_share + drop_share + truncate_share must not exceed 1")
         if self.start_delay < 0 or self.processing_rate < 0 or math.isnan(self.processing_rate):
             raise ValueError("start_delay and processing_rate must be 0 or more")
+        if self.inline_rows < 0:
+            raise ValueError("inline_rows must be 0 or more")
         if self.list_page_size < 0 or self.list_page_size > 1000:
             raise ValueError("list_page_size must be between 0 and 1000")
         if self.credits < 0 or self.latency_ms < 0:

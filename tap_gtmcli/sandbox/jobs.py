@@ -6,6 +6,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import msgspec
@@ -14,9 +15,15 @@ from tap_gtmcli.sandbox.clock import SandboxClock
 from tap_gtmcli.sandbox.config import SandboxConfig
 from tap_gtmcli.sandbox.errors import ApiError
 from tap_gtmcli.sandbox.lifecycle import JobTimeline
-from tap_gtmcli.sandbox.outcomes import JOB_TYPES, outcome, row_cost, stable_fraction
+from tap_gtmcli.sandbox.outcomes import JOB_TYPES, encode_rows, max_job_cost, stable_fraction
 from tap_gtmcli.sandbox.payloads import MAX_JOB_ITEMS, check_items
-from tap_gtmcli.sandbox.store import InsufficientCreditsError, JobRecord, JobStore, NewJob
+from tap_gtmcli.sandbox.store import (
+    CHUNK_ROWS,
+    InsufficientCreditsError,
+    JobRecord,
+    JobStore,
+    NewJob,
+)
 from tap_gtmcli.sandbox.synthetic import synthetic_items
 
 SEED_STATUSES = ("completed", "failed", "pending")
@@ -34,7 +41,10 @@ def new_job_id() -> str:
 
 
 class JobService:
-    """Creates, reads, fails and deletes jobs; the clock decides their status."""
+    """Creates, reads, fails and deletes jobs.
+
+    A job's status is the clock's timeline held back by the rows computed so far.
+    """
 
     def __init__(
         self,
@@ -42,12 +52,15 @@ class JobService:
         store: JobStore,
         clock: SandboxClock,
         on_schedule: Callable[[JobRecord], None] = lambda record: None,
+        on_queued: Callable[[], None] = lambda: None,
     ) -> None:
         self._config = config
         self._store = store
         self._clock = clock
         # Called whenever a job gains (or changes) the moment it ends, for webhooks.
         self._on_schedule = on_schedule
+        # Called when a job waits for the background processor.
+        self._on_queued = on_queued
 
     def credits_balance(self) -> float:
         """Credits left: the configured grant minus every charge so far."""
@@ -56,7 +69,11 @@ class JobService:
     def create_job(
         self, job_type: str, items: Sequence[dict[str, Any]], webhook_url: str | None = None
     ) -> dict[str, Any]:
-        """Store a checked job, charging its full cost up front; returns the pending view."""
+        """Store a checked job, reserving its worst-case cost; returns the pending view.
+
+        Jobs of up to `inline_rows` items are computed here; larger ones are stored
+        with their items only and computed by the background processor.
+        """
         now = self._clock.now()
         job_id = new_job_id()
         timeline = JobTimeline.planned(
@@ -64,7 +81,7 @@ class JobService:
         )
         job = self._build_job(
             job_id, job_type, items, now=now, timeline=timeline, webhook_url=webhook_url,
-            charged=True,
+            charged=True, compute=len(items) <= self._config.inline_rows,
         )
         if stable_fraction("fail", job_id) < self._config.fail_job_share:
             job = self._with_planned_failure(job)
@@ -73,9 +90,11 @@ class JobService:
         except InsufficientCreditsError as error:
             raise ApiError(
                 402,
-                f"insufficient credits: the job costs {error.cost:g},"
+                f"insufficient credits: the job may cost up to {error.cost:g},"
                 f" the balance is {error.balance:g}",
             ) from None
+        if record.computed_at is None:
+            self._on_queued()
         self._on_schedule(record)
         return self._pending_view(record)
 
@@ -104,7 +123,7 @@ class JobService:
                 timeline = JobTimeline(total=count, starts_at=now, completes_at=now)
             job = self._build_job(
                 new_job_id(), job_type, items, now=now, timeline=timeline, webhook_url=None,
-                charged=False,
+                charged=False, compute=True,
             )
             if status == "failed":
                 job = self._with_planned_failure(job)
@@ -114,21 +133,24 @@ class JobService:
 
     def _build_job(
         self, job_id: str, job_type: str, items: Sequence[dict[str, Any]], *, now: float,
-        timeline: JobTimeline, webhook_url: str | None, charged: bool,
+        timeline: JobTimeline, webhook_url: str | None, charged: bool, compute: bool,
     ) -> NewJob:
-        # Rows are encoded once here so that serving a page only joins bytes.
         encode = msgspec.json.encode
-        rows = [outcome(job_type, item) for item in items]
-        costs = [row_cost(job_type, row) for row in rows]
+        item_chunks = [
+            encode(items[first : first + CHUNK_ROWS])
+            for first in range(0, len(items), CHUNK_ROWS)
+        ]
+        # Rows are encoded once (here or by the processor) so serving a page joins bytes.
+        results, costs = encode_rows(job_type, items) if compute else (None, None)
         return NewJob(
             id=job_id,
             type=job_type,
             created_at=now,
             timeline=timeline,
-            cost=float(sum(costs)),
+            reserve=max_job_cost(job_type, len(items)),
             charged=charged,
-            items=[encode(item) for item in items],
-            results=[encode(row) for row in rows],
+            item_chunks=item_chunks,
+            results=results,
             row_costs=costs,
             webhook_url=webhook_url,
         )
@@ -143,11 +165,16 @@ class JobService:
             fail_at=job.timeline.moment_reaching(fail_after),
             fail_after=fail_after,
         )
-        return NewJob(
-            id=job.id, type=job.type, created_at=job.created_at, timeline=timeline,
-            cost=job.cost, charged=job.charged, items=job.items, results=job.results,
-            row_costs=job.row_costs, webhook_url=job.webhook_url,
-            fail_cost=float(sum(job.row_costs[:fail_after])),
+        # The failure's charge is known once its rows are: now, or when the processor
+        # gets there.
+        fail_cost = None
+        if job.row_costs is not None:
+            fail_cost = float(sum(job.row_costs[:fail_after]))
+        elif fail_after == 0:
+            fail_cost = 0.0
+        return replace(
+            job, timeline=timeline, fail_cost=fail_cost,
+            fail_ready_at=None if fail_cost is None else job.created_at,
             error=f"Processing stopped after {fail_after} of {total} items:"
             " the verification backend is unavailable",
         )
@@ -165,7 +192,7 @@ class JobService:
 
     def view_of(self, record: JobRecord, now: float) -> dict[str, Any]:
         """The job object for a record at `now`."""
-        progress = record.timeline.progress_at(now)
+        progress = record.progress_at(now)
         view: dict[str, Any] = {
             "id": record.id,
             "type": record.type,
@@ -210,7 +237,7 @@ class JobService:
     def results_page(self, job_id: str, page: int, per_page: int) -> bytes:
         """One page of results as JSON bytes; only rows processed so far are served."""
         record = self.get_record(job_id)
-        done = record.timeline.progress_at(self._clock.now()).completed
+        done = record.progress_at(self._clock.now()).completed
         start = (page - 1) * per_page
         stop = min(start + per_page, done)
         rows = self._store.joined_results(record.seq, start, stop)
@@ -225,17 +252,38 @@ class JobService:
         """The job's items exactly as submitted."""
         record = self.get_record(job_id)
         decode = msgspec.json.decode
-        return [decode(item) for item in self._store.items(record.seq)]
+        return [item for chunk in self._store.items(record.seq) for item in decode(chunk)]
 
     def delete_job(self, job_id: str) -> bool:
-        """Make a job vanish; False if there was none."""
-        return self._store.delete_job(job_id, self._clock.now())
+        """Make a job vanish; False if there was none. Its charge stays spent."""
+        record = self._store.get_job(job_id)
+        if record is None:
+            return False
+        return self._store.delete_job(job_id, self._final_charge(record, self._clock.now()))
+
+    def _final_charge(self, record: JobRecord, now: float) -> float:
+        # What the job charges at `now`, with rows not computed yet costed here.
+        if not record.charged:
+            return 0.0
+        if record.computed_at is not None or (
+            record.fail_cost is not None and record.timeline.fail_at is not None
+            and record.timeline.fail_at <= now
+        ):
+            return record.charge_at(now)
+        costs = self._store.row_costs(record.seq, record.computed)
+        first_chunk = len(costs) // CHUNK_ROWS
+        for body in self._store.item_chunks(record.seq, first_chunk, 2**31):
+            costs += encode_rows(record.type, msgspec.json.decode(body))[1]
+        fail_at, fail_after = record.timeline.fail_at, record.timeline.fail_after
+        if fail_at is not None and fail_after is not None and fail_at <= now:
+            return float(sum(costs[:fail_after]))
+        return float(sum(costs))
 
     def fail_job(self, job_id: str, error: str | None = None) -> dict[str, Any]:
         """Fail a job now (a failed job stays as it is); returns its view."""
         record = self.get_record(job_id)
         now = self._clock.now()
-        progress = record.timeline.progress_at(now)
+        progress = record.progress_at(now)
         if progress.status != "failed":
             fail_cost = self._store.cost_of_first(record.seq, progress.completed)
             self._store.mark_failed(

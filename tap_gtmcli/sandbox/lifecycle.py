@@ -1,7 +1,8 @@
-"""A job's status at any instant, derived from its timeline rather than stored.
+"""A job's planned status at any instant, derived from its timeline rather than stored.
 
 Deriving status from the clock means a restarted sandbox resumes every job exactly
-where wall time says it should be, with no background worker to persist.
+where wall time says it should be. The status a client sees is this plan held back by
+the rows computed so far (`JobRecord.progress_at` in store.py).
 """
 
 from __future__ import annotations

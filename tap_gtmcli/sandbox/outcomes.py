@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+import struct
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, Literal
+
+import msgspec
 
 JobType = Literal["validate", "find"]
 JOB_TYPES: tuple[JobType, ...] = ("validate", "find")
@@ -22,6 +25,8 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
 
 VALID_EMAIL_COST = 0.25
 FOUND_EMAIL_COST = 1.0
+# The most one row of each job type can cost: a job's worst case, reserved at creation.
+UNIT_PRICES: dict[str, float] = {"validate": VALID_EMAIL_COST, "find": FOUND_EMAIL_COST}
 
 DISPOSABLE_DOMAINS = frozenset({
     "mailinator.com", "guerrillamail.com", "10minutemail.com", "tempmail.com",
@@ -279,3 +284,142 @@ def row_cost(job_type: str, row: Mapping[str, Any]) -> float:
 def job_cost(job_type: str, rows: Iterable[Mapping[str, Any]]) -> float:
     """Credits a job with these result rows costs."""
     return float(sum(row_cost(job_type, row) for row in rows))
+
+
+def max_job_cost(job_type: str, total: int) -> float:
+    """The most a job of `total` items can cost: what creating it reserves."""
+    return total * UNIT_PRICES[job_type]
+
+
+# Fast encoders for whole jobs. They give byte-for-byte what
+# `msgspec.json.encode(outcome(job_type, item))` gives (tests compare them), but decide
+# the domain-level facts once per domain and splice pre-encoded row tails.
+
+_encode = msgspec.json.encode
+_HASHER = hashlib.blake2b(digest_size=8)
+_UNPACK = struct.Struct(">Q").unpack
+# The local part of _EMAIL_SYNTAX: these characters, dots only between them.
+_LOCAL_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+/=?^_`{|}~-."
+_DROP_LOCAL_CHARS = str.maketrans("", "", _LOCAL_CHARS)
+_DOMAIN_SYNTAX = re.compile(r"([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
+_TWO_TO_64 = 2**64
+_SYNTAX_TAIL = b',"status":"invalid","sub_status":"syntax","provider":"other","domain_info":null}'
+
+
+def _fraction(key: bytes) -> float:
+    # stable_fraction with the parts already joined and encoded.
+    hasher = _HASHER.copy()
+    hasher.update(key)
+    return int(_UNPACK(hasher.digest())[0]) / _TWO_TO_64
+
+
+def _local_part_ok(local: str) -> bool:
+    return (
+        bool(local) and local[0] != "." and local[-1] != "." and ".." not in local
+        and not local.translate(_DROP_LOCAL_CHARS)
+    )
+
+
+@lru_cache(maxsize=65536)
+def _validation_tail(domain: str, status: str, sub_status: str | None) -> bytes:
+    """Everything after the email of a validation row for this domain and status."""
+    info = domain_info(domain)
+    encoded = _encode({
+        "status": status, "sub_status": sub_status, "provider": info["provider"],
+        "domain_info": info,
+    })
+    return b"," + encoded[1:]
+
+
+@lru_cache(maxsize=65536)
+def _validation_domain(domain: str) -> tuple[bool, str | None, bool]:
+    """(syntax ok, fixed (status, sub_status) tail key or None, catch-all) for a domain."""
+    if _DOMAIN_SYNTAX.fullmatch(domain) is None:
+        return False, None, False
+    if domain.rsplit(".", 1)[-1] in RESERVED_TLDS:
+        return True, "no_mx", False
+    if domain in DISPOSABLE_DOMAINS:
+        return True, "disposable", False
+    return True, None, domain_info(domain)["is_catchall"]
+
+
+def _validation_row_bytes(email: str) -> tuple[bytes, float]:
+    normalized = email.strip().lower()
+    head = b'{"email":' + _encode(email)
+    if len(normalized) > MAX_EMAIL_LENGTH:
+        return head + _SYNTAX_TAIL, 0.0
+    local, at, domain = normalized.rpartition("@")
+    if not at or not _local_part_ok(local):
+        return head + _SYNTAX_TAIL, 0.0
+    syntax_ok, fixed, catchall = _validation_domain(domain)
+    if not syntax_ok:
+        return head + _SYNTAX_TAIL, 0.0
+    if fixed == "no_mx":
+        return head + _validation_tail(domain, "invalid", "no_mx"), 0.0
+    if fixed == "disposable":
+        return head + _validation_tail(domain, "disposable", "disposable"), 0.0
+    if local.split("+", 1)[0] in ROLE_LOCAL_PARTS:
+        return head + _validation_tail(domain, "risky", "role_account"), 0.0
+    share = _fraction(("validate\x1f" + normalized).encode())
+    if catchall:
+        status = "valid_catchall" if share < 0.40 else "catchall"
+        return head + _validation_tail(domain, status, "catchall"), 0.0
+    if share < 0.70:
+        return head + _validation_tail(domain, "valid", None), VALID_EMAIL_COST
+    if share < 0.90:
+        return head + _validation_tail(domain, "invalid", "mailbox_not_found"), 0.0
+    return head + _validation_tail(domain, "unknown", "greylisted"), 0.0
+
+
+@lru_cache(maxsize=65536)
+def _finder_host(domain: str) -> tuple[str, str, bool, str | None, bool]:
+    """(host, provider, findable, convention, catch-all) for a submitted domain."""
+    host = normalize_domain(domain)
+    provider = domain_provider(host) if host else "other"
+    if not is_findable_domain(host):
+        return host, provider, False, None, False
+    return host, provider, True, domain_convention(host), is_catchall_domain(host)
+
+
+def _finder_row_bytes(first_name: str, last_name: str, domain: str) -> tuple[bytes, float]:
+    first, last = normalize_name(first_name), normalize_name(last_name)
+    host, provider, findable, convention, catchall = _finder_host(domain)
+    if not first or not last or not findable or convention is None:
+        return _encode(_finder_row(None, "not_found", None, 0.0, provider)), 0.0
+    share = _fraction(f"find\x1f{first}\x1f{last}\x1f{host}".encode())
+    address = compose_address(convention, first, last, host)
+    if not catchall:
+        if share < 0.60:
+            row = _finder_row(address, "valid", convention, 1.0, provider)
+        elif share < 0.80:
+            confidence = 0.70 + (share - 0.60) / 0.20 * 0.29
+            row = _finder_row(address, "valid", convention, confidence, provider)
+        else:
+            row = _finder_row(None, "not_found", None, 0.0, provider)
+    elif share < 0.35:
+        confidence = 0.70 + share / 0.35 * 0.29
+        row = _finder_row(address, "valid_catchall", convention, confidence, provider)
+    elif share < 0.75:
+        confidence = 0.30 + (share - 0.35) / 0.40 * 0.39
+        row = _finder_row(address, "catchall", convention, confidence, provider)
+    elif share < 0.90:
+        confidence = 0.10 + (share - 0.75) / 0.15 * 0.19
+        row = _finder_row(address, "catchall", convention, confidence, provider)
+    else:
+        row = _finder_row(None, "not_found", None, 0.0, provider)
+    cost = FOUND_EMAIL_COST if row["status"] in ("valid", "valid_catchall") else 0.0
+    return _encode(row), cost
+
+
+def encode_rows(
+    job_type: str, items: Sequence[Mapping[str, Any]]
+) -> tuple[list[bytes], list[float]]:
+    """The encoded result rows of (already checked) items and each row's cost."""
+    if job_type == "validate":
+        pairs = [_validation_row_bytes(item["email"]) for item in items]
+    else:
+        pairs = [
+            _finder_row_bytes(item["first_name"], item["last_name"], item["domain"])
+            for item in items
+        ]
+    return [row for row, _ in pairs], [cost for _, cost in pairs]

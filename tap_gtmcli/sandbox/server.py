@@ -13,6 +13,7 @@ from tap_gtmcli.sandbox.errors import ApiError
 from tap_gtmcli.sandbox.faults import FaultInjector, FaultRule, FaultSettings
 from tap_gtmcli.sandbox.http_transport import SandboxHTTPServer
 from tap_gtmcli.sandbox.jobs import JobService
+from tap_gtmcli.sandbox.processor import JobProcessor
 from tap_gtmcli.sandbox.stats import SandboxStats
 from tap_gtmcli.sandbox.store import JobStore
 from tap_gtmcli.sandbox.webhooks import WebhookDispatcher
@@ -38,8 +39,12 @@ class SandboxServer:
             latency_ms=self.config.latency_ms,
             fault_seed=self.config.fault_seed,
         ))
+        self._processor = JobProcessor(
+            self._store, self.clock, on_progress=self._schedule_webhook
+        )
         self._jobs = JobService(
-            self.config, self._store, self.clock, on_schedule=self._schedule_webhook
+            self.config, self._store, self.clock, on_schedule=self._schedule_webhook,
+            on_queued=self._processor.notify,
         )
         self._webhooks = WebhookDispatcher(
             store=self._store, clock=self.clock, stats=self._stats, view_of=self._jobs.view_of,
@@ -65,6 +70,7 @@ class SandboxServer:
             raise RuntimeError("the sandbox is already running")
         self._httpd = SandboxHTTPServer((self.config.bind_host, self.config.port), self._app)
         self._webhooks.start()
+        self._processor.start()
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -83,6 +89,7 @@ class SandboxServer:
             self._httpd.server_close()
         if self._thread is not None:
             self._thread.join()
+        self._processor.stop()
         self._webhooks.stop()
         self._store.close()
         self._httpd = None
@@ -122,8 +129,24 @@ class SandboxServer:
         self._stats.reset()
 
     def credits_balance(self) -> float:
-        """Credits left."""
+        """Credits left (reservations of jobs still computing are held back)."""
         return self._jobs.credits_balance()
+
+    def wait_until_processed(self, timeout: float = 30.0) -> None:
+        """Block until the background processor has computed every queued job's rows.
+
+        Raises TimeoutError if work remains after `timeout` seconds.
+        """
+        if not self._processor.wait_until_idle(timeout):
+            raise TimeoutError(f"the sandbox processor still had work after {timeout:g} s")
+
+    def pause_processing(self) -> None:
+        """Test hook: the background processor stops after its current batch."""
+        self._processor.pause()
+
+    def resume_processing(self) -> None:
+        """Test hook: undo `pause_processing`."""
+        self._processor.resume()
 
     def seed_jobs(
         self, job_type: str, count: int, jobs: int = 1, status: str = "completed",

@@ -61,6 +61,8 @@ class WebhookDispatcher:
         self._tiebreak = itertools.count()
         self._wakeup = threading.Condition()
         self._stopping = threading.Event()
+        self._in_flight: set[str] = set()
+        self._in_flight_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sandbox-webhook")
         self._thread = threading.Thread(
             target=self._run, name="sandbox-webhook-clock", daemon=True
@@ -82,13 +84,17 @@ class WebhookDispatcher:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def schedule(self, record: JobRecord) -> None:
-        """Deliver the job's terminal event when it ends (now, if it already has)."""
+        """Deliver the job's terminal event when it ends (now, if it already has).
+
+        A job whose end waits on row computation is scheduled again by the processor.
+        """
         if record.webhook_url is None or record.webhook_state != WEBHOOK_PENDING:
             return
+        ends_at = record.ends_at()
+        if ends_at is None:
+            return
         with self._wakeup:
-            heapq.heappush(
-                self._due, (record.timeline.ends_at(), next(self._tiebreak), record.id)
-            )
+            heapq.heappush(self._due, (ends_at, next(self._tiebreak), record.id))
             self._wakeup.notify()
 
     def _nudge(self) -> None:
@@ -109,6 +115,19 @@ class WebhookDispatcher:
             self._pool.submit(self._deliver, job_id)
 
     def _deliver(self, job_id: str) -> None:
+        # A job can be scheduled more than once (created, computed, failed): one
+        # delivery at a time, and each re-reads whether it is still owed.
+        with self._in_flight_lock:
+            if job_id in self._in_flight:
+                return
+            self._in_flight.add(job_id)
+        try:
+            self._deliver_once(job_id)
+        finally:
+            with self._in_flight_lock:
+                self._in_flight.discard(job_id)
+
+    def _deliver_once(self, job_id: str) -> None:
         record = self._store.get_job(job_id)
         if record is None or record.webhook_url is None:
             return
@@ -118,8 +137,10 @@ class WebhookDispatcher:
         view = self._view_of(record, now)
         event = TERMINAL_EVENTS.get(view["status"])
         if event is None:
-            # Its end moved later (not expected, but harmless): look again then.
-            self.schedule(record)
+            # Its end moved later: look again then (or when its rows are computed).
+            ends_at = record.ends_at()
+            if ends_at is not None and ends_at > now:
+                self.schedule(record)
             return
         payload = msgspec.json.encode({
             "event": event,

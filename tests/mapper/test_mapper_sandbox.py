@@ -162,9 +162,10 @@ def test_402_mid_run_stops_before_the_state_of_unsubmitted_records(tmp_path: Pat
 
 
     messages = fixture_messages("two_batches.singer")
-    # Each two-email job of this fixture costs 0.25 credits: the second create gets a real 402.
+    # Each two-email job costs 0.25 credits once done, but a create holds its worst case
+    # (2 x 0.25): 0.6 covers the first hold, and the second create gets a real 402.
     with SandboxServer(
-        SandboxConfig(api_key=API_KEY, start_delay=0, processing_rate=0, credits=0.4)
+        SandboxConfig(api_key=API_KEY, start_delay=0, processing_rate=0, credits=0.6)
     ) as server:
         result = run_cli(
             "mapper-gtmcli", sandbox_config(server, batch_size=2), "two_batches.singer", tmp_path

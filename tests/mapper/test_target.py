@@ -50,7 +50,7 @@ def test_target_stops_on_402_without_confirming_the_refused_batch(tmp_path: Path
 
     ledger_path = tmp_path / "ledger.jsonl"
     with SandboxServer(
-        SandboxConfig(api_key=API_KEY, start_delay=0, processing_rate=0, credits=0.4)
+        SandboxConfig(api_key=API_KEY, start_delay=0, processing_rate=0, credits=0.6)
     ) as server:
         config = sandbox_config(server, batch_size=2, ledger_path=str(ledger_path))
         result = run_cli("target-gtmcli", config, "two_batches.singer", tmp_path)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import requests
@@ -38,15 +39,17 @@ def stop(process: subprocess.Popen) -> None:
 
 def test_tap_completes_exactly_across_a_sandbox_restart(tmp_path):
     db = tmp_path / "sandbox.db"
-    sandbox, url = start_sandbox(db, latency_ms=20)
+    sandbox, url = start_sandbox(db, latency_ms=50)
     port = int(url.rsplit(":", 1)[1])
     headers = {"Authorization": f"Bearer {API_KEY}"}
     seeded = requests.post(f"{url}/_sandbox/seed", json={"type": "validate", "count": 2000, "jobs": 3},
                            headers=headers, timeout=30)
     seeded.raise_for_status()
     config = tmp_path / "config.json"
+    # Two pages at a time, 50 ms each: 60 pages take over a second and a half, so the
+    # restart lands while the tap still has pages to read.
     config.write_text(json.dumps({"api_key": API_KEY, "api_url": url, "results_per_page": 100,
-                                  "max_retries": 8}))
+                                  "max_retries": 8, "max_parallel_requests": 2}))
 
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     with subprocess.Popen([TAP, "--config", str(config)], stdout=subprocess.PIPE,
@@ -63,8 +66,13 @@ def test_tap_completes_exactly_across_a_sandbox_restart(tmp_path):
             messages.append(message)
             if message["type"] == "RECORD" and message["stream"] == "job_results":
                 rows += 1
-                if rows == 2500 and not restarted:
-                    stop(sandbox)  # mid-extraction: the tap now meets refused connections
+                if rows == 1 and not restarted:
+                    # SIGKILL, not SIGTERM: a clean stop keeps serving open keep-alive
+                    # connections, so the tap would never notice it. Down long enough
+                    # for the tap to meet refused connections, then back on its --db.
+                    sandbox.kill()
+                    sandbox.wait(timeout=20)
+                    time.sleep(1.5)
                     sandbox, _ = start_sandbox(db, port=port)
                     restarted = True
         tap.wait(timeout=120)
@@ -77,6 +85,7 @@ def test_tap_completes_exactly_across_a_sandbox_restart(tmp_path):
             if m["type"] == "RECORD" and m["stream"] == "job_results"]
     assert len(set(keys)) == 6000
     assert len(keys) == 6000  # a retried page is emitted once
+    assert rows == 6000
     log = "".join(stderr_lines)
     assert re.search(r"Retry 1 of 8 for /v1/jobs/\{job_id\}/results .* after ConnectionError", log)
     assert API_KEY not in log

@@ -3,70 +3,8 @@
 from __future__ import annotations
 
 import itertools
-import json
-import threading
 import time
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-
-import pytest
-
-
-class Receiver:
-    """A webhook endpoint on 127.0.0.1 that fails its first `failures` deliveries."""
-
-    def __init__(self, failures: int) -> None:
-        self.failures = failures
-        self.deliveries: list[tuple[float, dict[str, Any]]] = []
-        self.arrived = threading.Condition()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                with receiver.arrived:
-                    receiver.deliveries.append((time.monotonic(), json.loads(body)))
-                    attempt = len(receiver.deliveries)
-                    receiver.arrived.notify_all()
-                status = 500 if attempt <= receiver.failures else 200
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def wait_for(self, count: int, timeout: float = 5.0) -> list[tuple[float, dict[str, Any]]]:
-        with self.arrived:
-            self.arrived.wait_for(lambda: len(self.deliveries) >= count, timeout)
-            return list(self.deliveries)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
-
-
-@pytest.fixture
-def make_receiver() -> Iterator[Callable[[int], Receiver]]:
-    receivers: list[Receiver] = []
-
-    def make(failures: int = 0) -> Receiver:
-        receivers.append(Receiver(failures))
-        return receivers[-1]
-
-    yield make
-    for receiver in receivers:
-        receiver.close()
-
+from collections.abc import Callable
 
 ITEMS = [{"email": f"person{n}@gmail.com"} for n in range(10)]
 

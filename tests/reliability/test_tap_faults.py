@@ -1,0 +1,166 @@
+"""The tap's gaps in the matrix (tests/tap/ covers single faults): storms, exhausted
+retries followed by a rerun, answers lost after the server worked, failed and vanishing
+jobs, and a random-fault soak. Every run is checked row by row against the sandbox."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import pytest
+
+from tests.reliability.conftest import (
+    assert_no_secret,
+    fast_sandbox,
+    run_tap_cli,
+    run_tap_in_process,
+    sandbox_jobs,
+    seeded_truth,
+    tap_settings,
+)
+
+RESULTS = {"method": "GET", "path_prefix": "/v1/jobs/job_"}
+LIST = {"method": "GET", "path_prefix": "/v1/jobs"}
+PASS = {"status": 200, "body": "slow", "delay": 0}  # a rule that lets one request through
+
+
+def assert_rows_exact(keys: list[tuple[str, int]], truth: set[tuple[str, int]]) -> None:
+    counted = Counter(keys)
+    assert set(counted) == truth, (
+        f"missing {len(truth - set(counted))}, unexpected {len(set(counted) - truth)}"
+    )
+    assert max(counted.values(), default=1) == 1, "a row was emitted twice"
+
+
+@pytest.mark.parametrize("retry_after", ["0", None])
+def test_429_storm_on_every_endpoint_is_ridden_out(monkeypatch, retry_after):
+    with fast_sandbox() as server:
+        server.seed_jobs("validate", 1500, jobs=2)
+        truth = seeded_truth(server)
+        rule = {"status": 429, "count": 4, **({"retry_after": retry_after} if retry_after else {})}
+        server.add_fault_rules([{**LIST, **rule}, {**RESULTS, **rule}])
+        run = run_tap_in_process(tap_settings(server, max_retries=4, results_per_page=500),
+                                 monkeypatch)
+        assert run.ok, repr(run.error)
+        assert_rows_exact(run.result_keys, truth)
+        assert len(run.sleeps) == 8
+        if retry_after == "0":
+            assert run.sleeps == [0.0] * 8
+        assert server.stats()["rate_limited"] == 8
+        assert_no_secret(run.messages, run.log)
+
+
+@pytest.mark.parametrize(
+    ("fault", "named"),
+    [
+        ({"status": 429, "retry_after": "0"}, r"answered 429"),
+        ({"status": 503}, r"answered 503"),
+        ({"status": 502, "body": "html"}, r"answered 502 \(non-JSON body\)"),
+    ],
+    ids=["429-storm", "503-burst", "html-502"],
+)
+def test_exhausted_retries_mid_extraction_fail_naming_endpoint_then_rerun_is_exact(
+    tmp_path, fault, named
+):
+    with fast_sandbox() as server:
+        for _ in range(3):
+            server.seed_jobs("validate", 700)
+            server.advance_clock(1)
+        truth = seeded_truth(server)
+        # Two results pages go through, then one endpoint fails more often than retried.
+        server.add_fault_rules([{**RESULTS, **PASS, "count": 2}, {**RESULTS, **fault, "count": 4}])
+        first = run_tap_cli(tap_settings(server, max_retries=1, results_per_page=500), tmp_path)
+        assert first.returncode != 0
+        assert re.search(r"GET /v1/jobs/job_\w+/results " + named, first.stderr), (
+            first.stderr[-2000:]
+        )
+        server.clear_fault_rules()
+        rerun = run_tap_cli(tap_settings(server, results_per_page=500), tmp_path,
+                            state=first.last_state)
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
+        keys = first.result_keys + rerun.result_keys
+        assert set(keys) == truth  # nothing lost
+        # At-least-once: only the job in flight when the run failed is emitted again.
+        assert len(keys) - len(set(keys)) <= 700
+        assert_no_secret(first.stderr, first.messages, rerun.messages, rerun.stderr)
+
+
+@pytest.mark.parametrize("body", ["drop_after", "truncated", "drop"])
+def test_answer_lost_after_the_server_worked_is_retried_exactly(monkeypatch, body):
+    with fast_sandbox() as server:
+        server.seed_jobs("find", 1200, jobs=2)
+        truth = seeded_truth(server)
+        server.add_fault_rules([{**RESULTS, "body": body, "count": 3},
+                                {**LIST, "body": body, "count": 1}])
+        run = run_tap_in_process(tap_settings(server, max_retries=3, results_per_page=400),
+                                 monkeypatch)
+        assert run.ok, repr(run.error)
+        assert_rows_exact(run.result_keys, truth)
+
+
+def test_slow_list_answer_times_out_and_is_retried(monkeypatch):
+    with fast_sandbox() as server:
+        server.seed_jobs("validate", 300, jobs=2)
+        truth = seeded_truth(server)
+        server.add_fault_rules([{**LIST, "body": "slow", "delay": 2.5, "count": 1}])
+        run = run_tap_in_process(tap_settings(server, request_timeout=1), monkeypatch)
+        assert run.ok, repr(run.error)
+        assert_rows_exact(run.result_keys, truth)
+        assert len(run.sleeps) == 1
+
+
+def test_failed_jobs_are_emitted_with_their_error_and_no_results_are_read(tmp_path):
+    with fast_sandbox() as server:
+        completed = server.seed_jobs("validate", 400, jobs=2)
+        failed = server.seed_jobs("validate", 400, jobs=2, status="failed")
+        truth = seeded_truth(server)
+        run = run_tap_cli(tap_settings(server), tmp_path)
+        assert run.returncode == 0, run.stderr[-2000:]
+        jobs = {record["id"]: record for record in run.records("jobs")}
+        assert set(jobs) == set(completed) | set(failed)
+        for job_id in failed:
+            assert jobs[job_id]["status"] == "failed" and jobs[job_id]["error"]
+        assert_rows_exact(run.result_keys, truth)
+        assert {job_id for job_id, _ in run.result_keys} == set(completed)
+        # No results request for a failed job.
+        assert server.stats()["requests"]["GET /v1/jobs/{id}/results"] == len(completed)
+        assert_no_secret(run.stderr, run.messages)
+
+
+def test_job_vanishing_between_results_pages_is_skipped_and_the_rest_is_exact(tmp_path):
+    with fast_sandbox() as server:
+        gone = server.seed_jobs("validate", 2500)[0]
+        server.advance_clock(1)
+        kept = server.seed_jobs("validate", 1200)[0]
+        truth = seeded_truth(server)
+        prefix = f"/v1/jobs/{gone}/results"
+        server.add_fault_rules([{"method": "GET", "path_prefix": prefix, **PASS, "count": 1},
+                                {"method": "GET", "path_prefix": prefix, "status": 404,
+                                 "count": 10}])
+        run = run_tap_cli(tap_settings(server, results_per_page=1000), tmp_path)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert f"Job {gone} vanished (404)" in run.stderr
+        counted = Counter(run.result_keys)
+        assert max(counted.values()) == 1
+        assert {key for key in counted if key[0] == kept} == {k for k in truth if k[0] == kept}
+        assert {key for key in counted if key[0] == gone} <= truth
+        assert_no_secret(run.stderr, run.messages)
+
+
+def test_random_fault_soak_tap_exact_truth(monkeypatch):
+    with fast_sandbox(list_page_size=3) as server:
+        for job_type in ("validate", "find", "validate", "find"):
+            server.seed_jobs(job_type, 900, jobs=2)
+            server.advance_clock(1)
+        truth = seeded_truth(server)
+        assert len(sandbox_jobs(server)) == 8
+        server.set_faults(error_share=0.2, drop_share=0.05, truncate_share=0.05, fault_seed=7)
+        run = run_tap_in_process(tap_settings(server, max_retries=12, results_per_page=200),
+                                 monkeypatch)
+        server.set_faults(error_share=0, drop_share=0, truncate_share=0)
+        assert run.ok, repr(run.error)
+        assert_rows_exact(run.result_keys, truth)
+        stats = server.stats()
+        assert stats["errors_injected"] > 5 and stats["dropped"] > 0 and stats["truncated"] > 0
+        assert len({r["id"] for r in run.records("jobs")}) == 8
+        assert_no_secret(run.messages, run.log)
