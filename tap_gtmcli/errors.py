@@ -11,6 +11,7 @@ from http import HTTPStatus
 from urllib.parse import urlparse
 from weakref import WeakKeyDictionary
 
+import msgspec
 import requests
 from singer_sdk.exceptions import FatalAPIError, RetriableAPIError
 
@@ -113,8 +114,8 @@ def decode_json(response: requests.Response) -> dict:
     if response in _decoded_bodies:
         return _decoded_bodies[response]
     try:
-        body = json.loads(response.content)
-    except ValueError as exc:
+        body = msgspec.json.decode(response.content)
+    except ValueError as exc:  # msgspec.DecodeError is a ValueError
         where = describe_request(response)
         msg = f"{where} answered {response.status_code} with a body that is not valid JSON"
         raise GTMCLIRetriableError(msg, response) from exc

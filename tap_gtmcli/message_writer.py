@@ -10,16 +10,15 @@ from __future__ import annotations
 import atexit
 import sys
 
+from singer_sdk.contrib.msgspec import MsgSpecWriter
 from singer_sdk.singerlib import Message
 from typing_extensions import override
-
-from tap_gtmcli.singer_io import BufferedMsgSpecWriter
 
 #: Records are handed to stdout in blocks of about this many bytes.
 BLOCK_BYTES = 256 * 1024
 
 
-class TapMessageWriter(BufferedMsgSpecWriter):
+class TapMessageWriter(MsgSpecWriter):
     """Collects RECORD lines into blocks; any other message flushes them with it."""
 
     def __init__(self) -> None:
@@ -33,13 +32,19 @@ class TapMessageWriter(BufferedMsgSpecWriter):
         if message.type != "RECORD" or len(self._pending) >= BLOCK_BYTES:
             self.flush()
 
-    @override
+    def write_record_lines(self, lines: bytes) -> None:
+        """Append RECORD lines already encoded (a whole page of results at once)."""
+        self._pending += lines
+        if len(self._pending) >= BLOCK_BYTES:
+            self.flush()
+
     def flush(self) -> None:
+        """Hand what is pending to stdout."""
         if not self._pending:
             return
         if hasattr(sys.stdout, "buffer"):
-            self.output.write(self._pending)
-            self.output.flush()
+            sys.stdout.buffer.write(self._pending)
+            sys.stdout.buffer.flush()
         else:  # a text-only stdout, as tests redirect it
             sys.stdout.write(self._pending.decode())
             sys.stdout.flush()

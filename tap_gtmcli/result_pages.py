@@ -25,6 +25,8 @@ class ResultPage:
     number: int
     rows: list[dict[str, Any]]
     total_pages: int | None
+    #: The rows as Singer RECORD lines, when the stream writes pages directly.
+    record_lines: bytes | None = None
 
 
 def _int_or(value: object, default: int) -> int:
