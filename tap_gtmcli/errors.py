@@ -104,6 +104,26 @@ def raise_for_response(response: requests.Response, retry_after: float | None = 
 
 
 _decoded_bodies: WeakKeyDictionary[requests.Response, dict] = WeakKeyDictionary()
+_JSON_OBJECT = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+def _malformed(response: requests.Response, error: ValueError) -> GTMCLIRetriableError:
+    where = describe_request(response)
+    if isinstance(error, msgspec.ValidationError):
+        return GTMCLIRetriableError(f"{where} answered with JSON that is not an object", response)
+    msg = f"{where} answered {response.status_code} with a body that is not valid JSON"
+    return GTMCLIRetriableError(msg, response)
+
+
+def check_json_object(response: requests.Response) -> None:
+    """Raise what `decode_json` would for a truncated or non-JSON body, without
+    building the body's values (a results page is checked again where it is read)."""
+    if response in _decoded_bodies:
+        return
+    try:
+        _JSON_OBJECT.decode(response.content)
+    except ValueError as error:  # msgspec's DecodeError and ValidationError are ValueErrors
+        raise _malformed(response, error) from error
 
 
 def decode_json(response: requests.Response) -> dict:
@@ -114,13 +134,8 @@ def decode_json(response: requests.Response) -> dict:
     if response in _decoded_bodies:
         return _decoded_bodies[response]
     try:
-        body = msgspec.json.decode(response.content)
-    except ValueError as exc:  # msgspec.DecodeError is a ValueError
-        where = describe_request(response)
-        msg = f"{where} answered {response.status_code} with a body that is not valid JSON"
-        raise GTMCLIRetriableError(msg, response) from exc
-    if not isinstance(body, dict):
-        msg = f"{describe_request(response)} answered with JSON that is not an object"
-        raise GTMCLIRetriableError(msg, response)
+        body = msgspec.json.decode(response.content, type=dict)
+    except ValueError as error:
+        raise _malformed(response, error) from error
     _decoded_bodies[response] = body
     return body

@@ -25,8 +25,14 @@ class ResultPage:
     number: int
     rows: list[dict[str, Any]]
     total_pages: int | None
-    #: The rows as Singer RECORD lines, when the stream writes pages directly.
+    #: The rows as Singer RECORD lines, when the stream writes pages directly (then
+    #: `rows` may be left empty).
     record_lines: bytes | None = None
+    row_count: int = -1
+
+    def __post_init__(self) -> None:
+        if self.row_count < 0:
+            object.__setattr__(self, "row_count", len(self.rows))
 
 
 def _int_or(value: object, default: int) -> int:
@@ -93,7 +99,7 @@ class ResultPages(Generic[Request]):
                 self.in_flight = len(pending)
                 # No `total_pages` means a single page, as the paginator reads it.
                 last_page = page.total_pages if page.total_pages is not None else number
-                if number > last_page or not page.rows:
+                if number > last_page or not page.row_count:
                     break  # past the end, or an empty page: nothing further to read
                 yield page
             completed = True

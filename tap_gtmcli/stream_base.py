@@ -22,7 +22,7 @@ from typing_extensions import override
 
 from tap_gtmcli import schemas
 from tap_gtmcli.client import DEFAULT_API_URL, USER_AGENT
-from tap_gtmcli.errors import decode_json, raise_for_response
+from tap_gtmcli.errors import check_json_object, decode_json, raise_for_response
 from tap_gtmcli.pagination import TotalPagesPaginator
 from tap_gtmcli.rate_gate import RateGate
 from tap_gtmcli.retry import RetryPolicy, parse_retry_after
@@ -142,7 +142,7 @@ class GTMCLIStream(RESTStream[int]):
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         self.rate_gate.observe(response.status_code, response.headers, retry_after)
         raise_for_response(response, retry_after)
-        decode_json(response)  # a truncated body is retried, not parsed
+        check_json_object(response)  # a truncated body is retried, not parsed
 
     @override
     def get_new_paginator(self) -> TotalPagesPaginator:

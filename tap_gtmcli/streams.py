@@ -22,6 +22,7 @@ from typing_extensions import override
 from tap_gtmcli.errors import GTMCLINotFoundError, decode_json
 from tap_gtmcli.job_bookmarks import JobBookmarks, parse_timestamp
 from tap_gtmcli.message_writer import TapMessageWriter
+from tap_gtmcli.record_lines import RecordLineBuilder
 from tap_gtmcli.result_pages import ResultPage, ResultPages, parse_results_page
 from tap_gtmcli.stream_base import GTMCLIStream
 
@@ -135,13 +136,13 @@ class JobResultsStream(GTMCLIStream):
                 request_counter.with_context(context)
                 for page in pages:
                     request_counter.increment()
-                    progress.page_done(page.number, page.total_pages, len(page.rows))
+                    progress.page_done(page.number, page.total_pages, page.row_count)
                     if page.record_lines is None:
                         yield from page.rows
                         continue
                     # Written here, in order, before the SDK writes this job's STATE.
                     self.writer.write_record_lines(page.record_lines)
-                    self._record_counter.increment(len(page.rows))
+                    self._record_counter.increment(page.row_count)
         except GTMCLINotFoundError:
             self.logger.warning(
                 "Job %s vanished (404) before its results were read; skipping it",
@@ -174,6 +175,15 @@ class JobResultsStream(GTMCLIStream):
     ) -> ResultPage:
         """Send one page request under the retry policy and parse it (in a worker)."""
         response = self.send_with_retries(request, context)
+        extracted_at = datetime.now(timezone.utc).isoformat()
+        if self.writes_pages_directly:
+            spliced = self.record_line_builder.build(
+                response.content, job_id=context["job_id"], job_type=context.get("job_type"),
+                requested_page=page, per_page=self.per_page, extracted_at=extracted_at,
+            )
+            if spliced is not None:
+                return ResultPage(spliced.page, [], spliced.total_pages, spliced.lines,
+                                  spliced.row_count)
         parsed = parse_results_page(decode_json(response), page, self.per_page)
         for row in parsed.rows:
             row["job_id"] = context["job_id"]
@@ -181,12 +191,16 @@ class JobResultsStream(GTMCLIStream):
             self.fold_unknown_fields(row)
         if not self.writes_pages_directly:
             return parsed
-        extracted_at = datetime.now(timezone.utc).isoformat()
         lines = msgspec.json.Encoder().encode_lines([
             {"type": "RECORD", "stream": self.name, "record": row, "time_extracted": extracted_at}
             for row in parsed.rows
         ])
         return dataclasses.replace(parsed, record_lines=lines)
+
+    @cached_property
+    def record_line_builder(self) -> RecordLineBuilder:
+        """Splices RECORD lines from pages whose rows hold only known fields."""
+        return RecordLineBuilder(self.name, self.schema["properties"])
 
     @override
     def post_process(self, row: Record, context: Context | None = None) -> Record | None:
