@@ -33,19 +33,26 @@ class TapMessageWriter(MsgSpecWriter):
             self.flush()
 
     def write_record_lines(self, lines: bytes) -> None:
-        """Append RECORD lines already encoded (a whole page of results at once)."""
-        self._pending += lines
-        if len(self._pending) >= BLOCK_BYTES:
-            self.flush()
+        """Write RECORD lines already encoded (a whole page of results at once)."""
+        if self._pending or len(lines) < BLOCK_BYTES:
+            self._pending += lines
+            if len(self._pending) >= BLOCK_BYTES:
+                self.flush()
+            return
+        self._write(lines)  # a block of its own: no copy into the pending buffer
 
     def flush(self) -> None:
         """Hand what is pending to stdout."""
         if not self._pending:
             return
+        self._write(self._pending)
+        self._pending.clear()
+
+    @staticmethod
+    def _write(data: bytes | bytearray) -> None:
         if hasattr(sys.stdout, "buffer"):
-            sys.stdout.buffer.write(self._pending)
+            sys.stdout.buffer.write(data)
             sys.stdout.buffer.flush()
         else:  # a text-only stdout, as tests redirect it
-            sys.stdout.write(self._pending.decode())
+            sys.stdout.write(data.decode())
             sys.stdout.flush()
-        self._pending.clear()

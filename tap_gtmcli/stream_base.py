@@ -30,9 +30,26 @@ from tap_gtmcli.retry import RetryPolicy, parse_retry_after
 SCHEMAS = SchemaDirectory(resources.files(schemas))
 EXTRA_FIELDS = "additional_fields"
 DEFAULT_MAX_PARALLEL_REQUESTS = 8
+WHOLE_BODY_CHUNK = 4 * 1024 * 1024
 
 #: One gate per tap: the limit is per key, so every stream and worker shares it.
 _RATE_GATES: WeakKeyDictionary[Tap, RateGate] = WeakKeyDictionary()
+
+
+class _WholeBodyAdapter(HTTPAdapter):
+    """Reads each answer in one go rather than in requests' 10 KB chunks: a results
+    page is a quarter of a megabyte, and the chunked read was a seventh of the tap's
+    CPU time."""
+
+    @override
+    def send(  # type: ignore[override]
+        self, request: requests.PreparedRequest, stream: bool = False, **kwargs: Any
+    ) -> requests.Response:
+        response = super().send(request, stream=stream, **kwargs)
+        if not stream:
+            # What `Response.content` would do, with one large chunk.
+            response._content = b"".join(response.iter_content(WHOLE_BODY_CHUNK)) or b""
+        return response
 
 
 class GTMCLIStream(RESTStream[int]):
@@ -91,7 +108,9 @@ class GTMCLIStream(RESTStream[int]):
 
     @cached_property
     def _pooled_adapter(self) -> HTTPAdapter:
-        return HTTPAdapter(pool_connections=1, pool_maxsize=max(10, self.max_parallel_requests))
+        return _WholeBodyAdapter(
+            pool_connections=1, pool_maxsize=max(10, self.max_parallel_requests)
+        )
 
     @override
     def _request(
