@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
 import urllib3.exceptions
 
-from tap_gtmcli.errors import GTMCLIRetriableError, decode_json, raise_for_response
+from tap_gtmcli.errors import GTMCLIRetriableError, decode_json, error_code, raise_for_response
 from tap_gtmcli.retry import TRANSIENT_EXCEPTIONS, RetryPolicy, parse_retry_after
 
 DEFAULT_API_URL = "https://api.gtmcli.com"
@@ -25,11 +26,18 @@ logger = logging.getLogger("tap_gtmcli.client")
 
 
 class GTMCLIAmbiguousCreateError(Exception):
-    """A create call failed in a way that leaves open whether GTMCLI made the job."""
+    """A create call failed in a way that leaves open whether GTMCLI made the job.
 
-    def __init__(self, message: str, started_at: float) -> None:
+    `api_answered` is True when the API itself answered (a 5xx with its JSON error
+    body): it has finished with the call, so a job it made is listed already. Otherwise
+    (no answer, a lost or cut answer, a gateway's 502/504 or page) the server may still
+    be creating the job.
+    """
+
+    def __init__(self, message: str, started_at: float, *, api_answered: bool = False) -> None:
         super().__init__(message)
         self.started_at = started_at
+        self.api_answered = api_answered
 
 
 class GTMCLIRetriesExhaustedError(Exception):
@@ -45,6 +53,24 @@ def _never_reached_server(error: BaseException) -> bool:
         inner = getattr(reason, "reason", reason)
         return isinstance(inner, urllib3.exceptions.NewConnectionError)
     return False
+
+
+#: 5xx statuses a gateway answers for a backend that may still be working on the call.
+_GATEWAY_STATUSES = (502, 504)
+#: What `error_code` says when the body carries no API error code.
+_NOT_API_CODES = ("non-JSON body", "no error code")
+
+
+def _api_answered(error: BaseException) -> bool:
+    """True when the API itself answered a 5xx with its error body (not a gateway)."""
+    if not isinstance(error, GTMCLIRetriableError) or error.response is None:
+        return False
+    status = error.status or 0
+    return (
+        status >= 500
+        and status not in _GATEWAY_STATUSES
+        and error_code(error.response) not in _NOT_API_CODES
+    )
 
 
 class GTMCLIClient:
@@ -68,6 +94,10 @@ class GTMCLIClient:
             {"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT}
         )
         self._sleep = sleep
+        #: Server clock minus ours, in seconds, from the `Date` of the latest answer
+        #: (None until one came). `Date` has 1-second resolution, truncated, so this
+        #: underestimates by up to a second plus the answer's transit time.
+        self.server_clock_offset: float | None = None
 
     def close(self) -> None:
         """Release the connection pool."""
@@ -77,9 +107,19 @@ class GTMCLIClient:
         response = self.session.request(
             method, f"{self.api_url}{path}", timeout=self.timeout, **kwargs
         )
+        self._observe_clock(response.headers.get("Date"))
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         raise_for_response(response, retry_after)
         return decode_json(response)
+
+    def _observe_clock(self, date: str | None) -> None:
+        if not date:
+            return
+        try:
+            server_now = parsedate_to_datetime(date).timestamp()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return
+        self.server_clock_offset = server_now - time.time()
 
     def request_json(
         self,
@@ -147,6 +187,7 @@ class GTMCLIClient:
             raise GTMCLIAmbiguousCreateError(
                 f"POST /v1/jobs may or may not have created a job: {_short(error)}",
                 started_at,
+                api_answered=_api_answered(error),
             ) from error
 
         return self.request_json("POST", "/v1/jobs", can_retry=certainly_not_created, **payload)
@@ -159,12 +200,16 @@ class GTMCLIClient:
         """GET /v1/jobs, newest first, following pagination when the answer has it."""
         page = 1
         while True:
-            body = self.request_json("GET", "/v1/jobs", params={"page": page})
+            body = self.list_jobs_page(page)
             yield from body.get("jobs") or []
             total_pages = body.get("total_pages")
             if not isinstance(total_pages, int) or page >= total_pages:
                 return
             page += 1
+
+    def list_jobs_page(self, page: int = 1) -> dict:
+        """One answer of GET /v1/jobs (the whole list when the API does not paginate)."""
+        return self.request_json("GET", "/v1/jobs", params={"page": page})
 
     def get_results_page(self, job_id: str, page: int, per_page: int) -> dict:
         """One page of GET /v1/jobs/{id}/results."""

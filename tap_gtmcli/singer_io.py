@@ -9,12 +9,16 @@ the STATE that covers it.
 
 A job create may run in the background (`PendingMessage`): what is written after it is
 held in memory until the create confirms, so the output is exactly what a blocking
-create would have produced, and a failed create discards everything after it.
+create would have produced, and a failed create discards everything after it. A create
+that confirms writes what it held back at once, from the creating thread, so STATE goes
+downstream even while upstream sends nothing.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import sys
+import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 from typing import IO, Any, NoReturn
 
 import msgspec
-from singer_sdk.contrib.msgspec import MsgSpecReader, MsgSpecWriter, decoder, serialize_jsonl
+from singer_sdk.contrib.msgspec import MsgSpecReader, MsgSpecWriter, decoder, encoder
 from singer_sdk.singerlib import Message
 from singer_sdk.singerlib.encoding.base import GenericSingerReader
 from singer_sdk.singerlib.exceptions import InvalidInputLine
@@ -39,6 +43,30 @@ __all__ = [
 MAX_HELD_BYTES = 64 * 1024 * 1024
 #: Writes between checks of whether the oldest background create has finished.
 SETTLE_EVERY = 1024
+#: The message types the Singer spec gives a `stream`: without one they cannot be routed.
+STREAM_MESSAGE_TYPES = frozenset({"RECORD", "SCHEMA", "ACTIVATE_VERSION"})
+
+
+#: Characters JSON allows raw in strings but that Python's `str.splitlines` (and other
+#: Unicode-aware line readers) take for line breaks: escaped so one message stays one line.
+_UNICODE_LINE_BREAKS = (
+    (b"\xc2\x85", b"\\u0085"),
+    (b"\xe2\x80\xa8", b"\\u2028"),
+    (b"\xe2\x80\xa9", b"\\u2029"),
+)
+
+
+def serialize_line(body: dict[str, Any]) -> bytes:
+    """One message as a JSON line of its own (a new buffer, safe across threads).
+
+    The SDK's `serialize_jsonl` reuses one module-wide buffer, which two writing threads
+    would overwrite under each other.
+    """
+    data = encoder.encode(body)
+    for raw, escaped in _UNICODE_LINE_BREAKS:
+        if raw in data:
+            data = data.replace(raw, escaped)
+    return data + b"\n"
 
 
 @dataclass(slots=True)
@@ -82,6 +110,14 @@ class BufferedMsgSpecWriter(MsgSpecWriter):
         self._held: deque[PendingMessage | bytearray] = deque()
         self._held_bytes = 0
         self._writes = 0
+        # Held output is written by the reading thread and, when a create confirms, by
+        # the creating thread. Entries leave `_held` only after their bytes are written,
+        # so a reader that sees `_held` empty may write without the lock.
+        self._lock = threading.RLock()
+
+    def serialize_message(self, message: Message) -> bytes:  # type: ignore[override]
+        """A message as its own JSON line."""
+        return serialize_line(message.to_dict())
 
     @property
     def output(self) -> IO[bytes]:
@@ -91,8 +127,10 @@ class BufferedMsgSpecWriter(MsgSpecWriter):
     def write_message(self, message: Message) -> None:
         """Write one message (its input line when it has one); flush when it is a STATE."""
         if isinstance(message, PendingMessage):
-            self._held.append(message)
-            self._held.append(bytearray())
+            with self._lock:
+                self._held.append(message)
+                self._held.append(bytearray())
+            message.future.add_done_callback(self._write_confirmed)
             return
         line = message.line if isinstance(message, RawMessage) else None
         self.write_line(
@@ -107,6 +145,15 @@ class BufferedMsgSpecWriter(MsgSpecWriter):
             output.write(data)
             if flush:
                 output.flush()
+            return
+        with self._lock:
+            self._hold(data, flush=flush)
+
+    def _hold(self, data: bytes | bytearray, *, flush: bool) -> None:
+        if not self._held:  # the last create confirmed meanwhile
+            self.output.write(data)
+            if flush:
+                self.output.flush()
             return
         segment = self._held[-1]
         assert isinstance(segment, bytearray)
@@ -130,32 +177,53 @@ class BufferedMsgSpecWriter(MsgSpecWriter):
         A failed call raises its error and drops everything held after it: a blocking
         call would have stopped the run before any of it was written.
         """
-        output = self.output
-        written = False
-        while self._held:
+        if wait and self._held:
             head = self._held[0]
             assert isinstance(head, PendingMessage)
-            if not (wait or head.future.done()):
-                break
-            wait = False
-            try:
-                messages = head.resolve()
-            except BaseException:
-                self._held.clear()
-                self._held_bytes = 0
-                if written:
-                    output.flush()
-                raise
-            self._held.popleft()
-            segment = self._held.popleft()
-            assert isinstance(segment, bytearray)
-            for message in messages:
-                output.write(serialize_jsonl(message.to_dict()))
-            output.write(segment)
-            self._held_bytes -= len(segment)
-            written = True
-        if written:
-            output.flush()
+            # Waited for outside the lock: its own callback needs the lock to finish.
+            concurrent.futures.wait([head.future])
+        with self._lock:
+            self._settle(raise_failure=True)
+
+    def _write_confirmed(self, _future: Future[Any]) -> None:
+        """A create finished: write what it (and any finished after it) held back.
+
+        A failure is left held for the reading thread to raise where the run can stop.
+        """
+        with self._lock:
+            self._settle(raise_failure=False)
+
+    def _settle(self, *, raise_failure: bool) -> None:
+        output = self.output
+        written = False
+        try:
+            while self._held:
+                head = self._held[0]
+                assert isinstance(head, PendingMessage)
+                future = head.future
+                if not future.done():
+                    break
+                if not raise_failure and (future.cancelled() or future.exception() is not None):
+                    break
+                try:
+                    messages = head.resolve()
+                except BaseException:
+                    self._held.clear()
+                    self._held_bytes = 0
+                    raise
+                segment = self._held[1]
+                assert isinstance(segment, bytearray)
+                for message in messages:
+                    output.write(serialize_line(message.to_dict()))
+                output.write(segment)
+                written = True
+                # Removed only once written: see `_lock`.
+                self._held.popleft()
+                self._held.popleft()
+                self._held_bytes -= len(segment)
+        finally:
+            if written:
+                output.flush()
 
     def drain(self) -> None:
         """Wait for every background call and write everything held."""
@@ -229,7 +297,11 @@ class SingerLineReader(GenericSingerReader[str]):
                     envelope = envelopes.decode(line)
                 except (msgspec.DecodeError, msgspec.ValidationError):
                     envelope = None
-                if envelope is not None and envelope.type == "RECORD":
+                if (
+                    envelope is not None
+                    and envelope.type == "RECORD"
+                    and type(envelope.stream) is str
+                ):
                     self.line = line
                     on_record(envelope, line)
                     fast_records += 1
@@ -247,6 +319,10 @@ class SingerLineReader(GenericSingerReader[str]):
             callback = callbacks.get(message_type)
             if callback is None:
                 self._bad_line(number, f"unknown Singer message type {message_type!r}")
+            if message_type in STREAM_MESSAGE_TYPES and not isinstance(
+                message.get("stream"), str
+            ):
+                self._bad_line(number, f"a {message_type} without a `stream` name")
             callback(message)
             stats[message_type] += 1
         stats["RECORD"] += fast_records

@@ -2,15 +2,21 @@
 
 `POST /v1/jobs` has no idempotency key. When a create fails ambiguously (timeout, lost
 answer, 5xx) the job may exist anyway, so before sending the batch again we look for it
-in `GET /v1/jobs`: a job of the same type and item count, created since just before our
-call and not already claimed by this run, is adopted instead of paying for it twice.
+in `GET /v1/jobs` and adopt a job that can only be that create's: same type and item
+count, not listed before the call (the jobs listed before this process's first create
+and at every later look are excluded, and so are the jobs it made), and created no
+earlier than a second before the call in the server's clock (calibrated from `Date`).
+While the server may still be working on the call, we keep looking for a grace period
+before concluding that nothing was created.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -25,8 +31,17 @@ from tap_gtmcli.client import (
 )
 from tap_gtmcli.errors import GTMCLIFatalError, GTMCLIRetriableError
 
-#: How far the server's clock may run behind ours when matching `created_at`.
+#: How far the server's clock may run behind ours when matching `created_at`, used only
+#: while no answer has carried a `Date` to calibrate against.
 CLOCK_SKEW_SECONDS = 120.0
+#: `created_at` has 1-second resolution: a job made by a call may show a second earlier.
+CREATED_AT_RESOLUTION = 1.0
+#: After an ambiguous create the server may still be working on it: look again until
+#: this many request timeouts have passed since the failure.
+GRACE_TIMEOUTS = 2.0
+#: First and longest pause between looks during the grace period, in seconds.
+FIRST_LOOK_PAUSE = 0.25
+LONGEST_LOOK_PAUSE = 5.0
 #: Batches handed to the background creator and not yet confirmed, at most.
 MAX_IN_FLIGHT = 2
 
@@ -92,12 +107,21 @@ class JobSubmitter:
         webhook_url: str | None,
         max_resubmissions: int,
         max_in_flight: int = MAX_IN_FLIGHT,
+        request_timeout: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.client = client
         self.webhook_url = webhook_url
         self.max_resubmissions = max_resubmissions
         self.max_in_flight = max_in_flight
+        self.grace_seconds = GRACE_TIMEOUTS * request_timeout
+        self._clock = clock
+        self._sleep = sleep
+        #: Jobs that cannot be the one an ambiguous create made: ours, and every job
+        #: listed before (the snapshot taken before our first create included).
         self.known_job_ids: set[str] = set()
+        self._snapshot_taken = False
         self._executor: ThreadPoolExecutor | None = None
         self._in_flight: deque[Future[SubmittedJob]] = deque()
         self._failed = False
@@ -143,13 +167,16 @@ class JobSubmitter:
         )
         del items_json
         where = f"{batch.job_type} job of {len(payloads)} items from stream {batch.source_stream!r}"
+        self._take_snapshot()
+        last_error: GTMCLIAmbiguousCreateError | None = None
         for attempt in range(self.max_resubmissions + 1):
             try:
                 job = self.client.create_job(
                     batch.job_type, payloads, self.webhook_url, body_bytes=body
                 )
             except GTMCLIAmbiguousCreateError as error:
-                adopted = self._find_created_job(batch.job_type, len(payloads), error.started_at)
+                last_error = error
+                adopted = self._look_for_created_job(batch.job_type, len(payloads), error)
                 if adopted is None:
                     logger.warning(
                         "%s; no matching job in GET /v1/jobs, so resubmitting the %s "
@@ -182,25 +209,72 @@ class JobSubmitter:
             )
         msg = (
             f"Submitting the {where} failed: {self.max_resubmissions + 1} attempts ended "
-            "ambiguously (timeout, dropped connection or 5xx) and no created job was found"
+            "ambiguously (timeout, dropped connection or 5xx) and no created job was found; "
+            f"last: {last_error}"
         )
         raise SubmissionFailedError(msg)
 
+    def _take_snapshot(self) -> None:
+        """Before our first create, note the jobs that exist already (the newest page).
+
+        A previous run's job may have the same type and size as a batch of ours and be
+        only a second old: it must never be taken for the job of an ambiguous create.
+        """
+        if self._snapshot_taken:
+            return
+        try:
+            answer = self.client.list_jobs_page(1)
+        except (GTMCLIFatalError, GTMCLIRetriesExhaustedError, GTMCLIRetriableError) as error:
+            msg = f"Could not list the existing jobs before the first create: {error}"
+            raise SubmissionFailedError(msg) from error
+        for job in answer.get("jobs") or []:
+            if isinstance(job, dict) and isinstance(job.get("id"), str):
+                self.known_job_ids.add(job["id"])
+        self._snapshot_taken = True
+
+    def _look_for_created_job(
+        self, job_type: str, item_count: int, error: GTMCLIAmbiguousCreateError
+    ) -> dict | None:
+        """The job an ambiguous create made, looking again while it may still appear."""
+        deadline = self._clock() + (0.0 if error.api_answered else self.grace_seconds)
+        pause = FIRST_LOOK_PAUSE
+        while True:
+            job = self._find_created_job(job_type, item_count, error.started_at)
+            remaining = deadline - self._clock()
+            if job is not None or remaining <= 0:
+                return job
+            self._sleep(min(pause, remaining))
+            pause = min(pause * 2, LONGEST_LOOK_PAUSE)
+
+    def _earliest_created_at(self, started_at: float) -> float:
+        """The earliest `created_at` a job made by a call started at `started_at` can show."""
+        offset = getattr(self.client, "server_clock_offset", None)
+        if offset is None:
+            return started_at - CLOCK_SKEW_SECONDS
+        return started_at + offset - CREATED_AT_RESOLUTION
+
     def _find_created_job(self, job_type: str, item_count: int, started_at: float) -> dict | None:
-        """The job an ambiguous create made, if GTMCLI lists one that can only be it."""
-        earliest = started_at - CLOCK_SKEW_SECONDS
+        """The job an ambiguous create made, if GTMCLI lists one that can only be it.
+
+        Every job listed and not adopted is remembered as not ours: it existed before
+        any later create, so it can never be taken for that create's job either.
+        """
+        earliest = self._earliest_created_at(started_at)
         try:
             for job in self.client.list_jobs():
+                job_id = job.get("id")
                 created_at = _parse_created_at(job.get("created_at"))
                 if created_at is not None and created_at < earliest:
                     return None  # newest first: everything further is older still
                 if (
-                    job.get("id") not in self.known_job_ids
+                    job_id not in self.known_job_ids
                     and job.get("type") == job_type
                     and job.get("total") == item_count
                     and created_at is not None
                 ):
                     return job
+                if isinstance(job_id, str):
+                    self.known_job_ids.add(job_id)
         except (GTMCLIFatalError, GTMCLIRetriesExhaustedError, GTMCLIRetriableError) as error:
             msg = f"Could not check whether an ambiguous job create succeeded: {error}"
             raise SubmissionFailedError(msg) from error

@@ -92,6 +92,7 @@ class GTMCLISubmitter:
             client=client,
             webhook_url=settings.webhook_url,
             max_resubmissions=settings.max_retries,
+            request_timeout=settings.request_timeout,
         )
         self.gate: StateGate[RawMessage] = StateGate()
         self.waiter = JobWaiter(

@@ -80,12 +80,18 @@ class FakeGTMCLI:
             )
         if step == "ambiguous-lost":
             raise GTMCLIAmbiguousCreateError(
-                "POST /v1/jobs may or may not have created a job: status 502", 0.0
+                "POST /v1/jobs may or may not have created a job: POST /v1/jobs answered "
+                "503 (service_unavailable)",
+                0.0,
+                api_answered=True,
             )
         return dict(self._make_job(job_type, items))
 
     def list_jobs(self) -> Iterator[dict]:
         yield from reversed([dict(job) for job in self.jobs.values()])
+
+    def list_jobs_page(self, page: int = 1) -> dict:
+        return {"jobs": list(self.list_jobs()) if page == 1 else []}
 
     def get_job(self, job_id: str) -> dict:
         job = dict(self.jobs[job_id])
@@ -194,7 +200,7 @@ def sandbox() -> Iterator[Any]:
 
 def sandbox_config(server: Any, **settings: Any) -> dict[str, Any]:
     """Plugin settings pointing at a sandbox, with quick retries."""
-    return {"api_url": server.url, "api_key": API_KEY, "request_timeout": 5, **settings}
+    return {"api_url": server.url, "api_key": API_KEY, "request_timeout": 2, **settings}
 
 
 def fixture_text(name: str) -> str:

@@ -6,6 +6,7 @@ import hashlib
 import json
 
 import pytest
+from singer_sdk.singerlib.exceptions import InvalidInputLine
 
 from tap_gtmcli.state_gate import StateGate
 from tap_gtmcli.submission import SubmissionFailedError
@@ -155,8 +156,6 @@ def test_odd_input_never_crashes(fake: FakeGTMCLI) -> None:
     messages = [
         {"type": "RECORD", "stream": "contacts", "record": ["not", "an", "object"]},
         {"type": "RECORD", "stream": "contacts", "record": None},
-        {"type": "RECORD", "record": {"email": "no-stream@x.io"}},
-        {"type": "RECORD", "stream": 7, "record": {"email": "odd@x.io"}},
         record("before_schema", email="Not An Email"),
         {"type": "ACTIVATE_VERSION", "stream": "contacts", "version": 3},
     ]
@@ -172,6 +171,24 @@ def test_odd_input_never_crashes(fake: FakeGTMCLI) -> None:
     assert [
         m for m in out if m.get("stream") != REJECTED_STREAM and m.get("stream") != LEDGER_STREAM
     ] == messages
+
+
+@pytest.mark.parametrize(
+    "nameless",
+    [
+        {"type": "RECORD", "record": {"email": "no-stream@x.io"}},
+        {"type": "RECORD", "stream": 7, "record": {"email": "odd@x.io"}},
+        {"type": "SCHEMA", "schema": {}, "key_properties": []},
+    ],
+    ids=["record-without-stream", "record-with-numeric-stream", "schema-without-stream"],
+)
+def test_message_without_a_stream_name_stops_naming_its_line(
+    fake: FakeGTMCLI, nameless: dict
+) -> None:
+    messages = [record(id=1, email="a@x.io"), state(1), nameless, record(id=2, email="b@x.io")]
+    with pytest.raises(InvalidInputLine, match=r"Input line 3 is a \w+ without a `stream` name"):
+        run_mapper({}, messages, fake)
+    assert "no-stream@x.io" not in json.dumps(run_mapper.last_output)  # type: ignore[attr-defined]
 
 
 def test_402_on_second_job_stops_without_releasing_later_state() -> None:

@@ -310,7 +310,7 @@ class _Capture(logging.Handler):
 
 def mapper_settings(server: SandboxServer | str, **settings: Any) -> dict[str, Any]:
     url = server if isinstance(server, str) else server.url
-    return {"api_key": API_KEY, "api_url": url, "request_timeout": 5, "max_retries": 3, **settings}
+    return {"api_key": API_KEY, "api_url": url, "request_timeout": 2, "max_retries": 3, **settings}
 
 
 def run_mapper_in_process(config: dict[str, Any], messages: Iterable[Any]) -> MapperRun:

@@ -200,11 +200,6 @@ def test_5xx_on_every_attempt_stops_naming_endpoint_then_rerun_is_exact(tmp_path
         assert_exact_truth(server, messages, [first, rerun])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: when every create attempt ends in a 5xx the final error says only 'N attempts "
-    "ended ambiguously (timeout, dropped connection or 5xx)': it names neither the "
-    "endpoint (POST /v1/jobs) nor the status (503)"
-))
 def test_5xx_on_every_create_attempt_names_endpoint_and_status_in_the_final_error() -> None:
     with fast_sandbox() as server:
         server.add_fault_rules([{**POST, "status": 503, "count": 10}])
@@ -217,10 +212,6 @@ def test_5xx_on_every_create_attempt_names_endpoint_and_status_in_the_final_erro
 # --------------------------------------------------------------------- slow answers
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a create slower than request_timeout is reconciled against GET /v1/jobs before "
-    "the server has finished creating the job, so the batch is resubmitted and charged twice"
-))
 def test_create_answer_slower_than_request_timeout_creates_each_job_once() -> None:
     """The server is still working on the create when the client gives up: the job
     appears in the list only after the mapper's reconciliation looked."""
@@ -326,11 +317,6 @@ def test_submit_mode_ignores_jobs_that_later_fail_or_vanish() -> None:
 # --------------------------------------------------------------------- reconciliation across runs
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: ambiguous-create reconciliation adopts a job of the previous run (same type and "
-    "item count, unknown to the new process), so the batch is never submitted yet its STATE "
-    "is released: items lost"
-))
 def test_rerun_after_a_failure_never_adopts_the_previous_runs_job() -> None:
     """Run 1 creates job 1 then stops on a 429 storm. The rerun's first create is dropped
     (nothing created); reconciliation must not adopt run 1's job (same type and item count,

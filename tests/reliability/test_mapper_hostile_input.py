@@ -210,12 +210,7 @@ def test_100001_items_make_two_jobs_of_100000_and_1(shared_sandbox):
         "this is not JSON {",
         '["a", "JSON", "array"]',
         '{"no_type": true}',
-        pytest.param(
-            '{"type": "RECORD", "record": {"id": 999, "email": "nostream@acme.io"}}',
-            marks=pytest.mark.xfail(strict=True, reason=(
-                "BUG: a RECORD without `stream` is passed through downstream (exit 0), neither "
-                "submitted nor rejected, instead of stopping the run naming its line")),
-        ),
+        '{"type": "RECORD", "record": {"id": 999, "email": "nostream@acme.io"}}',
         '{"type": "NOT_A_MESSAGE", "stream": "contacts"}',
         '{"type": "RECORD", "stream": "contacts", "record": {"id": 998, "email": "cut',
     ],

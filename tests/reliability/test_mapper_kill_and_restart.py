@@ -14,8 +14,6 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
-
 from tests.reliability.conftest import (
     API_KEY,
     CLI_ENV,
@@ -208,11 +206,6 @@ def test_mapper_completes_exactly_across_a_sandbox_restart(tmp_path):
         stop(sandbox)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: while upstream is idle the mapper holds the ledger rows and the STATE of batches "
-    "already created (background creates settle only on the next write or at EOF), so "
-    "downstream gets no STATE and a crash meanwhile resubmits every created batch"
-))
 def test_state_of_created_batches_goes_downstream_while_upstream_is_idle(tmp_path):
     messages = contacts_input(3000, 500)
     lines = singer_text(messages).encode().splitlines(keepends=True)
