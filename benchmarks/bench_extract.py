@@ -351,7 +351,8 @@ def table(conditions: list[tuple[str, int, dict[str, Measure]]]) -> tuple[str, l
         for name, measure in results.items():
             x_raw = f"{rates[name] / raw:.2f}" if raw else "-"
             x_peer = f"{rates[name] / peer:.2f}" if peer else "-"
-            lines.append(f"| {label} | {name} | {rows:,} | {rates[name]:,.0f} | "
+            cell = name.replace("|", "\\|")  # a pipeline's name, inside a Markdown cell
+            lines.append(f"| {label} | {cell} | {rows:,} | {rates[name]:,.0f} | "
                          f"{measure.peak_rss_mb:.0f} | {x_raw} | {x_peer} |")
         tap = rates.get("tap-gtmcli > /dev/null")
         if tap and raw and "slow" not in label:
