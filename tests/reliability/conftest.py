@@ -15,6 +15,8 @@ import io
 import json
 import logging
 import os
+import re
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -460,3 +462,25 @@ def seeded_truth(server: SandboxServer) -> set[tuple[str, int]]:
         if job["status"] == "completed":
             keys |= {(job["id"], n) for n in range(1, job["total"] + 1)}
     return keys
+
+
+def start_sandbox_process(
+    db: Path, *, api_key: str = API_KEY, port: int = 0, latency_ms: int = 0
+) -> tuple[subprocess.Popen, str]:
+    """`gtmcli-sandbox --db DB` as a process of its own; returns it and its URL."""
+    process = subprocess.Popen(
+        [SANDBOX, "--port", str(port), "--api-key", api_key, "--db", str(db),
+         "--start-delay", "0", "--processing-rate", "0", "--latency-ms", str(latency_ms)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+    assert match, f"unexpected first line: {line!r}"
+    return process, match[0]
+
+
+def stop_sandbox_process(process: subprocess.Popen) -> None:
+    """SIGTERM, then wait for a clean exit."""
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=20)

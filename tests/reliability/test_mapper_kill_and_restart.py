@@ -19,7 +19,6 @@ from tests.reliability.conftest import (
     CLI_ENV,
     LEDGER,
     MAPPER,
-    SANDBOX,
     assert_no_secret,
     contacts_input,
     fast_sandbox,
@@ -30,7 +29,9 @@ from tests.reliability.conftest import (
     replay_after,
     run_mapper_cli,
     singer_text,
+    start_sandbox_process,
     state_position,
+    stop_sandbox_process,
 )
 
 TRIALS = 20
@@ -121,24 +122,6 @@ def test_sigkill_at_20_points_never_loses_an_item(tmp_path, capsys):
 # --------------------------------------------------------------------- sandbox restart
 
 
-def start_sandbox(db: Path, port: int = 0, latency_ms: int = 0) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen(
-        [SANDBOX, "--port", str(port), "--api-key", API_KEY, "--db", str(db),
-         "--start-delay", "0", "--processing-rate", "0", "--latency-ms", str(latency_ms)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
-    assert match, f"unexpected first line: {line!r}"
-    return process, match[0]
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=20)
-
-
 def admin(url: str, path: str) -> dict:
     import requests
 
@@ -157,7 +140,7 @@ def wait_for_creates(url: str, count: int, timeout: float = 60) -> None:
 
 def test_mapper_completes_exactly_across_a_sandbox_restart(tmp_path):
     db = tmp_path / "sandbox.db"
-    sandbox, url = start_sandbox(db, latency_ms=50)
+    sandbox, url = start_sandbox_process(db, latency_ms=50)
     port = int(url.rsplit(":", 1)[1])
     messages = contacts_input(3000, 500)
     config_path = tmp_path / "config.json"
@@ -178,11 +161,11 @@ def test_mapper_completes_exactly_across_a_sandbox_restart(tmp_path):
         mapper.stdin.writelines(lines[:half])
         mapper.stdin.flush()
         wait_for_creates(url, 3)
-        stop(sandbox)  # between batches: the next creates meet refused connections
+        stop_sandbox_process(sandbox)  # between batches: the next creates meet refused connections
         mapper.stdin.writelines(lines[half:half + 600])
         mapper.stdin.flush()
         time.sleep(0.5)
-        sandbox, _ = start_sandbox(db, port=port)
+        sandbox, _ = start_sandbox_process(db, port=port)
         mapper.stdin.writelines(lines[half + 600:])
         mapper.stdin.close()
         mapper.wait(timeout=180)
@@ -203,7 +186,7 @@ def test_mapper_completes_exactly_across_a_sandbox_restart(tmp_path):
         if mapper.poll() is None:
             mapper.kill()
             mapper.wait()
-        stop(sandbox)
+        stop_sandbox_process(sandbox)
 
 
 def test_state_of_created_batches_goes_downstream_while_upstream_is_idle(tmp_path):

@@ -5,41 +5,19 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import requests
 
+from tests.reliability.conftest import start_sandbox_process, stop_sandbox_process
 from tests.tap.conftest import API_KEY, TAP
-
-SANDBOX = str(Path(sys.executable).with_name("gtmcli-sandbox"))
-
-
-def start_sandbox(db: Path, port: int = 0, latency_ms: int = 0) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen(
-        [SANDBOX, "--port", str(port), "--api-key", API_KEY, "--db", str(db),
-         "--start-delay", "0", "--processing-rate", "0", "--latency-ms", str(latency_ms)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
-    assert match, f"unexpected first line: {line!r}"
-    return process, match[0]
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=20)
 
 
 def test_tap_completes_exactly_across_a_sandbox_restart(tmp_path):
     db = tmp_path / "sandbox.db"
-    sandbox, url = start_sandbox(db, latency_ms=50)
+    sandbox, url = start_sandbox_process(db, api_key=API_KEY, latency_ms=50)
     port = int(url.rsplit(":", 1)[1])
     headers = {"Authorization": f"Bearer {API_KEY}"}
     seeded = requests.post(f"{url}/_sandbox/seed", json={"type": "validate", "count": 2000, "jobs": 3},
@@ -73,11 +51,11 @@ def test_tap_completes_exactly_across_a_sandbox_restart(tmp_path):
                     sandbox.kill()
                     sandbox.wait(timeout=20)
                     time.sleep(1.5)
-                    sandbox, _ = start_sandbox(db, port=port)
+                    sandbox, _ = start_sandbox_process(db, api_key=API_KEY, port=port)
                     restarted = True
         tap.wait(timeout=120)
         drain.join(timeout=10)
-    stop(sandbox)
+    stop_sandbox_process(sandbox)
 
     assert restarted
     assert tap.returncode == 0, "".join(stderr_lines)[-3000:]
