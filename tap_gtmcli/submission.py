@@ -30,6 +30,7 @@ from tap_gtmcli.client import (
     GTMCLIRetriesExhaustedError,
 )
 from tap_gtmcli.errors import GTMCLIFatalError, GTMCLIRetriableError
+from tap_gtmcli.job_bookmarks import parse_timestamp
 
 #: How far the server's clock may run behind ours when matching `created_at`, used only
 #: while no answer has carried a `Date` to calibrate against.
@@ -81,15 +82,8 @@ def utc_now_iso() -> str:
 
 
 def _parse_created_at(value: object) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
+    moment = parse_timestamp(value)
+    return moment.timestamp() if moment is not None else None
 
 
 class JobSubmitter:
