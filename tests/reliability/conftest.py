@@ -272,8 +272,8 @@ def singer_text(messages: Iterable[Any]) -> str:
 
 
 @dataclass
-class MapperRun:
-    """What one mapper run emitted (in process or through the console script)."""
+class SingerRun:
+    """What one run of a plugin emitted (in process or through the console script)."""
 
     messages: list[dict]
     error: BaseException | None = None
@@ -299,6 +299,10 @@ class MapperRun:
     @property
     def ok(self) -> bool:
         return self.error is None and self.returncode == 0
+
+
+class MapperRun(SingerRun):
+    """What one mapper run emitted."""
 
 
 class _Capture(logging.Handler):
@@ -373,31 +377,12 @@ def run_mapper_cli(
 # --------------------------------------------------------------------------- tap runs
 
 
-@dataclass
-class TapRun:
-    messages: list[dict]
-    error: BaseException | None = None
-    log: str = ""
-    sleeps: list[float] = field(default_factory=list)
-    returncode: int = 0
-    stderr: str = ""
-
-    def records(self, stream: str) -> list[dict]:
-        return [m["record"] for m in self.messages
-                if m.get("type") == "RECORD" and m.get("stream") == stream]
+class TapRun(SingerRun):
+    """What one tap run emitted."""
 
     @property
     def result_keys(self) -> list[tuple[str, int]]:
         return [(row["job_id"], row["row_number"]) for row in self.records("job_results")]
-
-    @property
-    def last_state(self) -> dict | None:
-        states = [m["value"] for m in self.messages if m.get("type") == "STATE"]
-        return states[-1] if states else None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and self.returncode == 0
 
 
 def run_tap_in_process(
