@@ -6,13 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tap_gtmcli.readme_settings import README, rendered_readme, settings_table
-from tap_gtmcli.tap import TapGTMCLI
+from tap_gtmcli.tap.tap import TapGTMCLI
+from tools.readme_settings import README, rendered_readme, settings_table
 
 
 def test_readme_settings_tables_match_about():
     text = README.read_text(encoding="utf-8")
-    assert text == rendered_readme(text), "run: python -m tap_gtmcli.readme_settings"
+    assert text == rendered_readme(text), "run: python -m tools.readme_settings"
 
 
 def test_table_is_what_the_console_script_prints():

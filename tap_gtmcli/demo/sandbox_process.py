@@ -11,6 +11,7 @@ from typing import Any
 
 import requests
 
+from tap_gtmcli.api.paging import iterate_pages
 from tap_gtmcli.sandbox.config import DEFAULT_API_KEY
 
 LISTENING_PREFIX = "gtmcli-sandbox listening on "
@@ -89,15 +90,8 @@ class SandboxProcess:
 
     def jobs(self) -> list[dict[str, Any]]:
         """Every job the sandbox knows, following pages if the list is paginated."""
-        jobs: list[dict[str, Any]] = []
-        page = 1
-        while True:
-            body = self.get(f"/v1/jobs?page={page}" if page > 1 else "/v1/jobs")
-            jobs.extend(body.get("jobs") or [])
-            total_pages = body.get("total_pages")
-            if not isinstance(total_pages, int) or page >= total_pages:
-                return jobs
-            page += 1
+        pages = iterate_pages(lambda page: self.get(f"/v1/jobs?page={page}"))
+        return [job for body in pages for job in body.get("jobs") or []]
 
     def wait_until_jobs_settle(self, timeout: float, poll: float = 0.5) -> list[dict[str, Any]]:
         """Poll until every job is completed or failed; return the jobs."""

@@ -11,10 +11,9 @@ from typing import Any
 
 import pytest
 
-from tap_gtmcli.client import GTMCLIAmbiguousCreateError
-from tap_gtmcli.errors import GTMCLICreditsError
-from tap_gtmcli.mapper import GTMCLIMapper
+from tap_gtmcli.api.errors import GTMCLIAmbiguousCreateError, GTMCLICreditsError
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
+from tap_gtmcli.submit.mapper import GTMCLIMapper
 
 FIXTURES = Path(__file__).parent / "fixtures"
 API_KEY = "gtm_live_SECRET-never-print-me"

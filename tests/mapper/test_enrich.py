@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 
-from tap_gtmcli.client import GTMCLIClient
-from tap_gtmcli.enrich import ENRICHMENT_SCHEMA, EnrichmentFailedError
-from tap_gtmcli.submitter import LEDGER_STREAM, REJECTED_STREAM
+from tap_gtmcli.api.client import GTMCLIClient
+from tap_gtmcli.api.errors import EnrichmentFailedError
+from tap_gtmcli.submit.enrich import ENRICHMENT_SCHEMA
+from tap_gtmcli.submit.router import LEDGER_STREAM, REJECTED_STREAM
 
 from .conftest import (
     API_KEY,

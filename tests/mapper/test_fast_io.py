@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from singer_sdk.singerlib.exceptions import InvalidInputLine
 
-from tap_gtmcli.mapper import GTMCLIMapper
-from tap_gtmcli.submission import SubmissionFailedError
-from tap_gtmcli.submitter import LEDGER_STREAM
+from tap_gtmcli.api.errors import SubmissionFailedError
+from tap_gtmcli.submit.mapper import GTMCLIMapper
+from tap_gtmcli.submit.router import LEDGER_STREAM
 
 from .conftest import (
     API_KEY,

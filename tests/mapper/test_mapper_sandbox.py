@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from tap_gtmcli.client import GTMCLIClient
+from tap_gtmcli.api.client import GTMCLIClient
+from tap_gtmcli.api.errors import SubmissionFailedError
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
-from tap_gtmcli.submission import SubmissionFailedError
-from tap_gtmcli.submitter import LEDGER_STREAM, REJECTED_STREAM
+from tap_gtmcli.submit.router import LEDGER_STREAM, REJECTED_STREAM
 
 from .conftest import (
     API_KEY,

@@ -8,9 +8,9 @@ import json
 import pytest
 from singer_sdk.singerlib.exceptions import InvalidInputLine
 
-from tap_gtmcli.state_gate import StateGate
-from tap_gtmcli.submission import SubmissionFailedError
-from tap_gtmcli.submitter import LEDGER_STREAM, REJECTED_STREAM
+from tap_gtmcli.api.errors import SubmissionFailedError
+from tap_gtmcli.submit.router import LEDGER_STREAM, REJECTED_STREAM
+from tap_gtmcli.submit.state_gate import StateGate
 
 from .conftest import FakeGTMCLI, of_stream, record, run_mapper, schema, state
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
-from tap_gtmcli.target import TargetGTMCLI
+from tap_gtmcli.submit.target import TargetGTMCLI
 
 from .conftest import (
     API_KEY,

@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 
-from tap_gtmcli.client import GTMCLIClient
-from tap_gtmcli.retry import RetryPolicy
+from tap_gtmcli.api.client import GTMCLIClient
+from tap_gtmcli.api.retry import RetryPolicy
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 
 API_KEY = "gtm_live_RELIABILITY-secret-7c1e0f9a"
@@ -322,7 +322,7 @@ def mapper_settings(server: SandboxServer | str, **settings: Any) -> dict[str, A
 def run_mapper_in_process(config: dict[str, Any], messages: Iterable[Any]) -> MapperRun:
     """Run GTMCLIMapper in this process with a client whose retry sleeps are recorded,
     not slept. A run-stopping error is returned in `error`, never raised."""
-    from tap_gtmcli.mapper import GTMCLIMapper
+    from tap_gtmcli.submit.mapper import GTMCLIMapper
 
     sleeps: list[float] = []
     client = GTMCLIClient(
@@ -391,7 +391,7 @@ def run_tap_in_process(
     """Sync the tap in this process; backoff sleeps are recorded, not slept."""
     from contextlib import redirect_stdout
 
-    from tap_gtmcli.tap import TapGTMCLI
+    from tap_gtmcli.tap.tap import TapGTMCLI
 
     sleeps: list[float] = []
     monkeypatch.setattr("backoff._sync.time.sleep", sleeps.append)

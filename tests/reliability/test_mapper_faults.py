@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from tap_gtmcli.client import GTMCLIClient
-from tap_gtmcli.retry import RetryPolicy
+from tap_gtmcli.api.client import GTMCLIClient
+from tap_gtmcli.api.retry import RetryPolicy
 from tests.reliability.conftest import (
     API_KEY,
     LEDGER,
@@ -263,7 +263,7 @@ def _run_with_client(config: dict, messages: list[dict], client: GTMCLIClient) -
     import io
     import json
 
-    from tap_gtmcli.mapper import GTMCLIMapper
+    from tap_gtmcli.submit.mapper import GTMCLIMapper
     from tests.reliability.conftest import register_output, singer_text
 
     output = io.BytesIO()

@@ -10,8 +10,8 @@ from contextlib import redirect_stdout
 
 import pytest
 
-from tap_gtmcli.errors import GTMCLIAuthError, GTMCLIRetriableError
-from tap_gtmcli.tap import TapGTMCLI
+from tap_gtmcli.api.errors import GTMCLIAuthError, GTMCLIRetriableError
+from tap_gtmcli.tap.tap import TapGTMCLI
 from tests.tap.conftest import API_KEY, run_tap
 
 LIST_RULE = {"method": "GET", "path_prefix": "/v1/jobs"}

@@ -161,7 +161,7 @@ def test_job_vanishing_before_its_results_is_skipped_with_a_warning(sandbox, tap
 
 
 def test_unknown_api_fields_are_kept_in_additional_fields(caplog):
-    from tap_gtmcli.tap import TapGTMCLI
+    from tap_gtmcli.tap.tap import TapGTMCLI
 
     tap = TapGTMCLI(config={"api_key": API_KEY}, setup_mapper=False)
     jobs = tap.streams["jobs"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from tap_gtmcli.job_bookmarks import JobBookmarks
+from tap_gtmcli.tap.job_bookmarks import JobBookmarks
 
 
 def job(job_id: str, second: int, status: str = "completed", job_type: str = "validate") -> dict:

@@ -11,10 +11,10 @@ from contextlib import redirect_stdout
 
 import pytest
 
-from tap_gtmcli.rate_gate import RateGate
-from tap_gtmcli.result_pages import ResultPage, ResultPages
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
-from tap_gtmcli.tap import TapGTMCLI
+from tap_gtmcli.tap.rate_gate import RateGate
+from tap_gtmcli.tap.result_pages import ResultPage, ResultPages
+from tap_gtmcli.tap.tap import TapGTMCLI
 from tests.tap.conftest import API_KEY, run_tap
 from tests.tap.test_errors import RESULTS_RULE, result_rows
 

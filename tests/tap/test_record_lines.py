@@ -6,9 +6,9 @@ import msgspec
 import pytest
 import requests
 
-from tap_gtmcli.record_lines import RecordLineBuilder
-from tap_gtmcli.result_pages import parse_results_page
-from tap_gtmcli.tap import TapGTMCLI
+from tap_gtmcli.tap.record_lines import RecordLineBuilder
+from tap_gtmcli.tap.result_pages import parse_results_page
+from tap_gtmcli.tap.tap import TapGTMCLI
 from tests.tap.conftest import API_KEY
 
 SCHEMA_FIELDS = TapGTMCLI(config={"api_key": API_KEY}).streams["job_results"].schema["properties"]

@@ -7,7 +7,7 @@ import atexit
 from singer_sdk.testing import get_tap_test_class
 
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
-from tap_gtmcli.tap import TapGTMCLI
+from tap_gtmcli.tap.tap import TapGTMCLI
 from tests.tap.conftest import API_KEY
 
 # The standard test class is built at import time, so its sandbox starts here too.

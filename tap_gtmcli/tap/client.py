@@ -20,12 +20,12 @@ from singer_sdk.helpers.types import Context, Record
 from singer_sdk.singerlib import RecordMessage
 from typing_extensions import override
 
-from tap_gtmcli import schemas
-from tap_gtmcli.client import DEFAULT_API_URL, USER_AGENT
-from tap_gtmcli.errors import check_json_object, decode_json, raise_for_response
-from tap_gtmcli.pagination import TotalPagesPaginator
-from tap_gtmcli.rate_gate import RateGate
-from tap_gtmcli.retry import RetryPolicy, parse_retry_after
+from tap_gtmcli.api.client import DEFAULT_API_URL, USER_AGENT
+from tap_gtmcli.api.errors import check_json_object, decode_json, raise_for_response
+from tap_gtmcli.api.retry import RetryPolicy, parse_retry_after
+from tap_gtmcli.tap import schemas
+from tap_gtmcli.tap.pagination import TotalPagesPaginator
+from tap_gtmcli.tap.rate_gate import RateGate
 
 SCHEMAS = SchemaDirectory(resources.files(schemas))
 EXTRA_FIELDS = "additional_fields"

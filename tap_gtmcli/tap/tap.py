@@ -9,11 +9,11 @@ from singer_sdk import typing as th
 from singer_sdk.helpers.capabilities import CapabilitiesEnum, PluginCapabilities, TapCapabilities
 from typing_extensions import override
 
-from tap_gtmcli.connection_settings import API_KEY, API_URL, MAX_RETRIES, REQUEST_TIMEOUT
-from tap_gtmcli.message_writer import TapMessageWriter
-from tap_gtmcli.redaction import redact_secrets_in_logs
-from tap_gtmcli.stream_base import DEFAULT_MAX_PARALLEL_REQUESTS
-from tap_gtmcli.streams import MAX_RESULTS_PER_PAGE, JobResultsStream, JobsStream
+from tap_gtmcli.api.redaction import redact_secrets_in_logs
+from tap_gtmcli.api.settings import API_KEY, API_URL, MAX_RETRIES, REQUEST_TIMEOUT
+from tap_gtmcli.tap.client import DEFAULT_MAX_PARALLEL_REQUESTS
+from tap_gtmcli.tap.message_writer import TapMessageWriter
+from tap_gtmcli.tap.streams import MAX_RESULTS_PER_PAGE, JobResultsStream, JobsStream
 
 
 class TapGTMCLI(Tap):

@@ -25,14 +25,15 @@ from typing import Any
 
 from singer_sdk.contrib.msgspec import decoder, encoder
 
-from tap_gtmcli.batches import Batch, OpenBatches
-from tap_gtmcli.client import GTMCLIClient
-from tap_gtmcli.enrich import NO_ENRICHMENT, JobWaiter, RecordSpool, extend_schema
-from tap_gtmcli.items import ItemExtractor, ItemKey
-from tap_gtmcli.singer_io import PendingMessage, RawMessage
-from tap_gtmcli.state_gate import StateGate
-from tap_gtmcli.submission import JobSubmitter, SubmittedJob, utc_now_iso
-from tap_gtmcli.submit_settings import SubmitSettings
+from tap_gtmcli.api.client import GTMCLIClient
+from tap_gtmcli.api.timestamps import utc_now_iso
+from tap_gtmcli.submit.batches import Batch, OpenBatches
+from tap_gtmcli.submit.enrich import NO_ENRICHMENT, JobWaiter, RecordSpool, extend_schema
+from tap_gtmcli.submit.items import ItemExtractor, ItemKey
+from tap_gtmcli.submit.job_creation import JobSubmitter, SubmittedJob
+from tap_gtmcli.submit.settings import SubmitSettings
+from tap_gtmcli.submit.singer_io import PendingMessage, RawMessage
+from tap_gtmcli.submit.state_gate import StateGate
 
 LEDGER_STREAM = "gtmcli_submissions"
 REJECTED_STREAM = "gtmcli_rejected"
@@ -69,7 +70,7 @@ REJECTED_SCHEMA: dict = {
     },
 }
 
-logger = logging.getLogger("tap_gtmcli.submitter")
+logger = logging.getLogger("tap_gtmcli.submit.router")
 
 Messages = Iterable[RawMessage | PendingMessage]
 

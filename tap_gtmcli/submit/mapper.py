@@ -16,13 +16,12 @@ from singer_sdk.helpers.capabilities import PluginCapabilities
 from singer_sdk.singerlib import Message
 from singer_sdk.singerlib.exceptions import InvalidInputLine
 
-from tap_gtmcli.client import GTMCLIClient
-from tap_gtmcli.enrich import EnrichmentFailedError
-from tap_gtmcli.retry import RetryPolicy
-from tap_gtmcli.singer_io import BufferedMsgSpecWriter, SingerLineReader, envelope_decoder
-from tap_gtmcli.submission import SubmissionFailedError
-from tap_gtmcli.submit_settings import SUBMIT_SETTINGS, SubmitSettings
-from tap_gtmcli.submitter import GTMCLISubmitter
+from tap_gtmcli.api.client import GTMCLIClient
+from tap_gtmcli.api.errors import EnrichmentFailedError, SubmissionFailedError
+from tap_gtmcli.api.retry import RetryPolicy
+from tap_gtmcli.submit.router import GTMCLISubmitter
+from tap_gtmcli.submit.settings import SUBMIT_SETTINGS, SubmitSettings
+from tap_gtmcli.submit.singer_io import BufferedMsgSpecWriter, SingerLineReader, envelope_decoder
 
 #: The failures that end a run with a message instead of a traceback.
 RUN_STOPPING_ERRORS = (SubmissionFailedError, EnrichmentFailedError)

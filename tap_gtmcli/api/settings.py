@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from singer_sdk import typing as th
 
-from tap_gtmcli.client import DEFAULT_API_URL
+from tap_gtmcli.api.client import DEFAULT_API_URL
 
 API_KEY = th.Property(
     "api_key",

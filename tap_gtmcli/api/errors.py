@@ -64,6 +64,33 @@ class GTMCLINotFoundError(GTMCLIFatalError):
     """404: the job does not exist (any more)."""
 
 
+class GTMCLIAmbiguousCreateError(Exception):
+    """A create call failed in a way that leaves open whether GTMCLI made the job.
+
+    `api_answered` is True when the API itself answered (a 5xx with its JSON error
+    body): it has finished with the call, so a job it made is listed already. Otherwise
+    (no answer, a lost or cut answer, a gateway's 502/504 or page) the server may still
+    be creating the job.
+    """
+
+    def __init__(self, message: str, started_at: float, *, api_answered: bool = False) -> None:
+        super().__init__(message)
+        self.started_at = started_at
+        self.api_answered = api_answered
+
+
+class GTMCLIRetriesExhaustedError(Exception):
+    """Every allowed attempt failed with a transient error."""
+
+
+class SubmissionFailedError(Exception):
+    """A batch could not be submitted; the run must stop without releasing its STATE."""
+
+
+class EnrichmentFailedError(Exception):
+    """A job failed, timed out or answered results that do not fit its items."""
+
+
 _FATAL_CLASSES: dict[int, type[GTMCLIFatalError]] = {
     HTTPStatus.UNAUTHORIZED: GTMCLIAuthError,
     HTTPStatus.PAYMENT_REQUIRED: GTMCLICreditsError,

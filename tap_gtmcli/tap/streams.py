@@ -19,12 +19,13 @@ from singer_sdk.helpers.types import Context, Record
 from singer_sdk.mapper import SameRecordTransform
 from typing_extensions import override
 
-from tap_gtmcli.errors import GTMCLINotFoundError, decode_json
-from tap_gtmcli.job_bookmarks import JobBookmarks, parse_timestamp
-from tap_gtmcli.message_writer import TapMessageWriter
-from tap_gtmcli.record_lines import RecordLineBuilder
-from tap_gtmcli.result_pages import ResultPage, ResultPages, parse_results_page
-from tap_gtmcli.stream_base import GTMCLIStream
+from tap_gtmcli.api.errors import GTMCLINotFoundError, decode_json
+from tap_gtmcli.api.timestamps import parse_timestamp
+from tap_gtmcli.tap.client import GTMCLIStream
+from tap_gtmcli.tap.job_bookmarks import JobBookmarks
+from tap_gtmcli.tap.message_writer import TapMessageWriter
+from tap_gtmcli.tap.record_lines import RecordLineBuilder
+from tap_gtmcli.tap.result_pages import ResultPage, ResultPages, parse_results_page
 
 MAX_RESULTS_PER_PAGE = 1000
 PageRequest = tuple[int, requests.PreparedRequest]

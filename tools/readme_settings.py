@@ -1,6 +1,6 @@
 """Keeps README.md's settings tables equal to each plugin's `--about --format=markdown`.
 
-`python -m tap_gtmcli.readme_settings` rewrites the tables; a test fails when they drift.
+`python -m tools.readme_settings` rewrites the tables; a test fails when they drift.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 from singer_sdk.about import AboutFormatter
 from singer_sdk.plugin_base import PluginBase
 
-from tap_gtmcli.mapper import GTMCLIMapper
-from tap_gtmcli.tap import TapGTMCLI
-from tap_gtmcli.target import TargetGTMCLI
+from tap_gtmcli.submit.mapper import GTMCLIMapper
+from tap_gtmcli.submit.target import TargetGTMCLI
+from tap_gtmcli.tap.tap import TapGTMCLI
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -15,8 +15,8 @@ from typing import Any
 from singer_sdk import typing as th
 from singer_sdk.exceptions import ConfigValidationError
 
-from tap_gtmcli.client import DEFAULT_API_URL
-from tap_gtmcli.connection_settings import API_KEY, API_URL, MAX_RETRIES, REQUEST_TIMEOUT
+from tap_gtmcli.api.client import DEFAULT_API_URL
+from tap_gtmcli.api.settings import API_KEY, API_URL, MAX_RETRIES, REQUEST_TIMEOUT
 
 MAX_BATCH_SIZE = 100_000
 MODES = ("submit", "enrich")

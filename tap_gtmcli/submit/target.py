@@ -21,11 +21,11 @@ from singer_sdk import typing as th
 from singer_sdk.exceptions import ConfigValidationError
 from singer_sdk.singerlib import Message
 
-from tap_gtmcli.client import GTMCLIClient
-from tap_gtmcli.mapper import GTMCLIMapper
-from tap_gtmcli.singer_io import PendingMessage, RawMessage
-from tap_gtmcli.submit_settings import LEDGER_PATH_SETTING, SUBMIT_SETTINGS
-from tap_gtmcli.submitter import LEDGER_STREAM
+from tap_gtmcli.api.client import GTMCLIClient
+from tap_gtmcli.submit.mapper import GTMCLIMapper
+from tap_gtmcli.submit.router import LEDGER_STREAM
+from tap_gtmcli.submit.settings import LEDGER_PATH_SETTING, SUBMIT_SETTINGS
+from tap_gtmcli.submit.singer_io import PendingMessage, RawMessage
 
 
 def _discard(_line: bytes) -> None:

@@ -6,7 +6,8 @@ import requests
 from singer_sdk.pagination import PageNumberPaginator
 from typing_extensions import override
 
-from tap_gtmcli.errors import decode_json
+from tap_gtmcli.api.errors import decode_json
+from tap_gtmcli.api.paging import has_next_page, total_pages
 
 
 class TotalPagesPaginator(PageNumberPaginator):
@@ -18,6 +19,6 @@ class TotalPagesPaginator(PageNumberPaginator):
 
     @override
     def has_more(self, response: requests.Response) -> bool:
-        total_pages = decode_json(response).get("total_pages")
-        self.total_pages = total_pages if isinstance(total_pages, int) else None
-        return self.total_pages is not None and self.current_value < self.total_pages
+        body = decode_json(response)
+        self.total_pages = total_pages(body)
+        return has_next_page(body, self.current_value)

@@ -20,20 +20,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from tap_gtmcli.api.timestamps import parse_timestamp
+
 FINISHED_STATUSES = frozenset({"completed", "failed"})
 
 
-def parse_timestamp(value: object) -> datetime | None:
-    """An ISO-8601 timestamp as an aware UTC datetime; None when absent or unreadable."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
 
 
 def _fingerprint(job: Mapping[str, Any]) -> dict[str, Any]:

@@ -16,32 +16,23 @@ from typing import Any
 import requests
 import urllib3.exceptions
 
-from tap_gtmcli.errors import GTMCLIRetriableError, decode_json, error_code, raise_for_response
-from tap_gtmcli.retry import TRANSIENT_EXCEPTIONS, RetryPolicy, parse_retry_after
+from tap_gtmcli.api.errors import (
+    GTMCLIAmbiguousCreateError,
+    GTMCLIRetriableError,
+    GTMCLIRetriesExhaustedError,
+    decode_json,
+    error_code,
+    raise_for_response,
+)
+from tap_gtmcli.api.paging import iterate_pages
+from tap_gtmcli.api.retry import TRANSIENT_EXCEPTIONS, RetryPolicy, parse_retry_after
 
 DEFAULT_API_URL = "https://api.gtmcli.com"
 USER_AGENT = "tap-gtmcli/0.1"
 
-logger = logging.getLogger("tap_gtmcli.client")
+logger = logging.getLogger("tap_gtmcli.api.client")
 
 
-class GTMCLIAmbiguousCreateError(Exception):
-    """A create call failed in a way that leaves open whether GTMCLI made the job.
-
-    `api_answered` is True when the API itself answered (a 5xx with its JSON error
-    body): it has finished with the call, so a job it made is listed already. Otherwise
-    (no answer, a lost or cut answer, a gateway's 502/504 or page) the server may still
-    be creating the job.
-    """
-
-    def __init__(self, message: str, started_at: float, *, api_answered: bool = False) -> None:
-        super().__init__(message)
-        self.started_at = started_at
-        self.api_answered = api_answered
-
-
-class GTMCLIRetriesExhaustedError(Exception):
-    """Every allowed attempt failed with a transient error."""
 
 
 def _never_reached_server(error: BaseException) -> bool:
@@ -198,14 +189,8 @@ class GTMCLIClient:
 
     def list_jobs(self) -> Iterator[dict]:
         """GET /v1/jobs, newest first, following pagination when the answer has it."""
-        page = 1
-        while True:
-            body = self.list_jobs_page(page)
+        for body in iterate_pages(self.list_jobs_page):
             yield from body.get("jobs") or []
-            total_pages = body.get("total_pages")
-            if not isinstance(total_pages, int) or page >= total_pages:
-                return
-            page += 1
 
     def list_jobs_page(self, page: int = 1) -> dict:
         """One answer of GET /v1/jobs (the whole list when the API does not paginate)."""

@@ -18,8 +18,13 @@ from typing import Any
 
 from singer_sdk.contrib.msgspec import decoder, encoder
 
-from tap_gtmcli.client import GTMCLIClient, GTMCLIRetriesExhaustedError
-from tap_gtmcli.errors import GTMCLIFatalError, GTMCLIRetriableError
+from tap_gtmcli.api.client import GTMCLIClient
+from tap_gtmcli.api.errors import (
+    EnrichmentFailedError,
+    GTMCLIFatalError,
+    GTMCLIRetriableError,
+    GTMCLIRetriesExhaustedError,
+)
 
 RESULTS_PER_PAGE = 1000
 MAX_POLL_SECONDS = 60.0
@@ -37,11 +42,8 @@ NO_ENRICHMENT: dict[str, Any] = dict.fromkeys(ENRICHMENT_SCHEMA)
 #: How many spooled records are written to SQLite at once.
 SPOOL_CHUNK = 2000
 
-logger = logging.getLogger("tap_gtmcli.enrich")
+logger = logging.getLogger("tap_gtmcli.submit.enrich")
 
-
-class EnrichmentFailedError(Exception):
-    """A job failed, timed out or answered results that do not fit its items."""
 
 
 def extend_schema(schema: Any) -> Any:

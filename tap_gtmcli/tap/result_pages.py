@@ -15,6 +15,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from tap_gtmcli.api.paging import total_pages
+
 Request = TypeVar("Request")
 
 
@@ -48,9 +50,7 @@ def parse_results_page(body: dict[str, Any], requested_page: int, per_page: int)
     first_row = (page - 1) * _int_or(body.get("per_page"), per_page) + 1
     for offset, row in enumerate(rows):
         row["row_number"] = first_row + offset
-    total_pages = body.get("total_pages")
-    known = isinstance(total_pages, int) and not isinstance(total_pages, bool)
-    return ResultPage(page, rows, total_pages if known else None)
+    return ResultPage(page, rows, total_pages(body))
 
 
 class ResultPages(Generic[Request]):

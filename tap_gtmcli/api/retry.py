@@ -14,7 +14,7 @@ from email.utils import parsedate_to_datetime
 
 import requests
 
-from tap_gtmcli.errors import GTMCLIRetriableError
+from tap_gtmcli.api.errors import GTMCLIRetriableError
 
 #: The transport failures worth another try (the API may never have seen the request,
 #: or its answer was lost on the way).

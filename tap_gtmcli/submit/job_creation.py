@@ -19,18 +19,19 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import msgspec
 
-from tap_gtmcli.batches import Batch
-from tap_gtmcli.client import (
+from tap_gtmcli.api.client import GTMCLIClient
+from tap_gtmcli.api.errors import (
     GTMCLIAmbiguousCreateError,
-    GTMCLIClient,
+    GTMCLIFatalError,
+    GTMCLIRetriableError,
     GTMCLIRetriesExhaustedError,
+    SubmissionFailedError,
 )
-from tap_gtmcli.errors import GTMCLIFatalError, GTMCLIRetriableError
-from tap_gtmcli.job_bookmarks import parse_timestamp
+from tap_gtmcli.api.timestamps import parse_timestamp, utc_now_iso
+from tap_gtmcli.submit.batches import Batch
 
 #: How far the server's clock may run behind ours when matching `created_at`, used only
 #: while no answer has carried a `Date` to calibrate against.
@@ -46,11 +47,8 @@ LONGEST_LOOK_PAUSE = 5.0
 #: Batches handed to the background creator and not yet confirmed, at most.
 MAX_IN_FLIGHT = 2
 
-logger = logging.getLogger("tap_gtmcli.submission")
+logger = logging.getLogger("tap_gtmcli.submit.job_creation")
 
-
-class SubmissionFailedError(Exception):
-    """A batch could not be submitted; the run must stop without releasing its STATE."""
 
 
 @dataclass(frozen=True)
@@ -74,11 +72,6 @@ class SubmittedJob:
             "batch_sha256": self.batch_sha256,
             "submitted_at": self.submitted_at,
         }
-
-
-def utc_now_iso() -> str:
-    """The current time as ISO-8601 UTC with `Z`."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _parse_created_at(value: object) -> float | None:

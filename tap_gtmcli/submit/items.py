@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from tap_gtmcli.submit_settings import SubmitSettings
+from tap_gtmcli.submit.settings import SubmitSettings
 
 #: The dedupe key of an item: the normalized email, or (first, last, domain).
 ItemKey = str | tuple[str, str, str]

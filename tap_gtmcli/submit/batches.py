@@ -10,7 +10,7 @@ import hashlib
 
 import msgspec
 
-from tap_gtmcli.items import ItemKey, item_payload
+from tap_gtmcli.submit.items import ItemKey, item_payload
 
 
 class Batch:

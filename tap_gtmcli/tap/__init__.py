@@ -1,0 +1,10 @@
+"""tap-gtmcli: the Singer tap that reads jobs and their results.
+
+Owns: `TapGTMCLI` and its settings (`tap`), the base stream with all API policy
+(`client`), the `jobs` and `job_results` streams (`streams`), incremental state
+(`job_bookmarks`), results read ahead in order (`result_pages`), the shared rate gate
+(`rate_gate`), the paginator (`pagination`), RECORD lines spliced from page bytes
+(`record_lines`), the block-buffered writer (`message_writer`) and the stream schemas.
+
+May import: `tap_gtmcli.api` and the SDK. Never `tap_gtmcli.submit`, `sandbox` or `demo`.
+"""
