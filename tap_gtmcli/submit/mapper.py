@@ -17,6 +17,7 @@ from singer_sdk.singerlib import Message
 from singer_sdk.singerlib.exceptions import InvalidInputLine
 
 from tap_gtmcli.api.client import GTMCLIClient
+from tap_gtmcli.api.config_check import KeySafeConfig
 from tap_gtmcli.api.errors import EnrichmentFailedError, SubmissionFailedError
 from tap_gtmcli.api.retry import RetryPolicy
 from tap_gtmcli.submit.router import GTMCLISubmitter
@@ -37,10 +38,13 @@ def build_client(settings: SubmitSettings) -> GTMCLIClient:
     )
 
 
-class GTMCLIMapper(InlineMapper):
+class GTMCLIMapper(KeySafeConfig, InlineMapper):
     """Submits records to GTMCLI and passes the stream through."""
 
     name = "mapper-gtmcli"
+    # The SDK reads the version from the installed distribution named by `package_name`
+    # (else by `name`): both plugins ship in the `tap-gtmcli` distribution.
+    package_name = "tap-gtmcli"
     config_jsonschema = SUBMIT_SETTINGS.to_dict()
     capabilities: ClassVar[list[Any]] = [
         PluginCapabilities.ABOUT,

@@ -153,7 +153,8 @@ class SubmitSettings:
         """Read and check the plugin config; raise `ConfigValidationError` naming the setting.
 
         The JSON Schema already rejects most bad values; this also catches explicit nulls
-        and whitespace-only field names, which the schema lets through.
+        and whitespace-only field names, which the schema lets through. Messages name the
+        setting and the rule, never the value (it may be a key pasted in the wrong place).
         """
 
         def pick(name: str, default: Any) -> Any:
@@ -165,14 +166,14 @@ class SubmitSettings:
             raise _setting_error("api_key: a GTMCLI API key is required")
         mode = pick("mode", "submit")
         if mode not in MODES:
-            raise _setting_error(f"mode: {mode!r} is not one of {', '.join(MODES)}")
+            raise _setting_error(f"mode: must be one of {', '.join(MODES)}")
         job_type = pick("job_type", "auto")
         if job_type not in JOB_TYPES:
-            raise _setting_error(f"job_type: {job_type!r} is not one of {', '.join(JOB_TYPES)}")
+            raise _setting_error(f"job_type: must be one of {', '.join(JOB_TYPES)}")
         batch_size = pick("batch_size", MAX_BATCH_SIZE)
         if not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH_SIZE:
             raise _setting_error(
-                f"batch_size: {batch_size!r} is outside 1 to {MAX_BATCH_SIZE:,}"
+                f"batch_size: must be a whole number from 1 to {MAX_BATCH_SIZE:,}"
             )
         fields: dict[str, str] = {}
         for name in FIELD_SETTINGS:
@@ -191,11 +192,11 @@ class SubmitSettings:
         ):
             value = pick(name, default)
             if not isinstance(value, int | float | Decimal) or value <= 0:
-                raise _setting_error(f"{name}: {value!r} must be a positive number of seconds")
+                raise _setting_error(f"{name}: must be a positive number of seconds")
             numbers[name] = float(value)
         max_retries = pick("max_retries", 5)
         if not isinstance(max_retries, int) or max_retries < 0:
-            raise _setting_error(f"max_retries: {max_retries!r} must be 0 or more")
+            raise _setting_error("max_retries: must be a whole number, 0 or more")
         return cls(
             api_key=api_key,
             api_url=pick("api_url", DEFAULT_API_URL),
