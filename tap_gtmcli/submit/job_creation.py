@@ -112,6 +112,8 @@ class JobSubmitter:
         self._executor: ThreadPoolExecutor | None = None
         self._in_flight: deque[Future[SubmittedJob]] = deque()
         self._failed = False
+        #: (jobs, items) GTMCLI confirmed (created or adopted).
+        self.confirmed = [0, 0]
 
     def submit_in_background(self, batch: Batch) -> Future[SubmittedJob]:
         """Queue the batch's create; wait first while `max_in_flight` are unconfirmed."""
@@ -185,6 +187,8 @@ class JobSubmitter:
                 msg = f"Submitting the {where}: POST /v1/jobs answered without a job id"
                 raise SubmissionFailedError(msg)
             self.known_job_ids.add(job_id)
+            self.confirmed[0] += 1
+            self.confirmed[1] += len(payloads)
             logger.info("Submitted %s as job %s", where, job_id)
             return SubmittedJob(
                 job_id=job_id,
