@@ -31,8 +31,8 @@ from tests.reliability.conftest import (
     received_jobs,
     replay_after,
     run_mapper_cli,
-    sandbox_jobs,
     run_mapper_in_process,
+    sandbox_jobs,
     state_position,
 )
 
