@@ -137,6 +137,11 @@ class JobSubmitter:
             self._failed = True
             raise
 
+    def stop_creating(self) -> None:
+        """Start no further create (queued ones fail "Not submitted"); safe in a signal
+        handler: it neither waits nor touches the executor."""
+        self._failed = True
+
     def close(self) -> None:
         """Cancel creates not started yet and wait for a running one."""
         if self._executor is not None:
@@ -159,6 +164,10 @@ class JobSubmitter:
         self._take_snapshot()
         last_error: GTMCLIAmbiguousCreateError | None = None
         for attempt in range(self.max_resubmissions + 1):
+            if attempt and self._failed:
+                # Stopped (a signal, or close on a failure path): send no POST again.
+                msg = f"Not submitted: the run stopped before the {where} could be resent"
+                raise SubmissionFailedError(msg)
             try:
                 job = self.client.create_job(
                     batch.job_type, payloads, self.webhook_url, body_bytes=body

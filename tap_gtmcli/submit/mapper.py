@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable
+from types import FrameType
 from typing import IO, Any, ClassVar
 
 from singer_sdk import InlineMapper
@@ -166,6 +167,17 @@ class GTMCLIMapper(KeySafeConfig, InlineMapper):
         self.output_writer.flush()
         self.submitter.close()
         self.client.close()
+
+    def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
+        """SIGTERM / SIGINT: stop, and exit non-zero. The SDK's handler exits 0, so a run
+        stopped mid-input (or mid-way through its failure exit, after logging the error)
+        read as a success. Nothing past the last STATE written is confirmed; a create
+        already running finishes as the interpreter exits, and none starts after it."""
+        self.submitter.jobs.stop_creating()
+        self.logger.error(
+            "Stopped by signal %d: nothing after the last STATE written is confirmed", signum
+        )
+        sys.exit(128 + signum)
 
     @classmethod
     def invoke(cls, **kwargs: Any) -> None:
