@@ -74,8 +74,10 @@ def e2e_dir() -> Iterator[Path]:
 def meltano_project(e2e_dir: Path) -> Iterator[MeltanoProject]:
     """Meltano and every plugin installed once (reused across runs), state in e2e_dir.
 
-    The logs Meltano writes of its own (`.meltano/logs`) during the session, and this
-    session's run logs, are part of the key scan (tests/key_scan.py).
+    What Meltano writes of its own during the session (`.meltano/logs`, where `meltano
+    elt` keeps logs; `.meltano/run`, the plugins' state and logging files) and this
+    session's run logs are part of the key scan (tests/key_scan.py), as is the output of
+    every `meltano` command (through its pipe).
     """
     started = time.time()
     project = MeltanoProject(
@@ -88,15 +90,16 @@ def meltano_project(e2e_dir: Path) -> Iterator[MeltanoProject]:
         },
     )
     (e2e_dir / "jsonl").mkdir()
-    meltano_logs = project.root / ".meltano" / "logs"
-    for logs in (meltano_logs, e2e_dir / "logs"):
-        key_scan.watch_tree(logs, since=started)
+    scanned = (project.root / ".meltano" / "logs", project.root / ".meltano" / "run",
+               e2e_dir / "logs")
+    for directory in scanned:
+        key_scan.watch_tree(directory, since=started)
     project.ensure_meltano()
     project.install(E2E_PLUGINS)
     yield project
     key_scan.assert_clean()
-    for logs in (meltano_logs, e2e_dir / "logs"):
-        key_scan.unwatch_tree(logs)
+    for directory in scanned:
+        key_scan.unwatch_tree(directory)
 
 
 @pytest.fixture(scope="session")
