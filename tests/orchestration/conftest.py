@@ -9,6 +9,7 @@ its own key; every output a run produced is scanned for those keys.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -64,6 +65,20 @@ def result_rows(jobs: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
     """Result rows per completed job: what the warehouse must hold, exactly."""
     return {job_id: int(job["total"]) for job_id, job in jobs.items()
             if job["status"] == "completed"}
+
+
+def stored_state(postgres_server: PostgresServer, state_id: str) -> dict[str, Any]:
+    """The completed state Meltano keeps for a state id in the shared system database."""
+    rows = postgres_server.query("select completed_state from state where state_id = "
+                                 f"'{state_id}'", database=SYSTEM_DATABASE)
+    return json.loads(rows[0][0]) if rows else {}
+
+
+def meltano_runs(postgres_server: PostgresServer, state_id: str) -> list[list[str]]:
+    """(state, started_at, ended_at) of every run Meltano recorded for a state id."""
+    return postgres_server.query(
+        "select state, extract(epoch from started_at), extract(epoch from ended_at) "
+        f"from runs where job_name = '{state_id}' order by id", database=SYSTEM_DATABASE)
 
 
 @pytest.fixture(scope="session")
