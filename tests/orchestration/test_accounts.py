@@ -11,7 +11,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,9 +162,9 @@ class TableLock:
         self.process.wait(timeout=30)
 
 
-def wait_until(condition: str, check: object, timeout: float = 120) -> None:
+def wait_until(condition: str, check: Callable[[], bool], timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
+    while not check():
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting until {condition}")
         time.sleep(0.2)
