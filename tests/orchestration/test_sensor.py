@@ -140,3 +140,15 @@ def test_an_unreachable_api_skips_the_tick_and_keeps_the_cursor(
     assert len(ticker.tick()) == 1                  # the next tick is the retry
     assert list_requests(slow_sandbox) == 2
     assert_no_key(*ticker.outputs)
+
+
+def test_no_key_for_the_environment_fails_the_tick_naming_the_variable(
+    slow_sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch,
+    instance: dg.DagsterInstance, repository: dg.RepositoryDefinition,
+):
+    # prod has no key in meltano.yml: it comes from the variable, here unset.
+    monkeypatch.setenv("MELTANO_ENVIRONMENT", "prod")
+    monkeypatch.delenv("TAP_GTMCLI_API_KEY")
+    with pytest.raises(Exception, match="set TAP_GTMCLI_API_KEY"):
+        Ticker(instance, repository).tick()
+    assert list_requests(slow_sandbox) == 0
