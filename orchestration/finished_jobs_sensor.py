@@ -23,7 +23,7 @@ from tap_gtmcli.api.errors import GTMCLIRetriesExhaustedError
 from tap_gtmcli.api.retry import RetryPolicy
 
 #: Seconds between ticks: results land about this long after a job completes.
-DEFAULT_INTERVAL_SECONDS = 60
+INTERVAL_SECONDS = 60
 REQUEST_TIMEOUT_SECONDS = 30.0
 IN_PROGRESS = [
     dg.DagsterRunStatus.QUEUED,
@@ -41,9 +41,6 @@ def finished_jobs_sensor(
     job: dg.JobDefinition,
     extractor: str,
     project: ProjectFile,
-    *,
-    minimum_interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
-    environ: Mapping[str, str] = os.environ,
 ) -> dg.SensorDefinition:
     """A sensor requesting one run of `job` whenever `extractor`'s account has new
     finished jobs."""
@@ -51,7 +48,7 @@ def finished_jobs_sensor(
     @dg.sensor(
         name=f"{job.name}_on_finished_gtmcli_jobs",
         job=job,
-        minimum_interval_seconds=minimum_interval_seconds,
+        minimum_interval_seconds=INTERVAL_SECONDS,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Runs {job.name} when GTMCLI jobs of {extractor}'s account finish "
         "(one GET /v1/jobs per tick).",
@@ -64,7 +61,7 @@ def finished_jobs_sensor(
             return dg.SkipReason(f"a {job.name} run is queued or in progress; "
                                  "looking again next tick")
         try:
-            body = _first_page_of_jobs(project, extractor, environ)
+            body = _first_page_of_jobs(project, extractor, os.environ)
         except GTMCLIRetriesExhaustedError as error:
             # The message names the request and the status, never the key.
             return dg.SkipReason(f"{error}; trying again next tick")

@@ -53,7 +53,6 @@ class MeltanoSchedule:
 class ProjectFile:
     """The parts of one `meltano.yml` the code location uses."""
 
-    path: Path
     raw: Mapping[str, Any]
     jobs: tuple[MeltanoJob, ...]
     schedules: tuple[MeltanoSchedule, ...]
@@ -173,7 +172,7 @@ def load_project_file(root: Path) -> ProjectFile:
             )
         schedules.append(MeltanoSchedule(name, entry["job"],
                                          schedule_cron(name, entry.get("interval"))))
-    return ProjectFile(path, raw, tuple(jobs), tuple(schedules))
+    return ProjectFile(raw, tuple(jobs), tuple(schedules))
 
 
 def default_project_dir(environ: Mapping[str, str] = os.environ) -> Path:
@@ -181,6 +180,6 @@ def default_project_dir(environ: Mapping[str, str] = os.environ) -> Path:
     return Path(environ.get("MELTANO_PROJECT_ROOT") or Path(__file__).resolve().parents[1])
 
 
-def environment_name(project: ProjectFile, environ: Mapping[str, str] = os.environ) -> str | None:
+def environment_name(project: ProjectFile, environ: Mapping[str, str]) -> str | None:
     """The Meltano environment a run uses: MELTANO_ENVIRONMENT, else the project default."""
     return environ.get("MELTANO_ENVIRONMENT") or project.default_environment
