@@ -30,6 +30,7 @@ from tap_gtmcli.api.errors import (
     GTMCLIRetriesExhaustedError,
     SubmissionFailedError,
 )
+from tap_gtmcli.api.retry import growing_pauses, poll_until
 from tap_gtmcli.api.timestamps import parse_timestamp, utc_now_iso
 from tap_gtmcli.submit.batches import Batch
 
@@ -48,7 +49,6 @@ LONGEST_LOOK_PAUSE = 5.0
 MAX_IN_FLIGHT = 2
 
 logger = logging.getLogger("tap_gtmcli.submit.job_creation")
-
 
 
 @dataclass(frozen=True)
@@ -223,15 +223,15 @@ class JobSubmitter:
         self, job_type: str, item_count: int, error: GTMCLIAmbiguousCreateError
     ) -> dict | None:
         """The job an ambiguous create made, looking again while it may still appear."""
-        deadline = self._clock() + (0.0 if error.api_answered else self.grace_seconds)
-        pause = FIRST_LOOK_PAUSE
-        while True:
-            job = self._find_created_job(job_type, item_count, error.started_at)
-            remaining = deadline - self._clock()
-            if job is not None or remaining <= 0:
-                return job
-            self._sleep(min(pause, remaining))
-            pause = min(pause * 2, LONGEST_LOOK_PAUSE)
+        grace = 0.0 if error.api_answered else self.grace_seconds
+        return poll_until(
+            lambda: self._find_created_job(job_type, item_count, error.started_at),
+            lambda job: job is not None,
+            pauses=growing_pauses(FIRST_LOOK_PAUSE, 2, LONGEST_LOOK_PAUSE),
+            deadline=self._clock() + grace,
+            clock=self._clock,
+            sleep=self._sleep,
+        )
 
     def _earliest_created_at(self, started_at: float) -> float:
         """The earliest `created_at` a job made by a call started at `started_at` can show."""
