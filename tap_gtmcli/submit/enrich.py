@@ -8,7 +8,6 @@ answers the item at position k; validate rows are checked by email on the way in
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sqlite3
 import tempfile
@@ -43,8 +42,6 @@ ENRICHMENT_SCHEMA: dict[str, dict[str, Any]] = {
 NO_ENRICHMENT: dict[str, Any] = dict.fromkeys(ENRICHMENT_SCHEMA)
 #: How many spooled records are written to SQLite at once.
 SPOOL_CHUNK = 2000
-
-logger = logging.getLogger("tap_gtmcli.submit.enrich")
 
 
 def extend_schema(schema: Any) -> Any:
