@@ -36,6 +36,8 @@ from tap_gtmcli.api.retry import (
 
 DEFAULT_API_URL = "https://api.gtmcli.com"
 USER_AGENT = "tap-gtmcli/0.1"
+#: The job statuses that never change again.
+FINISHED_STATUSES = frozenset({"completed", "failed"})
 
 logger = logging.getLogger("tap_gtmcli.api.client")
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from singer_sdk.contrib.msgspec import decoder, encoder
 
-from tap_gtmcli.api.client import GTMCLIClient
+from tap_gtmcli.api.client import FINISHED_STATUSES, GTMCLIClient
 from tap_gtmcli.api.errors import (
     EnrichmentFailedError,
     GTMCLIFatalError,
@@ -28,7 +28,6 @@ from tap_gtmcli.api.retry import growing_pauses, poll_until
 
 RESULTS_PER_PAGE = 1000
 MAX_POLL_SECONDS = 60.0
-FINISHED_STATUSES = ("completed", "failed")
 #: The fields added to every record of an acted-on stream, all nullable.
 ENRICHMENT_SCHEMA: dict[str, dict[str, Any]] = {
     "gtmcli_status": {"type": ["string", "null"]},
