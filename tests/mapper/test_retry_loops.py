@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,9 +14,11 @@ from tap_gtmcli.api.errors import (
     GTMCLIRetriesExhaustedError,
 )
 from tap_gtmcli.api.retry import RetryPolicy, growing_pauses
+from tap_gtmcli.submit.batches import OpenBatches
 from tap_gtmcli.submit.enrich import JobWaiter
+from tap_gtmcli.submit.job_creation import JobSubmitter
 
-from .conftest import API_KEY
+from .conftest import API_KEY, FakeGTMCLI
 
 
 def recording_client(server: Any, max_retries: int, sleeps: list[float]) -> GTMCLIClient:
@@ -126,3 +129,63 @@ def test_a_failed_job_ends_the_wait_with_its_reason() -> None:
     with pytest.raises(EnrichmentFailedError, match="GTMCLI job job_1 failed: outage"):
         jobs.waiter(poll_interval=1, max_wait=60).wait("job_1")
     assert jobs.sleeps == [1.0]
+
+
+class SlowToListCreate(FakeGTMCLI):
+    """A create whose answer is lost; the job it made shows in the list only from the
+    `listed_from`-th look on (never, when None)."""
+
+    def __init__(self, listed_from: int | None) -> None:
+        super().__init__(["ambiguous-created" if listed_from is not None else "ambiguous-lost"])
+        self.listed_from = listed_from
+        self.looks = 0
+        self.hidden: list[str] = []
+
+    def create_job(self, *args: Any, **kwargs: Any) -> dict:
+        try:
+            return super().create_job(*args, **kwargs)
+        except GTMCLIAmbiguousCreateError as error:
+            self.hidden = list(self.jobs)
+            # As after a timeout: the server may still be working, so the look goes on.
+            raise GTMCLIAmbiguousCreateError(str(error), 0.0, api_answered=False) from None
+
+    def list_jobs_page(self, page: int = 1) -> dict:
+        return {"jobs": []}  # the snapshot before the first create: no job yet
+
+    def list_jobs(self) -> Iterator[dict]:
+        self.looks += 1
+        if self.listed_from is None or self.looks < self.listed_from:
+            return iter([job for job in super().list_jobs() if job["id"] not in self.hidden])
+        return super().list_jobs()
+
+
+def submit_one_batch(client: FakeGTMCLI, sleeps: list[float], now: list[float]) -> Any:
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    submitter = JobSubmitter(
+        client=client,  # type: ignore[arg-type]  # the fake has the client's methods
+        webhook_url=None,
+        max_resubmissions=1,
+        request_timeout=1.0,
+        clock=lambda: now[0],
+        sleep=sleep,
+    )
+    batch, _ = OpenBatches(batch_size=10).add("contacts", "validate", "a@x.io", seq=1)
+    return submitter.submit(batch)
+
+
+def test_after_an_ambiguous_create_the_look_again_pauses_grow_until_the_job_shows() -> None:
+    client, sleeps = SlowToListCreate(listed_from=4), []
+    job = submit_one_batch(client, sleeps, [0.0])
+    assert (job.job_id, client.create_calls, client.looks) == ("job_1", 1, 4)
+    assert sleeps == [0.25, 0.5, 1.0]
+
+
+def test_the_look_again_stops_at_the_grace_period_then_resubmits() -> None:
+    client, sleeps = SlowToListCreate(listed_from=None), []
+    job = submit_one_batch(client, sleeps, [0.0])
+    # Grace: two request timeouts (2 s); the last pause is cut to end there.
+    assert sleeps == [0.25, 0.5, 1.0, 0.25]
+    assert (job.job_id, client.create_calls, client.looks) == ("job_1", 2, 5)
