@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable
-from types import TracebackType
 from typing import IO, Any, ClassVar
 
 from singer_sdk import InlineMapper
@@ -26,30 +25,6 @@ from tap_gtmcli.submit.singer_io import BufferedMsgSpecWriter, SingerLineReader,
 
 #: The failures that end a run with a message instead of a traceback.
 RUN_STOPPING_ERRORS = (SubmissionFailedError, EnrichmentFailedError)
-
-
-class ClosedOnFailure:
-    """A run-stopping failure inside `with` closes the mapper before it propagates.
-
-    So a failed submission still delivers the passthrough written so far and removes
-    the spool; the held STATE was never written, by design. One instance is reused:
-    the per-record fast path enters it for every line.
-    """
-
-    def __init__(self, close: Callable[[], None]) -> None:
-        self._close = close
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self,
-        error_type: type[BaseException] | None,
-        _error: BaseException | None,
-        _traceback: TracebackType | None,
-    ) -> None:
-        if error_type is not None and issubclass(error_type, RUN_STOPPING_ERRORS):
-            self._close()
 
 
 def build_client(settings: SubmitSettings) -> GTMCLIClient:
@@ -100,7 +75,6 @@ class GTMCLIMapper(InlineMapper):
             on_bad_line=self._stop_on_bad_input,
         )
         self._pass_line: Callable[[bytes], None] = self.output_writer.write_line
-        self._closed_on_failure = ClosedOnFailure(self.close)
 
     # The SDK routes each message to its `map_*` method with the message's dict; the
     # reader keeps the raw line being routed, so a passthrough writes those exact bytes.
@@ -132,19 +106,32 @@ class GTMCLIMapper(InlineMapper):
         if messages is not None:
             self._write_messages(messages)
             return
-        with self._closed_on_failure:
-            self._pass_line(line)
+        self._closing_on_failure(self._pass_line, line)
 
     def _write_messages(self, messages: Iterable[Message]) -> None:
-        with self._closed_on_failure:
-            for message in messages:
-                self.output_writer.write_message(message)
+        self._closing_on_failure(self._write_each, messages)
+
+    def _write_each(self, messages: Iterable[Message]) -> None:
+        for message in messages:
+            self.output_writer.write_message(message)
+
+    def _closing_on_failure(self, call: Callable[..., None], *args: Any) -> None:
+        """Call; a run-stopping failure closes the mapper before it propagates.
+
+        So a failed submission still delivers the passthrough written so far and removes
+        the spool; the held STATE was never written, by design. A call, not a context
+        manager: the per-record fast path goes through it for every line.
+        """
+        try:
+            call(*args)
+        except RUN_STOPPING_ERRORS:
+            self.close()
+            raise
 
     def process_endofpipe(self) -> None:
         """Submit what is left, wait for every create, release the last STATE, clean up."""
         self._write_messages(self.submitter.finish())
-        with self._closed_on_failure:
-            self.output_writer.drain()
+        self._closing_on_failure(self.output_writer.drain)
         self.close()
 
     def _stop_on_bad_input(self) -> None:
