@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -21,51 +22,53 @@ from tap_gtmcli.submit.job_creation import JobSubmitter
 from .conftest import API_KEY, FakeGTMCLI
 
 
-def recording_client(server: Any, max_retries: int, sleeps: list[float]) -> GTMCLIClient:
-    return GTMCLIClient(
+@contextmanager
+def client_meeting(
+    server: Any, fault: dict[str, Any], max_retries: int
+) -> Iterator[tuple[GTMCLIClient, list[float]]]:
+    """A client of `server` after `fault` is scripted, and the sleeps it asks for."""
+    server.add_fault_rules([fault])
+    sleeps: list[float] = []
+    client = GTMCLIClient(
         api_url=server.url,
         api_key=API_KEY,
         timeout=2,
         retry=RetryPolicy(max_retries=max_retries),
         sleep=sleeps.append,
     )
+    try:
+        yield client, sleeps
+    finally:
+        client.close()
 
 
 def test_retries_sleep_retry_after_exactly_then_fail_naming_the_attempts(sandbox: Any) -> None:
-    sandbox.add_fault_rules(
-        [{"method": "GET", "path_prefix": "/v1/jobs/", "status": 503, "retry_after": "7",
-          "count": 3}]
-    )
-    sleeps: list[float] = []
-    client = recording_client(sandbox, max_retries=2, sleeps=sleeps)
-    with pytest.raises(GTMCLIRetriesExhaustedError) as raised:
+    fault = {"method": "GET", "path_prefix": "/v1/jobs/", "status": 503, "retry_after": "7",
+             "count": 3}
+    with (
+        client_meeting(sandbox, fault, max_retries=2) as (client, sleeps),
+        pytest.raises(GTMCLIRetriesExhaustedError) as raised,
+    ):
         client.get_job("job_missing")
-    client.close()
     assert str(raised.value) == "GET /v1/jobs/job_missing failed after 3 attempts; last error: 503"
     assert API_KEY not in str(raised.value)
     assert sleeps == [7.0, 7.0]
 
 
 def test_a_transient_failure_then_success_returns_the_answer(sandbox: Any) -> None:
-    sandbox.add_fault_rules(
-        [{"method": "GET", "path_prefix": "/v1/jobs", "status": 429, "retry_after": "3",
-          "count": 1}]
-    )
-    sleeps: list[float] = []
-    client = recording_client(sandbox, max_retries=5, sleeps=sleeps)
-    answer = client.list_jobs_page(1)
-    client.close()
-    assert answer["jobs"] == []
+    fault = {"method": "GET", "path_prefix": "/v1/jobs", "status": 429, "retry_after": "3"}
+    with client_meeting(sandbox, fault, max_retries=5) as (client, sleeps):
+        assert client.list_jobs_page(1)["jobs"] == []
     assert sleeps == [3.0]
 
 
 def test_an_ambiguous_create_is_handed_back_at_once_not_retried(sandbox: Any) -> None:
-    sandbox.add_fault_rules([{"method": "POST", "path_prefix": "/v1/jobs", "status": 500}])
-    sleeps: list[float] = []
-    client = recording_client(sandbox, max_retries=5, sleeps=sleeps)
-    with pytest.raises(GTMCLIAmbiguousCreateError) as raised:
+    fault = {"method": "POST", "path_prefix": "/v1/jobs", "status": 500}
+    with (
+        client_meeting(sandbox, fault, max_retries=5) as (client, sleeps),
+        pytest.raises(GTMCLIAmbiguousCreateError) as raised,
+    ):
         client.create_job("validate", [{"email": "a@example.com"}])
-    client.close()
     assert raised.value.api_answered
     assert sleeps == []
     assert sandbox.stats()["requests"]["POST /v1/jobs"] == 1
