@@ -127,6 +127,7 @@ class OpenJobsWaiter:
         self.still_open: dict[str, Job | None] = dict.fromkeys(open_ids)
         self.vanished: list[str] = []
         self.checks = 0
+        self.finished = 0
         self._source = source
         self._wait_seconds = wait_seconds
         self._schedule = schedule
@@ -138,14 +139,15 @@ class OpenJobsWaiter:
         """Each job once it is completed or failed, as soon as a check sees it."""
         if not self.still_open or self._wait_seconds <= 0:
             return
-        deadline = self._clock() + self._wait_seconds
+        started = self._clock()
+        deadline = started + self._wait_seconds
         delays = self._schedule.delays()
         delay = min(next(delays), self._wait_seconds)
         self._logger.info(
             "waiting up to %s s for %s; first check in %s s",
             _seconds(self._wait_seconds), _jobs(len(self.still_open)), _seconds(delay),
         )
-        while self.still_open:
+        while True:
             self._sleep(delay)
             yield from self._check()
             remaining = deadline - self._clock()
@@ -157,6 +159,10 @@ class OpenJobsWaiter:
                 "waiting for %s: %s of %s items done, next check in %s s",
                 _jobs(work.jobs), f"{work.items_done:,}", f"{work.items_total:,}", _seconds(delay),
             )
+        self._logger.info(
+            "stopped waiting after %s s and %d checks: %d finished, %d still open",
+            _seconds(self._clock() - started), self.checks, self.finished, len(self.still_open),
+        )
 
     def open_work(self) -> OpenWork:
         """Jobs and items still unfinished, from the latest check."""
@@ -184,6 +190,7 @@ class OpenJobsWaiter:
                 finished.append(view)
             else:
                 self.still_open[job_id] = view
+        self.finished += len(finished)
         yield from sorted(finished, key=_creation_order)
 
     def _read_open_jobs(self) -> dict[str, Job]:

@@ -102,8 +102,8 @@ class JobsStream(GTMCLIStream):
                 self._checkpoint()
         work = waiter.open_work()
         self.logger.warning(
-            "Stopped waiting after %s s: %d unfinished jobs with %s of %s items still "
-            "unprocessed stay open in state; the next run picks them up",
+            "wait_for_jobs (%s s) is up with jobs still unfinished: %d jobs, %s of %s "
+            "items not yet processed; they stay open in state and the next run picks them up",
             self.config.get("wait_for_jobs"), work.jobs, f"{work.items_open:,}",
             f"{work.items_total:,}",
         )
