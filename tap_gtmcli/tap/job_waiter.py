@@ -29,8 +29,8 @@ from tap_gtmcli.api.timestamps import parse_timestamp
 from tap_gtmcli.tap.job_bookmarks import FINISHED_STATUSES
 
 BACKOFF_FACTOR = 1.5
-DEFAULT_POLL_INTERVAL = 5.0
-DEFAULT_POLL_INTERVAL_MAX = 60.0
+DEFAULT_POLL_INTERVAL = 5
+DEFAULT_POLL_INTERVAL_MAX = 60
 
 Job = dict[str, Any]
 

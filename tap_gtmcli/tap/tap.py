@@ -80,8 +80,8 @@ class TapGTMCLI(Tap):
             title="Wait for jobs",
             description="Seconds a run keeps checking jobs still pending or processing "
             "(new ones, or open ones from earlier runs), emitting each job and its results "
-            "the moment it finishes. Jobs still open when the time is up stay in state for "
-            "the next run, which exits 0 with a warning. 0: do not wait.",
+            "the moment it finishes. When the time is up the run exits 0 with a warning, "
+            "and jobs still open stay in state for the next run. 0: do not wait.",
         ),
         th.Property(
             "poll_interval",
