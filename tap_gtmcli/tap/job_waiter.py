@@ -145,7 +145,7 @@ class OpenJobsWaiter:
         delay = min(next(delays), self._wait_seconds)
         self._logger.info(
             "waiting up to %s s for %s; first check in %s s",
-            _seconds(self._wait_seconds), jobs_phrase(len(self.still_open)), _seconds(delay),
+            _seconds(self._wait_seconds), counted(len(self.still_open), "job"), _seconds(delay),
         )
         while True:
             self._sleep(delay)
@@ -157,12 +157,13 @@ class OpenJobsWaiter:
             work = self.open_work()
             self._logger.info(
                 "waiting for %s: %s of %s items done, next check in %s s",
-                jobs_phrase(work.jobs), f"{work.items_done:,}", f"{work.items_total:,}",
+                counted(work.jobs, "job"), f"{work.items_done:,}", f"{work.items_total:,}",
                 _seconds(delay),
             )
         self._logger.info(
-            "stopped waiting after %s s and %d checks: %d finished, %d still open",
-            _seconds(self._clock() - started), self.checks, self.finished, len(self.still_open),
+            "stopped waiting after %s s and %s: %d finished, %d still open",
+            _seconds(self._clock() - started), counted(self.checks, "check"), self.finished,
+            len(self.still_open),
         )
 
     def open_work(self) -> OpenWork:
@@ -214,6 +215,6 @@ def _seconds(value: float) -> str:
     return f"{value:.0f}" if value >= 10 or value == int(value) else f"{value:.1f}"
 
 
-def jobs_phrase(count: int) -> str:
-    """A count of jobs in words: "1 job", "3 jobs"."""
-    return f"{count} job" if count == 1 else f"{count} jobs"
+def counted(count: int, noun: str) -> str:
+    """A count in words: "1 job", "3 jobs"."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

@@ -24,7 +24,7 @@ from tap_gtmcli.api.errors import GTMCLINotFoundError, decode_json
 from tap_gtmcli.api.timestamps import parse_timestamp
 from tap_gtmcli.tap.client import GTMCLIStream
 from tap_gtmcli.tap.job_bookmarks import JobBookmarks
-from tap_gtmcli.tap.job_waiter import OpenJobsWaiter, PollSchedule, jobs_phrase
+from tap_gtmcli.tap.job_waiter import OpenJobsWaiter, PollSchedule, counted
 from tap_gtmcli.tap.message_writer import TapMessageWriter
 from tap_gtmcli.tap.record_lines import RecordLineBuilder
 from tap_gtmcli.tap.result_pages import ResultPage, ResultPages, parse_results_page
@@ -104,7 +104,7 @@ class JobsStream(GTMCLIStream):
         self.logger.warning(
             "wait_for_jobs (%s s) is up with %s still unfinished, %s of %s items not yet "
             "processed; they stay open in state and the next run picks them up",
-            self.config.get("wait_for_jobs"), jobs_phrase(work.jobs), f"{work.items_open:,}",
+            self.config.get("wait_for_jobs"), counted(work.jobs, "job"), f"{work.items_open:,}",
             f"{work.items_total:,}",
         )
 

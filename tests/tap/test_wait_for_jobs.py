@@ -28,7 +28,7 @@ RATE = 2000.0
 LIST = "GET /v1/jobs"
 ONE_JOB = "GET /v1/jobs/{id}"
 RESULTS = "GET /v1/jobs/{id}/results"
-CHECKS = re.compile(r"stopped waiting after [\d.]+ s and (\d+) checks")
+CHECKS = re.compile(r"stopped waiting after [\d.]+ s and (\d+) checks?:")
 WAIT_SETTINGS = {"poll_interval": 0.2, "poll_interval_max": 1.0, "results_per_page": 500}
 
 #: What a test does when the tap has emitted a message: "kill" stops the tap.
@@ -49,6 +49,12 @@ def create_jobs(sandbox: SandboxServer, sizes: list[int]) -> list[str]:
         ids.append(sandbox.create_job("validate", items)["id"])
         sandbox.advance_clock(1)  # distinct created_at, so the order is plain
     return ids
+
+
+def start_jobs(sandbox: SandboxServer) -> None:
+    """Push the clock so that the last job created starts now, each earlier one a second
+    before the next (create_jobs spaced them so)."""
+    sandbox.advance_clock(START_DELAY - 1)
 
 
 def assert_key_absent(*outputs: str) -> None:
@@ -128,13 +134,13 @@ def checks_made(run: TapRun) -> int:
 
 
 def test_one_run_collects_each_job_as_it_finishes(slow_sandbox, tmp_path):
-    sizes = [300, 800, 6000]  # done 0.15 s, 0.4 s and 3 s after the clock moves
+    sizes = [300, 800, 10_000]  # the last one takes 5 s, the others are done by then
     job_ids = create_jobs(slow_sandbox, sizes)
     config = {"api_key": API_KEY, "api_url": slow_sandbox.url, "wait_for_jobs": 60,
               **WAIT_SETTINGS}
 
     run = run_tap_watched(tmp_path, config, when_waiting(
-        3, lambda: slow_sandbox.advance_clock(START_DELAY)))
+        3, lambda: start_jobs(slow_sandbox)))
 
     assert run.returncode == 0, run.stderr
     assert_key_absent(run.stdout, run.stderr)
@@ -168,17 +174,17 @@ def test_one_run_collects_each_job_as_it_finishes(slow_sandbox, tmp_path):
     checks = checks_made(run)
     assert requests[LIST] + requests.get(ONE_JOB, 0) == 1 + checks
     assert checks <= PollSchedule(0.2, 1.0).max_checks(60)
-    assert requests[RESULTS] == 1 + 2 + 12  # pages of 500 rows
+    assert requests[RESULTS] == 1 + 2 + 20  # pages of 500 rows
     assert re.search(r"waiting for \d jobs?: [\d,]+ of [\d,]+ items done, next check in", run.stderr)
 
 
 def test_time_up_exits_0_keeps_open_jobs_and_the_next_run_completes_them(slow_sandbox, tmp_path):
-    quick, slow = create_jobs(slow_sandbox, [400, 40_000])  # slow: 20 s once moving
+    quick, slow = create_jobs(slow_sandbox, [400, 40_000])  # slow: 20 s once started
     config = {"api_key": API_KEY, "api_url": slow_sandbox.url, "wait_for_jobs": 3,
               **WAIT_SETTINGS}
 
     first = run_tap_watched(tmp_path, config, when_waiting(
-        2, lambda: slow_sandbox.advance_clock(START_DELAY)))
+        2, lambda: start_jobs(slow_sandbox)))
 
     assert first.returncode == 0, first.stderr
     assert_key_absent(first.stdout, first.stderr)
@@ -214,7 +220,7 @@ def test_a_job_that_fails_while_waited_for_is_emitted_with_its_error(slow_sandbo
     ok_first, failing, ok_last = create_jobs(slow_sandbox, [200, 4000, 4000])
 
     def start_then_fail_one() -> None:
-        slow_sandbox.advance_clock(START_DELAY)
+        start_jobs(slow_sandbox)
         slow_sandbox.fail_job(failing, "mailbox provider unreachable")
 
     config = {"api_key": API_KEY, "api_url": slow_sandbox.url, "wait_for_jobs": 60,
@@ -234,19 +240,19 @@ def test_a_job_that_fails_while_waited_for_is_emitted_with_its_error(slow_sandbo
 
 @pytest.mark.parametrize("kill_at", ["wait begins", 700, 2600, 7100])
 def test_sigkill_during_the_wait_then_resume_loses_no_row(tmp_path, kill_at):
-    sizes = [1000, 2000, 3000, 4000]  # done 0.5, 1, 1.5 and 2 s after the clock moves
+    sizes = [1000, 2000, 3000, 4000]  # the first two done at the first check, then 1 and 2 s
     with SandboxServer(SandboxConfig(api_key=API_KEY, start_delay=START_DELAY,
                                      processing_rate=RATE)) as sandbox:
         job_ids = create_jobs(sandbox, sizes)
         config = {"api_key": API_KEY, "api_url": sandbox.url, "wait_for_jobs": 60,
                   **WAIT_SETTINGS}
-        start_jobs = when_waiting(4, lambda: sandbox.advance_clock(START_DELAY)
+        on_waiting = when_waiting(4, lambda: start_jobs(sandbox)
                                   or ("kill" if kill_at == "wait begins" else None))
 
         rows = Counter[str]()
 
         def watch(message: dict[str, Any], messages: list[dict[str, Any]]) -> str | None:
-            if start_jobs(message, messages) == "kill":
+            if on_waiting(message, messages) == "kill":
                 return "kill"
             if is_record(message, "job_results"):
                 rows["seen"] += 1
@@ -265,3 +271,27 @@ def test_sigkill_during_the_wait_then_resume_loses_no_row(tmp_path, kill_at):
         # Resuming redoes at most the job whose rows were being emitted at the kill.
         assert len(emitted) - len(set(emitted)) <= max(sizes)
         assert resumed.last_state["bookmarks"]["jobs"]["open_jobs"] == {}
+
+
+def test_a_429_on_a_check_is_retried_after_its_retry_after(slow_sandbox, tmp_path):
+    (job_id,) = create_jobs(slow_sandbox, [500])
+
+    def start_behind_a_rate_limit() -> None:
+        slow_sandbox.add_fault_rules([{"method": "GET", "path_prefix": f"/v1/jobs/{job_id}",
+                                       "status": 429, "count": 2, "retry_after": "1"}])
+        start_jobs(slow_sandbox)
+
+    config = {"api_key": API_KEY, "api_url": slow_sandbox.url, "wait_for_jobs": 60,
+              **WAIT_SETTINGS}
+    run = run_tap_watched(tmp_path, config, when_waiting(1, start_behind_a_rate_limit))
+
+    assert run.returncode == 0, run.stderr
+    assert_key_absent(run.stdout, run.stderr)
+    assert re.findall(r"Retry (\d) of 5 for /v1/jobs in (\S+) s", run.stderr) == [
+        ("1", "1.00"), ("2", "1.00"),
+    ]
+    stats = slow_sandbox.stats()
+    assert stats["rate_limited"] == 2
+    # The first check took 3 requests (2 answered 429); each check is one job request.
+    assert stats["requests"][ONE_JOB] == checks_made(run) + 2
+    assert set(result_keys(run)) == truth(slow_sandbox, [job_id])
