@@ -295,3 +295,16 @@ def test_a_429_on_a_check_is_retried_after_its_retry_after(slow_sandbox, tmp_pat
     # The first check took 3 requests (2 answered 429); each check is one job request.
     assert stats["requests"][ONE_JOB] == checks_made(run) + 2
     assert set(result_keys(run)) == truth(slow_sandbox, [job_id])
+
+
+def test_poll_intervals_that_cannot_work_fail_before_any_request(slow_sandbox, tmp_path):
+    create_jobs(slow_sandbox, [10])
+    config = {"api_key": API_KEY, "api_url": slow_sandbox.url, "wait_for_jobs": 60,
+              "poll_interval": 30, "poll_interval_max": 10}
+
+    run = run_tap(tmp_path, config)
+
+    assert run.returncode != 0
+    assert_key_absent(run.stdout, run.stderr)
+    assert "poll_interval_max (10 s) must not be below poll_interval (30 s)" in run.stderr
+    assert slow_sandbox.stats()["requests"] == {}
