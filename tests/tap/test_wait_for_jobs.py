@@ -308,3 +308,20 @@ def test_poll_intervals_that_cannot_work_fail_before_any_request(slow_sandbox, t
     assert_key_absent(run.stdout, run.stderr)
     assert "poll_interval_max (10 s) must not be below poll_interval (30 s)" in run.stderr
     assert slow_sandbox.stats()["requests"] == {}
+
+
+def test_a_job_deleted_while_waited_for_is_forgotten(slow_sandbox, tmp_path):
+    (deleted,) = create_jobs(slow_sandbox, [300])
+    config = {"api_key": API_KEY, "api_url": slow_sandbox.url, "wait_for_jobs": 30,
+              **WAIT_SETTINGS}
+
+    run = run_tap_watched(tmp_path, config, when_waiting(
+        1, lambda: slow_sandbox.delete_job(deleted) and None))
+
+    assert run.returncode == 0, run.stderr
+    assert_key_absent(run.stdout, run.stderr)
+    # Its one check was GET /v1/jobs/{id}, answered 404.
+    assert slow_sandbox.stats()["requests"] == {LIST: 1, ONE_JOB: 1}
+    assert f"Job {deleted} is no longer known to GTMCLI; forgetting it" in run.stderr
+    assert run.records("job_results") == []
+    assert run.last_state["bookmarks"]["jobs"]["open_jobs"] == {}
