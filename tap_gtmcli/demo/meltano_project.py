@@ -48,11 +48,6 @@ class MeltanoRun:
     log_path: Path
     loaded: dict[str, int] = field(default_factory=dict)
 
-    @property
-    def rows_loaded(self) -> int:
-        """Rows loaded into every table together."""
-        return sum(self.loaded.values())
-
 
 @dataclass
 class MeltanoProject:

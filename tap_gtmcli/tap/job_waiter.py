@@ -14,7 +14,9 @@ The rules it keeps:
   the deadline, a job it finds finished is still handed over, and what is open then is
   reported (`still_open`), never failed.
 
-No SDK here: the caller passes how to read jobs, and the clock and sleep to use.
+No SDK here: the caller passes how to read jobs, and the clock and sleep to use. The
+pauses are `api.retry.growing_pauses`, as every polling loop's; the loop is not
+`poll_until`, because each finished job goes back to the caller between two checks.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from tap_gtmcli.api.client import FINISHED_STATUSES
+from tap_gtmcli.api.retry import growing_pauses
 from tap_gtmcli.api.timestamps import parse_timestamp
-from tap_gtmcli.tap.job_bookmarks import FINISHED_STATUSES
 
 BACKOFF_FACTOR = 1.5
 DEFAULT_POLL_INTERVAL = 5
@@ -71,10 +74,7 @@ class PollSchedule:
 
     def delays(self) -> Iterator[float]:
         """The pause before each check, endlessly."""
-        delay = self.first
-        while True:
-            yield delay
-            delay = min(delay * BACKOFF_FACTOR, self.longest)
+        return growing_pauses(self.first, BACKOFF_FACTOR, self.longest)
 
     def max_checks(self, wait: float) -> int:
         """The most checks (so requests, with the documented list) a wait can cost."""
