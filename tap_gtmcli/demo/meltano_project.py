@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tap_gtmcli.demo.steps import StepFailedError
 
-MELTANO_REQUIREMENTS = ("meltano==4.4.1", "uv==0.13.9")
+MELTANO_REQUIREMENTS = ("meltano[postgres]==4.4.1", "uv==0.13.9")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 #: Lines of Meltano's output worth showing as progress.
 PROGRESS_PATTERN = re.compile(
