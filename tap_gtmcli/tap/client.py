@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Generator, Iterable
+from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from functools import cached_property
 from importlib import resources
-from typing import Any
+from typing import IO, Any
 from weakref import WeakKeyDictionary
 
 import requests
+from fsspec.core import url_to_fs
 from requests.adapters import HTTPAdapter
 from singer_sdk import RESTStream, SchemaDirectory, StreamSchema, Tap
 from singer_sdk.authenticators import BearerTokenAuthenticator
+from singer_sdk.helpers._batch import BaseBatchFileEncoding, BatchConfig
 from singer_sdk.helpers.conform import TypeConformanceLevel
 from singer_sdk.helpers.types import Context, Record
 from singer_sdk.singerlib import RecordMessage
@@ -24,6 +27,7 @@ from tap_gtmcli.api.client import DEFAULT_API_URL, USER_AGENT
 from tap_gtmcli.api.errors import check_json_object, decode_json, raise_for_response
 from tap_gtmcli.api.retry import RetryPolicy, parse_retry_after
 from tap_gtmcli.tap import schemas
+from tap_gtmcli.tap.batch_files import BatchSpool, check_encoding
 from tap_gtmcli.tap.pagination import TotalPagesPaginator
 from tap_gtmcli.tap.rate_gate import RateGate
 
@@ -34,6 +38,8 @@ WHOLE_BODY_CHUNK = 4 * 1024 * 1024
 
 #: One gate per tap: the limit is per key, so every stream and worker shares it.
 _RATE_GATES: WeakKeyDictionary[Tap, RateGate] = WeakKeyDictionary()
+#: One spool per tap in BATCH mode: a flush must announce the files of every stream.
+_BATCH_SPOOLS: WeakKeyDictionary[Tap, BatchSpool] = WeakKeyDictionary()
 
 
 class _WholeBodyAdapter(HTTPAdapter):
@@ -163,6 +169,31 @@ class GTMCLIStream(RESTStream[int]):
         raise_for_response(response, retry_after)
         check_json_object(response)  # a truncated body is retried, not parsed
 
+    @cached_property
+    def batch_spool(self) -> BatchSpool | None:
+        """The tap's spool of BATCH files, or None when `batch_config` is not set."""
+        batch_config = self.get_batch_config(self.config)
+        if batch_config is None:
+            return None
+        if self._tap not in _BATCH_SPOOLS:
+            _BATCH_SPOOLS[self._tap] = _new_spool(self._tap, batch_config)
+        return _BATCH_SPOOLS[self._tap]
+
+    @override
+    def get_batches(
+        self, batch_config: BatchConfig, context: Context | None = None
+    ) -> Iterable[tuple[BaseBatchFileEncoding, list[str]]]:
+        # The spool writes the BATCH and STATE messages itself: the SDK would write a
+        # STATE after each batch of one stream, settling jobs whose rows are still in
+        # another stream's open file.
+        spool = self.batch_spool
+        assert spool is not None  # the SDK calls this only when batch_config is set
+        for record in self._sync_records(context, write_messages=False):
+            spool.add_rows(self.name, [record])
+        if self.parent_stream_type is None:
+            spool.flush()  # the end of the run: every file announced, then a STATE
+        yield from ()
+
     @override
     def get_new_paginator(self) -> TotalPagesPaginator:
         return TotalPagesPaginator()
@@ -230,3 +261,30 @@ class GTMCLIStream(RESTStream[int]):
                     version=self._stream_version,
                     time_extracted=datetime.now(timezone.utc),
                 )
+
+
+def _new_spool(tap: Tap, batch_config: BatchConfig) -> BatchSpool:
+    """A spool writing to `batch_config`'s storage, its messages through the tap."""
+    encoding, storage = batch_config.encoding, batch_config.storage
+    check_encoding(encoding.format, encoding.compression)
+
+    def announce(stream: str, url: str) -> None:
+        tap.streams[stream]._write_batch_message(encoding=encoding, manifest=[url])
+
+    root_fs, root_path = url_to_fs(storage.root, **storage.params)
+    root_fs.makedirs(root_path, exist_ok=True)
+
+    def open_file(name: str) -> AbstractContextManager[IO[bytes]]:
+        # Not StorageTarget.open: its fsspec transaction is shared by the filesystem, and
+        # closing one stream's file would close the other stream's open file with it.
+        return root_fs.open(f"{root_path.rstrip('/')}/{name}", "wb")
+
+    return BatchSpool(
+        batch_size=batch_config.batch_size,
+        open_file=open_file,
+        file_url=storage.get_url,
+        announce=announce,
+        write_state=lambda: tap.state_writer.write_state(tap.state),
+        compress=encoding.compression == "gzip",
+        file_prefix=f"{storage.prefix or ''}{tap.name}--",
+    )

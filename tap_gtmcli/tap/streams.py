@@ -11,7 +11,6 @@ from datetime import datetime, timezone
 from functools import cached_property
 from typing import Any
 
-import msgspec
 import requests
 from singer_sdk import metrics
 from singer_sdk.helpers.conform import TypeConformanceLevel
@@ -74,8 +73,17 @@ class JobsStream(GTMCLIStream):
         for job in to_emit:
             yield job
             # Reached only after the SDK has synced this job's results.
-            bookmarks.settle(job)
-            self._checkpoint()
+            self._settle(job)
+
+    def _settle(self, job: dict[str, Any]) -> None:
+        spool = self.batch_spool
+        if spool is not None:
+            # BATCH mode: the job's rows may still be in open files; its bookmark moves
+            # once they are announced.
+            spool.job_done(lambda: self.bookmarks.settle(job))
+            return
+        self.bookmarks.settle(job)
+        self._checkpoint()
 
     def _checkpoint(self) -> None:
         # The SDK writes STATE only every 10,000 records; after each settled job is
@@ -142,7 +150,10 @@ class JobResultsStream(GTMCLIStream):
                         yield from page.rows
                         continue
                     # Written here, in order, before the SDK writes this job's STATE.
-                    self.writer.write_record_lines(page.record_lines)
+                    if self.batch_spool is not None:
+                        self.batch_spool.add_lines(self.name, page.record_lines, page.row_count)
+                    else:
+                        self.writer.write_record_lines(page.record_lines)
                     self._record_counter.increment(page.row_count)
         except GTMCLINotFoundError:
             self.logger.warning(
@@ -192,16 +203,14 @@ class JobResultsStream(GTMCLIStream):
             self.fold_unknown_fields(row)
         if not self.writes_pages_directly:
             return parsed
-        lines = msgspec.json.Encoder().encode_lines([
-            {"type": "RECORD", "stream": self.name, "record": row, "time_extracted": extracted_at}
-            for row in parsed.rows
-        ])
+        lines = self.record_line_builder.encode_rows(parsed.rows, extracted_at)
         return dataclasses.replace(parsed, record_lines=lines)
 
     @cached_property
     def record_line_builder(self) -> RecordLineBuilder:
-        """Splices RECORD lines from pages whose rows hold only known fields."""
-        return RecordLineBuilder(self.name, self.schema["properties"])
+        """Splices RECORD lines (BATCH mode: bare rows) from pages of known fields."""
+        return RecordLineBuilder(self.name, self.schema["properties"],
+                                 envelope=self.batch_spool is None)
 
     @override
     def post_process(self, row: Record, context: Context | None = None) -> Record | None:
@@ -222,10 +231,11 @@ class JobResultsStream(GTMCLIStream):
         fields selected, no type conformance, the default stream map without
         flattening, and no dry-run record limit. The path costs more CPU than the whole
         rest of an extraction; anything else (a catalog deselecting fields, stream maps,
-        flattening, `--test`) takes it as usual.
+        flattening, `--test`) takes it as usual. In BATCH mode pages always go straight
+        into the files: the SDK does not map file contents either.
         """
         stream_map = self.stream_maps[0]
-        return (
+        return self.batch_spool is not None or (
             isinstance(self._tap.message_writer, TapMessageWriter)
             and self._record_path_is_trivial
             and self.ABORT_AT_RECORD_COUNT is None
