@@ -32,7 +32,7 @@ import msgspec
 #: of 9 (which would make the compression, not the API, the tap's bottleneck).
 COMPRESSLEVEL = 1
 SUPPORTED_FORMAT = "jsonl"
-SUPPORTED_COMPRESSION = (None, "gzip")
+SUPPORTED_COMPRESSION = (None, "none", "gzip")
 
 
 class BatchConfigError(ValueError):
@@ -153,5 +153,5 @@ def check_encoding(file_format: str, compression: str | None) -> None:
     if compression not in SUPPORTED_COMPRESSION:
         raise BatchConfigError(
             f"batch_config.encoding.compression {compression!r} is not supported by "
-            f"tap-gtmcli: use 'gzip' or leave it out"
+            f"tap-gtmcli: use 'gzip' or 'none'"
         )
