@@ -10,7 +10,9 @@ loaded row count is checked in PostgreSQL.
 
 Figures: rows/s is result rows over the wall time of the whole `meltano run` (Meltano's
 start-up included, as a user waits for it); peak RSS is each plugin process's VmHWM,
-read from /proc every 0.1 s while it runs. Each figure is the median of `--runs` runs.
+read from /proc every 0.1 s while it runs. The tap is also timed alone (no Meltano, no
+target; stdout to /dev/null, BATCH files to a temporary directory), which shows what the
+files cost the tap. Each figure is the median of `--runs` runs.
 Writes the "Load benchmark" section of RESULTS.md.
 
     .venv/bin/python benchmarks/bench_load.py [--rows 500000] [--runs 3] [--quick]
@@ -22,6 +24,7 @@ PostgreSQL 15's binaries in /usr/lib/postgresql/15/bin (or POSTGRES_BIN).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import socket
@@ -35,7 +38,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench_extract import API_KEY, HERE, commit, machine, start_sandbox
+from bench_extract import API_KEY, BIN, HERE, commit, machine, start_sandbox
 from results_file import write_section
 
 from tap_gtmcli.demo.meltano_project import MeltanoProject
@@ -163,6 +166,28 @@ def measure(project: MeltanoProject, postgres: Postgres, mode: str, run: int, ro
                    rss.peak_kb["target-postgres"] / 1024)
 
 
+def measure_tap_alone(sandbox_url: str, mode: str, work: Path) -> Measure:
+    """The tap by itself into /dev/null (BATCH mode: files on disk), for the tap's share."""
+    config: dict = {"api_key": API_KEY, "api_url": sandbox_url, "results_per_page": 1000}
+    if mode == "BATCH":
+        config["batch_config"] = {"encoding": {"format": "jsonl", "compression": "gzip"},
+                                  "storage": {"root": (work / "alone").as_uri()},
+                                  "batch_size": 50_000}
+    config_path = work / "tap-alone.json"
+    config_path.write_text(json.dumps(config))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    started = time.perf_counter()
+    with open(os.devnull, "wb") as devnull:
+        process = subprocess.Popen([str(BIN / "tap-gtmcli"), "--config", str(config_path)],
+                                   stdout=devnull, stderr=devnull, env=env)
+        _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"tap-gtmcli alone ({mode}) failed")
+    shutil.rmtree(work / "alone", ignore_errors=True)
+    return Measure(seconds, usage.ru_maxrss / 1024, 0.0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=500_000)
@@ -182,6 +207,7 @@ def main() -> None:
         "TAP_GTMCLI_API_KEY": API_KEY,
     })
     results: dict[str, list[Measure]] = {mode: [] for mode in MODES}
+    tap_alone: dict[str, list[Measure]] = {mode: [] for mode in MODES}
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     try:
         postgres.start()
@@ -194,6 +220,10 @@ def main() -> None:
                 results[mode].append(figure)
                 print(f"  {mode} run {run}: {figure.seconds:.1f} s, tap {figure.tap_rss_mb:.0f}"
                       f" MB, target {figure.target_rss_mb:.0f} MB", file=sys.stderr)
+                alone = measure_tap_alone(sandbox.url, mode, work)
+                tap_alone[mode].append(alone)
+                print(f"  tap alone, {mode}, run {run}: {alone.seconds:.1f} s, "
+                      f"{alone.tap_rss_mb:.0f} MB", file=sys.stderr)
     finally:
         sandbox.stop()
         postgres.stop()
@@ -210,6 +240,11 @@ def main() -> None:
             f"{statistics.median(f.tap_rss_mb for f in figures):.0f} | "
             f"{statistics.median(f.target_rss_mb for f in figures):.0f} | "
             f"{rates[mode] / rates['RECORD']:.2f} |")
+    for mode, figures in tap_alone.items():
+        seconds = statistics.median(f.seconds for f in figures)
+        lines.append(f"| tap-gtmcli alone, {mode} | {args.rows:,} | {seconds:.1f} | "
+                     f"{args.rows / seconds:,.0f} | "
+                     f"{statistics.median(f.tap_rss_mb for f in figures):.0f} | - | - |")
     ratio = rates["BATCH"] / rates["RECORD"]
     verdict = f"BATCH {ratio:.2f}x RECORD (goal {GOAL}x): {'met' if ratio >= GOAL else 'NOT met'}"
     text = "\n".join(lines)

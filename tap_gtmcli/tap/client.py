@@ -1,19 +1,18 @@
 """The one place that holds GTMCLI's API policy for the tap's streams: base URL, auth,
-timeouts, error classes, retries and what to do with fields we do not know yet."""
+timeouts, error classes, retries and what to do with fields we do not know yet (and, in
+BATCH mode, that every stream of a tap shares one spool of files)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Generator, Iterable
-from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from functools import cached_property
 from importlib import resources
-from typing import IO, Any
+from typing import Any
 from weakref import WeakKeyDictionary
 
 import requests
-from fsspec.core import url_to_fs
 from requests.adapters import HTTPAdapter
 from singer_sdk import RESTStream, SchemaDirectory, StreamSchema, Tap
 from singer_sdk.authenticators import BearerTokenAuthenticator
@@ -27,7 +26,7 @@ from tap_gtmcli.api.client import DEFAULT_API_URL, USER_AGENT
 from tap_gtmcli.api.errors import check_json_object, decode_json, raise_for_response
 from tap_gtmcli.api.retry import RetryPolicy, parse_retry_after
 from tap_gtmcli.tap import schemas
-from tap_gtmcli.tap.batch_files import BatchSpool, check_encoding
+from tap_gtmcli.tap.batch_files import BatchSpool, spool_for
 from tap_gtmcli.tap.pagination import TotalPagesPaginator
 from tap_gtmcli.tap.rate_gate import RateGate
 
@@ -175,9 +174,17 @@ class GTMCLIStream(RESTStream[int]):
         batch_config = self.get_batch_config(self.config)
         if batch_config is None:
             return None
-        if self._tap not in _BATCH_SPOOLS:
-            _BATCH_SPOOLS[self._tap] = _new_spool(self._tap, batch_config)
-        return _BATCH_SPOOLS[self._tap]
+        tap = self._tap
+        if tap not in _BATCH_SPOOLS:
+
+            def announce(stream: str, url: str) -> None:
+                tap.streams[stream]._write_batch_message(batch_config.encoding, [url])
+
+            _BATCH_SPOOLS[tap] = spool_for(
+                batch_config, file_prefix=f"{tap.name}--", announce=announce,
+                write_state=lambda: tap.state_writer.write_state(tap.state),
+            )
+        return _BATCH_SPOOLS[tap]
 
     @override
     def get_batches(
@@ -262,29 +269,3 @@ class GTMCLIStream(RESTStream[int]):
                     time_extracted=datetime.now(timezone.utc),
                 )
 
-
-def _new_spool(tap: Tap, batch_config: BatchConfig) -> BatchSpool:
-    """A spool writing to `batch_config`'s storage, its messages through the tap."""
-    encoding, storage = batch_config.encoding, batch_config.storage
-    check_encoding(encoding.format, encoding.compression)
-
-    def announce(stream: str, url: str) -> None:
-        tap.streams[stream]._write_batch_message(encoding=encoding, manifest=[url])
-
-    root_fs, root_path = url_to_fs(storage.root, **storage.params)
-    root_fs.makedirs(root_path, exist_ok=True)
-
-    def open_file(name: str) -> AbstractContextManager[IO[bytes]]:
-        # Not StorageTarget.open: its fsspec transaction is shared by the filesystem, and
-        # closing one stream's file would close the other stream's open file with it.
-        return root_fs.open(f"{root_path.rstrip('/')}/{name}", "wb")
-
-    return BatchSpool(
-        batch_size=batch_config.batch_size,
-        open_file=open_file,
-        file_url=storage.get_url,
-        announce=announce,
-        write_state=lambda: tap.state_writer.write_state(tap.state),
-        compress=encoding.compression == "gzip",
-        file_prefix=f"{storage.prefix or ''}{tap.name}--",
-    )
