@@ -7,6 +7,7 @@ from the files the BATCH messages name, as a target would.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import random
@@ -133,6 +134,9 @@ def test_sigkill_at_many_points_loses_no_row(sandbox, seeded, tmp_path, capsys, 
         # the jobs finished since the last STATE, less than batch_size rows).
         assert duplicates <= ROWS_PER_JOB + (BATCH_SIZE if mode == "BATCH" else 0)
         duplicates_per_trial.append(duplicates)
+
+    for path in (tmp_path / "batches").glob("*.gz"):
+        assert API_KEY.encode() not in gzip.decompress(path.read_bytes()), path.name
 
     with capsys.disabled():
         print(
