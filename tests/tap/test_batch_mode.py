@@ -6,13 +6,25 @@ from __future__ import annotations
 import gzip
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tap_gtmcli.api.timestamps import parse_timestamp
+from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 from tests.tap.conftest import API_KEY, TAP, TapRun, run_tap
+from tests.tap.test_wait_for_jobs import (
+    RATE,
+    RESULTS,
+    START_DELAY,
+    WAIT_SETTINGS,
+    create_jobs,
+    run_tap_watched,
+    start_jobs,
+    truth,
+)
 
 BATCH_SIZE = 700
 
@@ -101,25 +113,69 @@ def test_no_state_settles_a_job_before_its_rows_are_in_announced_files(
                              "results_per_page": 200, "batch_config": batch_config(batch_dir)})
     assert run.returncode == 0, run.stderr
     jobs = sorted(batch_rows(run.messages, "jobs"), key=lambda job: job["created_at"])
-    totals = {job["id"]: job["total"] for job in jobs}
+    # At least one STATE between flushes (batch_size 700 of 2,450 rows), then the last.
+    assert assert_states_follow_files(run.messages) >= 3
+    assert settled_jobs(run.messages[-1]["value"], jobs) == {job["id"] for job in jobs}
+    assert_no_key(run, batch_dir)
+
+
+def assert_states_follow_files(messages: list[dict[str, Any]]) -> int:
+    """Every job a STATE settles has its job row (as last emitted) and all its result rows
+    in files named by earlier BATCH messages; returns the number of STATEs checked."""
+    latest = {job["id"]: job for job in batch_rows(messages, "jobs")}
+    jobs = sorted(latest.values(), key=lambda job: job["created_at"])
     states_checked = 0
-    for index, message in enumerate(run.messages):
+    for index, message in enumerate(messages):
         if message["type"] != "STATE":
             continue
         # A target that received everything up to here, and nothing after it.
-        before = run.messages[:index]
-        announced_jobs = {row["id"] for row in batch_rows(before, "jobs")}
+        before = messages[:index]
+        announced_jobs = {(row["id"], row["status"]) for row in batch_rows(before, "jobs")}
         announced_results: dict[str, int] = {}
         for row in batch_rows(before, "job_results"):
             announced_results[row["job_id"]] = announced_results.get(row["job_id"], 0) + 1
         for job_id in settled_jobs(message["value"], jobs):
-            assert job_id in announced_jobs, f"STATE #{index} settles {job_id} before its row"
-            assert announced_results.get(job_id, 0) == totals[job_id], (
-                f"STATE #{index} settles {job_id} before all its result rows")
+            job = latest[job_id]
+            assert (job_id, job["status"]) in announced_jobs, (
+                f"STATE #{index} settles {job_id} before its row")
+            if job["status"] == "completed":
+                assert announced_results.get(job_id, 0) == job["total"], (
+                    f"STATE #{index} settles {job_id} before all its result rows")
         states_checked += 1
-    # At least one STATE between flushes (batch_size 700 of 2,450 rows), then the last.
-    assert states_checked >= 3
-    assert settled_jobs(run.messages[-1]["value"], jobs) == set(totals)
+    return states_checked
+
+
+@pytest.fixture
+def slow_sandbox() -> Iterator[SandboxServer]:
+    """Jobs start only when the test moves the clock (as in test_wait_for_jobs.py)."""
+    with SandboxServer(SandboxConfig(api_key=API_KEY, start_delay=START_DELAY,
+                                     processing_rate=RATE)) as server:
+        yield server
+
+
+def test_wait_for_jobs_in_batch_mode_keeps_the_state_rule(slow_sandbox, tmp_path):
+    job_ids = create_jobs(slow_sandbox, [300, 800, 3000])
+    batch_dir = tmp_path / "batches"
+    config = {"api_key": API_KEY, "api_url": slow_sandbox.url, "wait_for_jobs": 60,
+              **WAIT_SETTINGS, "batch_config": batch_config(batch_dir)}
+
+    def start_when_waiting(message: dict[str, Any], messages: list[dict[str, Any]]) -> None:
+        # The flush before the wait names the three pending jobs, then writes a STATE.
+        if (message["type"] == "STATE" and not slow_sandbox.stats()["requests"].get(RESULTS)
+                and len(batch_rows(messages, "jobs")) == 3):
+            start_jobs(slow_sandbox)
+
+    run = run_tap_watched(tmp_path, config, start_when_waiting)
+    assert run.returncode == 0, run.stderr
+    assert [(job["id"], job["status"]) for job in batch_rows(run.messages, "jobs")] == [
+        *[(job_id, "pending") for job_id in job_ids],
+        *[(job_id, "completed") for job_id in job_ids],
+    ]
+    keys = [(row["job_id"], row["row_number"]) for row in batch_rows(run.messages, "job_results")]
+    assert len(keys) == len(set(keys)) and set(keys) == truth(slow_sandbox, job_ids)
+    assert assert_states_follow_files(run.messages) >= 2
+    assert run.last_state is not None
+    assert run.last_state["bookmarks"]["jobs"]["open_jobs"] == {}
     assert_no_key(run, batch_dir)
 
 
