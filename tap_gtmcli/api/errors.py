@@ -17,8 +17,9 @@ from singer_sdk.exceptions import FatalAPIError, RetriableAPIError
 
 #: What a user should check for the statuses that retrying cannot fix.
 _HINTS: dict[int, str] = {
+    # The variables are the plugins' own: Meltano (and `--config ENV`) read them.
     HTTPStatus.UNAUTHORIZED: "the API key was refused: check the `api_key` setting "
-    "(or GTMCLI_API_KEY)",
+    "(in Meltano: TAP_GTMCLI_API_KEY, MAPPER_GTMCLI_API_KEY or TARGET_GTMCLI_API_KEY)",
     HTTPStatus.PAYMENT_REQUIRED: "not enough GTMCLI credits: top up the account, then rerun",
     HTTPStatus.BAD_REQUEST: "GTMCLI rejected the request as malformed",
     HTTPStatus.FORBIDDEN: "the API key is not allowed to do this",

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import socket
 import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -21,25 +22,54 @@ logger = logging.getLogger("tap_gtmcli.sandbox.http")
 # 100,000 find items with generous extra fields stay well under this.
 MAX_BODY_BYTES = 128 * 1024 * 1024
 IDLE_KEEP_ALIVE_SECONDS = 120
+#: How long stop() waits for handlers still answering a request (slow faults end at once).
+HANDLER_FINISH_SECONDS = 10.0
 
 
 class SandboxHTTPServer(ThreadingHTTPServer):
-    """A thread per connection; stop() can close idle keep-alive connections."""
+    """A thread per connection; stop() closes idle keep-alive connections.
 
-    daemon_threads = False
-    block_on_close = True
+    Handler threads are daemons, so a client's idle keep-alive connection never holds
+    the interpreter open (a non-daemon handler waits up to `IDLE_KEEP_ALIVE_SECONDS` for
+    its next request). `server_close` still waits for the handlers, briefly: those busy
+    with a request finish it before the store closes, idle ones end as soon as
+    `close_connections` wakes them.
+    """
+
+    daemon_threads = True
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], app: SandboxApp) -> None:
         super().__init__(address, SandboxRequestHandler)
         self.app = app
         self._connections: set[socket.socket] = set()
+        self._handlers: set[threading.Thread] = set()
         self._connections_lock = threading.Lock()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._connections_lock:
             self._connections.add(request)
         super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """Serve one connection, known to `server_close` while it runs."""
+        this = threading.current_thread()
+        with self._connections_lock:
+            self._handlers.add(this)
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._connections_lock:
+                self._handlers.discard(this)
+
+    def server_close(self) -> None:
+        """Close the listening socket, then let running handlers finish (bounded)."""
+        super().server_close()
+        with self._connections_lock:
+            handlers = list(self._handlers)
+        deadline = time.monotonic() + HANDLER_FINISH_SECONDS
+        for handler in handlers:
+            handler.join(max(0.0, deadline - time.monotonic()))
 
     def shutdown_request(self, request: Any) -> None:
         with self._connections_lock:

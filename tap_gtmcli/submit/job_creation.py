@@ -114,6 +114,8 @@ class JobSubmitter:
         self._executor: ThreadPoolExecutor | None = None
         self._in_flight: deque[Future[SubmittedJob]] = deque()
         self._failed = False
+        #: (jobs, items) GTMCLI confirmed (created or adopted).
+        self.confirmed = [0, 0]
 
     def submit_in_background(self, batch: Batch) -> Future[SubmittedJob]:
         """Queue the batch's create; wait first while `max_in_flight` are unconfirmed."""
@@ -137,6 +139,11 @@ class JobSubmitter:
             self._failed = True
             raise
 
+    def stop_creating(self) -> None:
+        """Start no further create (queued ones fail "Not submitted"); safe in a signal
+        handler: it neither waits nor touches the executor."""
+        self._failed = True
+
     def close(self) -> None:
         """Cancel creates not started yet and wait for a running one."""
         if self._executor is not None:
@@ -158,8 +165,15 @@ class JobSubmitter:
         where = f"{batch.job_type} job of {len(payloads)} items from stream {batch.source_stream!r}"
         self._take_snapshot()
         attempts = self.max_resubmissions + 1
+        sent = False
 
         def create_or_adopt() -> dict:
+            nonlocal sent
+            if sent and self._failed:
+                # Stopped (a signal, or close on a failure path): send no POST again.
+                msg = f"Not submitted: the run stopped before the {where} could be resent"
+                raise SubmissionFailedError(msg)
+            sent = True
             try:
                 return self.client.create_job(
                     batch.job_type, payloads, self.webhook_url, body_bytes=body
@@ -206,6 +220,8 @@ class JobSubmitter:
             msg = f"Submitting the {where}: POST /v1/jobs answered without a job id"
             raise SubmissionFailedError(msg)
         self.known_job_ids.add(job_id)
+        self.confirmed[0] += 1
+        self.confirmed[1] += len(payloads)
         logger.info("Submitted %s as job %s", where, job_id)
         return SubmittedJob(
             job_id=job_id,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable
+from types import FrameType
 from typing import IO, Any, ClassVar
 
 from singer_sdk import InlineMapper
@@ -17,6 +18,7 @@ from singer_sdk.singerlib import Message
 from singer_sdk.singerlib.exceptions import InvalidInputLine
 
 from tap_gtmcli.api.client import GTMCLIClient
+from tap_gtmcli.api.config_check import KeySafeConfig
 from tap_gtmcli.api.errors import EnrichmentFailedError, SubmissionFailedError
 from tap_gtmcli.api.retry import RetryPolicy
 from tap_gtmcli.submit.router import GTMCLISubmitter
@@ -37,10 +39,13 @@ def build_client(settings: SubmitSettings) -> GTMCLIClient:
     )
 
 
-class GTMCLIMapper(InlineMapper):
+class GTMCLIMapper(KeySafeConfig, InlineMapper):
     """Submits records to GTMCLI and passes the stream through."""
 
     name = "mapper-gtmcli"
+    # The SDK reads the version from the installed distribution named by `package_name`
+    # (else by `name`): both plugins ship in the `tap-gtmcli` distribution.
+    package_name = "tap-gtmcli"
     config_jsonschema = SUBMIT_SETTINGS.to_dict()
     capabilities: ClassVar[list[Any]] = [
         PluginCapabilities.ABOUT,
@@ -148,6 +153,17 @@ class GTMCLIMapper(InlineMapper):
         self.output_writer.flush()
         self.submitter.close()
         self.client.close()
+
+    def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
+        """SIGTERM / SIGINT: stop, and exit non-zero. The SDK's handler exits 0, so a run
+        stopped mid-input (or mid-way through its failure exit, after logging the error)
+        read as a success. Nothing past the last STATE written is confirmed; a create
+        already running finishes as the interpreter exits, and none starts after it."""
+        self.submitter.jobs.stop_creating()
+        self.logger.error(
+            "Stopped by signal %d: nothing after the last STATE written is confirmed", signum
+        )
+        sys.exit(128 + signum)
 
     @classmethod
     def invoke(cls, **kwargs: Any) -> None:

@@ -100,8 +100,10 @@ class GTMCLISubmitter:
             client=client, poll_interval=settings.poll_interval, max_wait=settings.max_wait
         )
         self.spool = RecordSpool(spool_directory) if self.enriching else None
-        #: (jobs, items) submitted so far.
-        self.submitted = [0, 0]
+        #: (jobs, items) handed to job creation so far; `self.jobs.confirmed` counts
+        #: those GTMCLI confirmed.
+        self.scheduled = [0, 0]
+        self._reported = False
         self.rejections: Counter[str] = Counter()
         self._acts_on_stream: dict[object, bool] = {}
         self._announced: set[str] = set()
@@ -211,13 +213,31 @@ class GTMCLISubmitter:
                 REJECTED_STREAM,
                 "; ".join(f"{reason}: {count}" for reason, count in self.rejections.most_common()),
             )
-        logger.info("Submitted %d GTMCLI jobs (%d items)", *self.submitted)
 
     def close(self) -> None:
-        """Stop background creates and remove the spool file, if any."""
+        """Stop background creates, report what was submitted, remove the spool file."""
         self.jobs.close()
+        self._report()
         if self.spool is not None:
             self.spool.close()
+
+    def _report(self) -> None:
+        """Jobs GTMCLI confirmed; batches that failed, were cancelled or never closed
+        are reported as not submitted (once: close may be called twice)."""
+        if self._reported:
+            return
+        self._reported = True
+        jobs, items = self.jobs.confirmed
+        still_open = self.batches.all()
+        unconfirmed_jobs = self.scheduled[0] - jobs + len(still_open)
+        unconfirmed_items = self.scheduled[1] - items + sum(len(batch) for batch in still_open)
+        if unconfirmed_jobs:
+            logger.warning(
+                "Submitted %d GTMCLI jobs (%d items); not submitted: %d batches (%d items)",
+                jobs, items, unconfirmed_jobs, unconfirmed_items,
+            )
+        else:
+            logger.info("Submitted %d GTMCLI jobs (%d items)", jobs, items)
 
     # Internals.
 
@@ -262,8 +282,8 @@ class GTMCLISubmitter:
         """Submit batches (and in enrich mode emit their records), releasing STATE after each."""
         for batch in batches:
             self.batches.close(batch)
-            self.submitted[0] += 1
-            self.submitted[1] += len(batch)
+            self.scheduled[0] += 1
+            self.scheduled[1] += len(batch)
             if self.spool is None:
                 # The create runs in the background; the writer holds everything after
                 # the ledger row (the STATE released below included) until it confirms.

@@ -192,7 +192,8 @@ class SubmitSettings:
 
         The JSON Schema already rejects most bad values; this also catches explicit nulls
         (they take the default) and whitespace-only field names, which the schema lets
-        through.
+        through. Messages name the setting and the rule, never the value (it may be a key
+        pasted into the wrong setting).
         """
 
         def setting(name: str) -> Any:

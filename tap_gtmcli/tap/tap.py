@@ -10,7 +10,7 @@ from singer_sdk.exceptions import ConfigValidationError
 from singer_sdk.helpers.capabilities import CapabilitiesEnum, PluginCapabilities, TapCapabilities
 from typing_extensions import override
 
-from tap_gtmcli.api.redaction import redact_secrets_in_logs
+from tap_gtmcli.api.config_check import KeySafeConfig
 from tap_gtmcli.api.settings import API_KEY, API_URL, MAX_RETRIES, REQUEST_TIMEOUT
 from tap_gtmcli.tap.client import DEFAULT_MAX_PARALLEL_REQUESTS
 from tap_gtmcli.tap.job_waiter import (
@@ -22,7 +22,7 @@ from tap_gtmcli.tap.message_writer import TapMessageWriter
 from tap_gtmcli.tap.streams import MAX_RESULTS_PER_PAGE, JobResultsStream, JobsStream
 
 
-class TapGTMCLI(Tap):
+class TapGTMCLI(KeySafeConfig, Tap):
     """Extracts GTMCLI jobs and the results of completed jobs, incrementally."""
 
     name = "tap-gtmcli"
@@ -105,7 +105,6 @@ class TapGTMCLI(Tap):
 
     @override
     def discover_streams(self) -> list[JobsStream | JobResultsStream]:
-        redact_secrets_in_logs(str(self.config.get("api_key") or ""))
         try:
             PollSchedule.from_settings(self.config)
         except ValueError as error:  # before any request, not after a long extraction

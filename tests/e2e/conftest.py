@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +24,12 @@ import pytest
 from tap_gtmcli.demo.meltano_project import MeltanoProject, MeltanoRun
 from tap_gtmcli.demo.sandbox_process import SandboxProcess
 from tap_gtmcli.demo.steps import StepFailedError
+from tests import key_scan
+from tests.key_scan import TEST_API_KEY
 
 E2E_PLUGINS = ("tap-spreadsheets", "mapper-gtmcli", "tap-gtmcli", "target-gtmcli",
                "target-jsonl", "target-duckdb", "target-postgres")
+GTMCLI_PLUGIN_ENV = ("TAP_GTMCLI", "MAPPER_GTMCLI", "TARGET_GTMCLI")
 POSTGRES_BIN = Path(os.environ.get("POSTGRES_BIN", "/usr/lib/postgresql/15/bin"))
 JOB_SETTLE_SECONDS = 120.0
 
@@ -67,8 +71,15 @@ def e2e_dir() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def meltano_project(e2e_dir: Path) -> MeltanoProject:
-    """Meltano and every plugin installed once (reused across runs), state in e2e_dir."""
+def meltano_project(e2e_dir: Path) -> Iterator[MeltanoProject]:
+    """Meltano and every plugin installed once (reused across runs), state in e2e_dir.
+
+    What Meltano writes of its own during the session (`.meltano/logs`, where `meltano
+    elt` keeps logs; `.meltano/run`, the plugins' state and logging files) and this
+    session's run logs are part of the key scan (tests/key_scan.py), as is the output of
+    every `meltano` command (through its pipe).
+    """
+    started = time.time()
     project = MeltanoProject(
         log_dir=e2e_dir / "logs",
         env={
@@ -79,22 +90,29 @@ def meltano_project(e2e_dir: Path) -> MeltanoProject:
         },
     )
     (e2e_dir / "jsonl").mkdir()
+    scanned = (project.root / ".meltano" / "logs", project.root / ".meltano" / "run",
+               e2e_dir / "logs")
+    for directory in scanned:
+        key_scan.watch_tree(directory, since=started)
     project.ensure_meltano()
     project.install(E2E_PLUGINS)
-    return project
+    yield project
+    key_scan.assert_clean()
+    for directory in scanned:
+        key_scan.unwatch_tree(directory)
 
 
 @pytest.fixture(scope="session")
 def pipelines(meltano_project: MeltanoProject, e2e_dir: Path) -> Iterator[Pipelines]:
-    """A sandbox on a free loopback port, with the plugins pointed at it."""
+    """A sandbox on a free loopback port, with the plugins pointed at it and given the
+    key-scanned test key (the environment overrides meltano.yml's `sandbox-key`)."""
     sandbox = SandboxProcess(e2e_dir / "sandbox.db", e2e_dir / "logs" / "sandbox.log",
-                             extra_args=("--start-delay", "0.5"))
+                             api_key=TEST_API_KEY, extra_args=("--start-delay", "0.5"))
     url = sandbox.start()
     meltano_project.env = {
         **meltano_project.env,
-        "TAP_GTMCLI_API_URL": url,
-        "MAPPER_GTMCLI_API_URL": url,
-        "TARGET_GTMCLI_API_URL": url,
+        **{f"{plugin}_API_URL": url for plugin in GTMCLI_PLUGIN_ENV},
+        **{f"{plugin}_API_KEY": TEST_API_KEY for plugin in GTMCLI_PLUGIN_ENV},
     }
     try:
         yield Pipelines(meltano_project, sandbox, e2e_dir)

@@ -14,9 +14,10 @@ import pytest
 from tap_gtmcli.api.errors import GTMCLIAmbiguousCreateError, GTMCLICreditsError
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 from tap_gtmcli.submit.mapper import GTMCLIMapper
+from tests.key_scan import TEST_API_KEY
 
 FIXTURES = Path(__file__).parent / "fixtures"
-API_KEY = "gtm_live_SECRET-never-print-me"
+API_KEY = TEST_API_KEY
 
 
 class FakeGTMCLI:

@@ -159,13 +159,12 @@ def test_contacts_fixture_through_the_console_script(sandbox: Any, tmp_path: Pat
 
 
 def test_402_mid_run_stops_before_the_state_of_unsubmitted_records(tmp_path: Path) -> None:
-
-
     messages = fixture_messages("two_batches.singer")
     # Each two-email job costs 0.25 credits once done, but a create holds its worst case
     # (2 x 0.25): 0.6 covers the first hold, and the second create gets a real 402.
+    db = str(tmp_path / "sandbox.db")
     with SandboxServer(
-        SandboxConfig(api_key=API_KEY, start_delay=0, processing_rate=0, credits=0.6)
+        SandboxConfig(api_key=API_KEY, start_delay=0, processing_rate=0, credits=0.6, db_path=db)
     ) as server:
         result = run_cli(
             "mapper-gtmcli", sandbox_config(server, batch_size=2), "two_batches.singer", tmp_path
@@ -183,7 +182,40 @@ def test_402_mid_run_stops_before_the_state_of_unsubmitted_records(tmp_path: Pat
             ("validate", [{"email": "a@one.io"}, {"email": "b@one.io"}])
         ]
         assert server.stats()["requests"]["POST /v1/jobs"] == 2
-        # A rerun with credits submits exactly what was not confirmed.
+        assert "Submitted 1 GTMCLI jobs (2 items); not submitted: 1 batches (2 items)" in stderr
+    # A rerun with credits (the same account, topped up) from the last STATE that went
+    # out submits exactly what was not confirmed: the rest once, nothing twice.
+    rest = [messages[0], *messages[4:]]
+    (tmp_path / "rest.singer").write_text("".join(json.dumps(m) + "\n" for m in rest))
+    with SandboxServer(
+        SandboxConfig(api_key=API_KEY, start_delay=0, processing_rate=0, credits=10, db_path=db)
+    ) as server:
+        rerun = run_cli("mapper-gtmcli", sandbox_config(server, batch_size=2), str(
+            tmp_path / "rest.singer"), tmp_path)
+        assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
+        assert submitted_jobs(server) == [
+            ("validate", [{"email": "a@one.io"}, {"email": "b@one.io"}]),
+            ("validate", [{"email": "c@two.io"}, {"email": "d@two.io"}]),
+        ]
+        out = read_messages(rerun.stdout)
+        assert [m for m in out if m["type"] == "STATE"] == [messages[6]]
+        assert "Submitted 1 GTMCLI jobs (2 items)\n" in rerun.stderr.decode()
+
+
+def test_a_refused_key_reports_no_job_as_submitted(tmp_path: Path) -> None:
+    """A 401 on every create: the summary counts what GTMCLI confirmed (nothing), and
+    names every batch as not submitted."""
+    with SandboxServer(SandboxConfig(api_key=API_KEY, start_delay=0, processing_rate=0)) as server:
+        server.add_fault_rules(
+            [{"method": "POST", "path_prefix": "/v1/jobs", "status": 401, "count": 10}]
+        )
+        result = run_cli("mapper-gtmcli", sandbox_config(server, batch_size=1),
+                         "two_batches.singer", tmp_path)
+        assert submitted_jobs(server) == []
+    stderr = result.stderr.decode()
+    assert result.returncode == 1
+    assert "Submitted 0 GTMCLI jobs (0 items); not submitted: 4 batches (4 items)" in stderr
+    assert "Submitted 4" not in stderr
 
 
 def test_402_in_process_raises_and_holds_the_state(sandbox: Any) -> None:

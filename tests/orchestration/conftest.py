@@ -23,6 +23,7 @@ from tap_gtmcli.api.client import GTMCLIClient
 from tap_gtmcli.api.retry import RetryPolicy
 from tap_gtmcli.demo.meltano_project import MeltanoProject
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
+from tests import key_scan
 from tests.e2e.conftest import PostgresServer, duckdb_query, postgres_server
 from tests.reliability.conftest import API_KEY, assert_no_secret
 
@@ -30,6 +31,7 @@ __all__ = ["duckdb_query", "postgres_server"]  # e2e fixtures, used here by name
 
 #: Account B's key: distinct from account A's (API_KEY), so a mix-up shows.
 ACCOUNT_B_KEY = "gtm_live_ORCHESTRATION-account-b-4e81d2c7"
+key_scan.scan_for(ACCOUNT_B_KEY)  # account A's is the scan's own (tests/key_scan.py)
 #: (plugin type, plugin whose venv the tests run). Inheriting plugins share their
 #: parent's venv, so installing the parents is enough.
 PLUGIN_VENVS = (("extractors", "tap-gtmcli"), ("loaders", "target-duckdb"),

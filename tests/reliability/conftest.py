@@ -1,9 +1,9 @@
 """Shared machinery of the reliability matrix.
 
 - Run helpers for the tap and the mapper, in process (sleeps recorded, not slept) and
-  through the console scripts. Every helper returns what the run printed AND appends it
-  to `SECRET_REGISTRY`; the autouse fixture `_no_secret_in_any_output` fails the test if
-  the API key appears anywhere in it (stdout, stderr, log lines, STATE, records).
+  through the console scripts. In-process helpers hand what the run printed to the key
+  scan (tests/key_scan.py), which fails the test if the API key appears anywhere in it;
+  console-script runs are scanned by the scan's own `subprocess.Popen` hook.
 - Truth oracles: the jobs the mapper must create for an input (an independent model of
   the item and dedupe rules of README "Submit mode"), and the sandbox's view of what it
   received.
@@ -30,8 +30,10 @@ import pytest
 from tap_gtmcli.api.client import GTMCLIClient
 from tap_gtmcli.api.retry import RetryPolicy
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
+from tests import key_scan
+from tests.key_scan import TEST_API_KEY
 
-API_KEY = "gtm_live_RELIABILITY-secret-7c1e0f9a"
+API_KEY = TEST_API_KEY
 BIN = Path(sys.executable).parent
 TAP = str(BIN / "tap-gtmcli")
 MAPPER = str(BIN / "mapper-gtmcli")
@@ -40,37 +42,14 @@ LEDGER = "gtmcli_submissions"
 REJECTED = "gtmcli_rejected"
 CLI_ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
-#: Every output a helper collected during the current test (reset per test).
-SECRET_REGISTRY: list[tuple[str, str]] = []
-
 
 def register_output(label: str, data: Any) -> None:
-    """Remember one output of a run for the secret scan."""
-    if isinstance(data, bytes):
-        data = data.decode(errors="replace")
-    elif not isinstance(data, str):
-        data = json.dumps(data, default=str)
-    SECRET_REGISTRY.append((label, data))
+    """Remember one output of an in-process run for the key scan (tests/key_scan.py)."""
+    key_scan.record(label, data)
 
 
-def assert_no_secret(*outputs: Any) -> None:
-    """The API key occurs in none of the given outputs (str, bytes or JSON-able)."""
-    for index, output in enumerate(outputs):
-        text = output.decode(errors="replace") if isinstance(output, bytes) else (
-            output if isinstance(output, str) else json.dumps(output, default=str)
-        )
-        assert API_KEY not in text, f"the API key leaked into output #{index}"
-        # A partial leak (e.g. the key minus its prefix) counts too.
-        assert API_KEY.split("_", 2)[-1] not in text, f"part of the API key leaked (#{index})"
-
-
-@pytest.fixture(autouse=True)
-def _no_secret_in_any_output() -> Iterator[None]:
-    SECRET_REGISTRY.clear()
-    yield
-    leaks = [label for label, text in SECRET_REGISTRY if API_KEY.split("_", 2)[-1] in text]
-    SECRET_REGISTRY.clear()
-    assert not leaks, f"the API key appeared in: {leaks}"
+#: The key occurs in none of the given outputs (str, bytes or JSON-able).
+assert_no_secret = key_scan.assert_no_key
 
 
 # --------------------------------------------------------------------------- sandbox

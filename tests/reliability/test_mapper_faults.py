@@ -11,6 +11,7 @@ from __future__ import annotations
 import email.utils
 import time
 from collections import Counter
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -31,6 +32,7 @@ from tests.reliability.conftest import (
     replay_after,
     run_mapper_cli,
     run_mapper_in_process,
+    sandbox_jobs,
     state_position,
 )
 
@@ -38,6 +40,31 @@ RECORDS = 30
 BATCH = 10  # three jobs; a STATE after every batch, so a rerun from it is exact
 POST = {"method": "POST", "path_prefix": "/v1/jobs"}
 ENRICH = {"mode": "enrich", "poll_interval": 0.01, "max_wait": 5}
+
+
+def fired(fault: dict) -> tuple[str, int]:
+    """The sandbox counter a scripted fault bumps each time it fires, and how often it must."""
+    body, status = fault.get("body", "json"), fault.get("status", 500)
+    if body in ("drop", "drop_after"):
+        return "dropped", fault["count"]
+    if body == "truncated":
+        return "truncated", fault["count"]
+    if body == "slow":
+        return "slowed", fault["count"]
+    return ("rate_limited" if status == 429 else "errors_injected"), fault["count"]
+
+
+def assert_fired(server: Any, fault: dict) -> None:
+    counter, times = fired(fault)
+    assert server.stats()[counter] == times, f"{counter}: {server.stats()}"
+    assert server.faults()["rules"] == [], "a scripted fault never fired"
+
+
+def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> float:
+    """Freeze the clock `Retry-After` dates are read against at a whole second."""
+    now = float(int(time.time()))
+    monkeypatch.setattr("tap_gtmcli.api.retry.time", SimpleNamespace(time=lambda: now))
+    return now
 
 
 def upstream_of(run: MapperRun) -> list[dict]:
@@ -80,9 +107,11 @@ def completes_exactly(server: Any, config: dict, messages: list[dict] | None = N
     [("7", 7.0), ("0", 0.0), (None, None), ("http-date", 30.0)],
     ids=["retry-after-seconds", "retry-after-zero", "no-retry-after", "retry-after-http-date"],
 )
-def test_429_storm_on_job_create_is_ridden_out(retry_after, expected) -> None:
+def test_429_storm_on_job_create_is_ridden_out(retry_after, expected, monkeypatch) -> None:
     with fast_sandbox() as server:
-        header = (email.utils.formatdate(time.time() + 30, usegmt=True)
+        # An HTTP date has 1-second resolution: read against a clock frozen at a whole
+        # second, a date 30 s ahead must mean exactly 30 s.
+        header = (email.utils.formatdate(frozen_clock(monkeypatch) + 30, usegmt=True)
                   if retry_after == "http-date" else retry_after)
         rule = {**POST, "status": 429, "count": 3}
         if header is not None:
@@ -93,20 +122,38 @@ def test_429_storm_on_job_create_is_ridden_out(retry_after, expected) -> None:
         for number, wait in enumerate(run.sleeps, start=1):
             if expected is None:
                 assert 0.0 <= wait <= 2 ** (number - 1)  # jittered exponential backoff
-            elif retry_after == "http-date":
-                assert 26.0 <= wait <= 30.0
             else:
                 assert wait == expected
         assert server.stats()["requests"]["POST /v1/jobs"] == 3 + 3
+        assert server.stats()["rate_limited"] == 3
 
 
 def test_429_on_reconciliation_and_polling_in_enrich_mode() -> None:
+    """The first create's answer is lost, so the mapper looks for the job in
+    `GET /v1/jobs` (reconciliation): that list answers 429 twice; later the status
+    checks of `GET /v1/jobs/{id}` answer 429 three times. Rules match by path prefix in
+    order, so a no-op rule first takes the job-list snapshot made before the first create."""
     with fast_sandbox() as server:
         server.add_fault_rules([
+            {"method": "GET", "path_prefix": "/v1/jobs", "body": "slow", "delay": 0,
+             "count": 1},
+            {**POST, "body": "drop_after", "count": 1},
+            {"method": "GET", "path_prefix": "/v1/jobs", "status": 429, "retry_after": "0",
+             "count": 2},
             {"method": "GET", "path_prefix": "/v1/jobs/job_", "status": 429,
              "retry_after": "0", "count": 3},
         ])
-        run = completes_exactly(server, mapper_settings(server, batch_size=BATCH, **ENRICH))
+        messages = contacts_input(RECORDS, BATCH)
+        run = run_mapper_in_process(mapper_settings(server, batch_size=BATCH, **ENRICH), messages)
+        stats = server.stats()  # before the checks below list the jobs themselves
+        assert run.ok, f"{run.error!r}\n{run.log[-2000:]}"
+        assert server.faults()["rules"] == []  # every rule fired
+        assert stats["rate_limited"] == 2 + 3
+        # The snapshot, then the reconciliation's two 429s and the look that found the job.
+        assert stats["requests"]["GET /v1/jobs"] == 1 + 2 + 1
+        assert stats["requests"]["POST /v1/jobs"] == 3
+        assert "adopted job" in run.log
+        assert_exact_truth(server, messages, [run])
         enriched = run.records("contacts")
         assert len(enriched) == RECORDS
         assert all(row["gtmcli_job_id"] and row["gtmcli_status"] for row in enriched)
@@ -146,6 +193,7 @@ def test_transient_create_failures_create_each_job_exactly_once(fault) -> None:
     with fast_sandbox() as server:
         server.add_fault_rules([{**POST, **fault}])
         completes_exactly(server, mapper_settings(server, batch_size=BATCH))
+        assert_fired(server, fault)
 
 
 @pytest.mark.parametrize("count", [1, 3])
@@ -182,6 +230,7 @@ def test_enrich_mode_rides_out_faults_on_status_and_results(fault) -> None:
         enriched = run.records("contacts")
         assert sorted(row["id"] for row in enriched) == list(range(1, RECORDS + 1))
         assert all(row["gtmcli_email"] == row["email"] for row in enriched)
+        assert_fired(server, fault)
 
 
 def test_5xx_on_every_attempt_stops_naming_endpoint_then_rerun_is_exact(tmp_path) -> None:
@@ -192,7 +241,9 @@ def test_5xx_on_every_attempt_stops_naming_endpoint_then_rerun_is_exact(tmp_path
                                 {**POST, "status": 503, "count": 10}])
         first = run_mapper_in_process(config, messages)
         assert first.error is not None
-        assert "failed" in str(first.error)
+        message = str(first.error)
+        assert "failed" in message
+        assert "POST /v1/jobs answered 503" in message, message
         assert state_position(first.last_state) == 2 * BATCH
         server.clear_fault_rules()
         rerun = run_mapper_in_process(config, replay_after(messages, first.last_state))
@@ -310,8 +361,11 @@ def test_enrich_job_vanishing_or_failing_stops_then_rerun_is_exact(action, named
 
 
 def test_submit_mode_ignores_jobs_that_later_fail_or_vanish() -> None:
-    with fast_sandbox(fail_job_share=0.5) as server:
+    # Job ids are random, so a share below 1 could fail none of three jobs: fail them all.
+    with fast_sandbox(fail_job_share=1.0) as server:
         completes_exactly(server, mapper_settings(server, batch_size=BATCH))
+        server.wait_until_processed()
+        assert [job["status"] for job in sandbox_jobs(server)] == ["failed"] * 3
 
 
 # --------------------------------------------------------------------- reconciliation across runs
@@ -331,4 +385,5 @@ def test_rerun_after_a_failure_never_adopts_the_previous_runs_job() -> None:
         server.add_fault_rules([{**POST, "body": "drop", "count": 1}])
         rerun = run_mapper_in_process(config, replay_after(messages, first.last_state))
         assert rerun.ok, repr(rerun.error)
+        assert_fired(server, {"body": "drop", "count": 1})
         assert_exact_truth(server, messages, [first, rerun])

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
+from tests.key_scan import TEST_API_KEY
 
-API_KEY = "gtm_live_tap_test_secret_0123456789"
+API_KEY = TEST_API_KEY
 TAP = str(Path(sys.executable).with_name("tap-gtmcli"))
 
 

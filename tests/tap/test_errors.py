@@ -7,6 +7,7 @@ import io
 import json
 import time
 from contextlib import redirect_stdout
+from types import SimpleNamespace
 
 import pytest
 
@@ -42,12 +43,16 @@ def test_retry_after_seconds_is_honoured_exactly(sandbox, tap_config, monkeypatc
 
 
 def test_retry_after_http_date_is_honoured(sandbox, tap_config, monkeypatch):
+    """An HTTP date has 1-second resolution: read against a clock frozen at a whole
+    second, a date 30 s ahead means exactly 30 s."""
     sandbox.seed_jobs("validate", 3)
-    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    now = float(int(time.time()))
+    monkeypatch.setattr("tap_gtmcli.api.retry.time", SimpleNamespace(time=lambda: now))
+    when = email.utils.formatdate(now + 30, usegmt=True)
     sandbox.add_fault_rules([{**LIST_RULE, "status": 429, "retry_after": when, "count": 1}])
-    sleeps, _ = sync_in_process(tap_config, monkeypatch)
-    assert len(sleeps) == 1
-    assert 28.0 <= sleeps[0] <= 30.0
+    sleeps, output = sync_in_process(tap_config, monkeypatch)
+    assert sleeps == [30.0]
+    assert len(result_rows(output)) == 3
 
 
 def test_missing_retry_after_falls_back_to_jittered_exponential_backoff(

@@ -1,0 +1,82 @@
+"""The key scan (tests/key_scan.py) sees every kind of output a plugin run can leave."""
+
+from __future__ import annotations
+
+import io
+import logging
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tap_gtmcli.submit.singer_io import BufferedMsgSpecWriter
+from tap_gtmcli.tap.message_writer import TapMessageWriter
+from tests import key_scan
+from tests.key_scan import TEST_API_KEY
+
+PRINT_KEY = f"import sys; print({TEST_API_KEY!r}); print('tail ' + sys.argv[1], file=sys.stderr)"
+TAIL = TEST_API_KEY.removeprefix("gtm_live_")
+
+
+def found_then_forget() -> list[str]:
+    found = key_scan.leaks()
+    key_scan.reset()  # these leaks are this test's subject, not a failure
+    return found
+
+
+def test_output_read_through_subprocess_run_is_scanned() -> None:
+    subprocess.run([sys.executable, "-c", PRINT_KEY, TAIL], capture_output=True, check=True)
+    found = found_then_forget()
+    assert any(label.endswith("stdout") for label in found), found
+    assert any(label.endswith("stderr") for label in found), found
+
+
+def test_a_killed_run_whose_stderr_the_test_discards_is_scanned() -> None:
+    script = PRINT_KEY + "; sys.stderr.flush(); import time; time.sleep(60)"
+    with subprocess.Popen([sys.executable, "-c", script, TAIL], stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True) as process:
+        assert process.stdout is not None
+        process.stdout.readline()  # read line by line, as the kill tests do
+        time.sleep(0.5)
+        process.send_signal(signal.SIGKILL)
+    found = found_then_forget()
+    assert f"{Path(sys.executable).name} stderr (discarded by the test)" in found, found
+    assert any(label.endswith(" stdout") for label in found), found
+
+
+def test_a_log_line_and_a_file_a_run_wrote_are_scanned(tmp_path: Path) -> None:
+    # Made without the record factory, so the plugins' mask does not hide it here.
+    record = logging.LogRecord("some.library", logging.ERROR, __file__, 1, "key %s",
+                               (TEST_API_KEY,), None)
+    logging.getLogger("some.library").handle(record)
+    log_file = tmp_path / "run.log"
+    with log_file.open("w") as log:
+        subprocess.run([sys.executable, "-c", PRINT_KEY, TAIL], stdout=log,
+                       stderr=subprocess.STDOUT, check=True)
+    found = found_then_forget()
+    assert "log line of some.library" in found, found
+    assert any(str(log_file) in label for label in found), found
+
+
+def test_in_process_plugin_output_and_watched_trees_are_scanned(tmp_path, capsys) -> None:
+    mapper_output = io.BytesIO()
+    BufferedMsgSpecWriter(mapper_output).write_line(f'{{"key": "{TEST_API_KEY}"}}\n'.encode())
+    TapMessageWriter._write(f'{{"key": "{TAIL}"}}\n'.encode())
+    capsys.readouterr()
+    (tmp_path / "logs").mkdir()
+    key_scan.watch_tree(tmp_path / "logs", since=time.time() - 1)
+    (tmp_path / "logs" / "elt.log").write_text(f"Bearer {TEST_API_KEY}")
+    try:
+        found = found_then_forget()
+    finally:
+        key_scan.unwatch_tree(tmp_path / "logs")
+    assert "mapper/target output (in process)" in found, found
+    assert "tap output (in process)" in found, found
+    assert str(tmp_path / "logs" / "elt.log") in found, found
+
+
+def test_a_clean_run_passes() -> None:
+    subprocess.run([sys.executable, "-c", "print('nothing secret')"], capture_output=True,
+                   check=True)
+    assert key_scan.leaks() == []
