@@ -30,7 +30,13 @@ from tap_gtmcli.api.timestamps import utc_now_iso
 from tap_gtmcli.submit.batches import Batch, OpenBatches
 from tap_gtmcli.submit.enrich import NO_ENRICHMENT, JobWaiter, RecordSpool, extend_schema
 from tap_gtmcli.submit.items import ItemExtractor, ItemKey
-from tap_gtmcli.submit.job_creation import JobSubmitter, SubmittedJob
+from tap_gtmcli.submit.job_creation import SubmittedJob
+from tap_gtmcli.submit.resubmit_guard import (
+    GuardedBatch,
+    GuardedJobSubmitter,
+    ResubmitGuard,
+    enriched_rows,
+)
 from tap_gtmcli.submit.settings import SubmitSettings
 from tap_gtmcli.submit.singer_io import PendingMessage, RawMessage
 from tap_gtmcli.submit.state_gate import StateGate
@@ -51,6 +57,7 @@ LEDGER_SCHEMA: dict = {
             "source_stream": {"type": "string"},
             "batch_sha256": {"type": "string"},
             "submitted_at": {"type": "string", "format": "date-time"},
+            "skipped_item_count": {"type": "integer"},
         },
         "required": ["job_id", "job_type", "item_count", "source_stream", "batch_sha256"],
     },
@@ -89,7 +96,8 @@ class GTMCLISubmitter:
         self.enriching = settings.mode == "enrich"
         self.extractor = ItemExtractor(settings=settings)
         self.batches = OpenBatches(batch_size=settings.batch_size)
-        self.jobs = JobSubmitter(
+        self.jobs = GuardedJobSubmitter(
+            guard=ResubmitGuard.open(settings),
             client=client,
             webhook_url=settings.webhook_url,
             max_resubmissions=settings.max_retries,
@@ -100,8 +108,7 @@ class GTMCLISubmitter:
             client=client, poll_interval=settings.poll_interval, max_wait=settings.max_wait
         )
         self.spool = RecordSpool(spool_directory) if self.enriching else None
-        #: (jobs, items) submitted so far.
-        self.submitted = [0, 0]
+        self.resubmit_after_days = settings.resubmit_after_days
         self.rejections: Counter[str] = Counter()
         self._acts_on_stream: dict[object, bool] = {}
         self._announced: set[str] = set()
@@ -211,7 +218,13 @@ class GTMCLISubmitter:
                 REJECTED_STREAM,
                 "; ".join(f"{reason}: {count}" for reason, count in self.rejections.most_common()),
             )
-        logger.info("Submitted %d GTMCLI jobs (%d items)", *self.submitted)
+        self.jobs.wait_for_creates()
+        if self.jobs.skipped_items:
+            logger.info(
+                "Skipped %s items submitted in the last %d days",
+                f"{self.jobs.skipped_items:,}", self.resubmit_after_days,
+            )
+        logger.info("Submitted %d GTMCLI jobs (%d items)", *self.jobs.sent)
 
     def close(self) -> None:
         """Stop background creates and remove the spool file, if any."""
@@ -262,8 +275,6 @@ class GTMCLISubmitter:
         """Submit batches (and in enrich mode emit their records), releasing STATE after each."""
         for batch in batches:
             self.batches.close(batch)
-            self.submitted[0] += 1
-            self.submitted[1] += len(batch)
             if self.spool is None:
                 # The create runs in the background; the writer holds everything after
                 # the ledger row (the STATE released below included) until it confirms.
@@ -271,23 +282,35 @@ class GTMCLISubmitter:
                 schemas = [message.body for message in self._announce(LEDGER_SCHEMA)]
                 yield PendingMessage(future, partial(_ledger_messages, schemas))
             else:
-                job = self.jobs.submit(batch)
+                guarded, job = self.jobs.submit_guarded(batch)
                 yield from self._announce(LEDGER_SCHEMA)
                 yield RawMessage(_ledger_message(job))
-                yield from self._enriched_records(batch, job)
+                yield from self._enriched_records(guarded, job)
             released = self.gate.release(self.batches.oldest_seq())
             if released is not None:
                 yield released
 
-    def _enriched_records(self, batch: Batch, job: SubmittedJob) -> Iterator[RawMessage]:
+    def _enriched_records(self, guarded: GuardedBatch, job: SubmittedJob) -> Iterator[RawMessage]:
+        """The batch's records with results: kept ones from the index, the rest fetched."""
         assert self.spool is not None
-        self.waiter.wait(job.job_id)
-        emails = list(batch.positions) if batch.job_type == "validate" else None
-        rows = self.waiter.result_rows(job.job_id, job.job_type, emails, len(batch))  # type: ignore[arg-type]
+        batch, sent = guarded.batch, guarded.to_send
+        fetched: Iterator[tuple[int, dict[str, Any]]] = iter(())
+        emails = None
+        if sent.positions:
+            self.waiter.wait(job.job_id)
+            emails = list(sent.positions) if sent.job_type == "validate" else None
+            fetched = self.waiter.result_rows(job.job_id, job.job_type, emails, len(sent))  # type: ignore[arg-type]
+        guard = self.jobs.guard
+        keep = guard.keep_results if guard is not None else _keep_nothing
+        rows = enriched_rows(guarded, fetched, encoder.encode, keep, decoder.decode)
         self.spool.add_results(batch.number, rows)
         del emails
         for message in self.spool.enriched(batch.number):
             yield RawMessage(message)
+
+
+def _keep_nothing(_results: list[tuple[bytes, bytes]]) -> None:
+    """Without an index, fetched results are not kept."""
 
 
 def _ledger_message(job: SubmittedJob) -> dict:

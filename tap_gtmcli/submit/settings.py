@@ -21,6 +21,7 @@ from tap_gtmcli.api.settings import API_KEY, API_URL, MAX_RETRIES, REQUEST_TIMEO
 MAX_BATCH_SIZE = 100_000
 MODES = ("submit", "enrich")
 JOB_TYPES = ("validate", "find", "auto")
+DEFAULT_RESUBMIT_AFTER_DAYS = 30
 FIELD_SETTINGS = ("email_field", "first_name_field", "last_name_field", "domain_field")
 
 SUBMIT_SETTINGS = th.PropertiesList(
@@ -111,6 +112,25 @@ SUBMIT_SETTINGS = th.PropertiesList(
         description="Enrich mode: seconds to wait for one job to complete before the "
         "run fails.",
     ),
+    th.Property(
+        "resubmit_after_days",
+        th.IntegerType(minimum=0),
+        default=DEFAULT_RESUBMIT_AFTER_DAYS,
+        title="Resubmit after days",
+        description="Items (normalised email, or first name, last name and domain) "
+        "submitted by this account within this many days are not sent again: their "
+        "records pass through, and in enrich mode get the stored result. 0 sends every "
+        "item every run.",
+    ),
+    th.Property(
+        "submission_index",
+        th.StringType,
+        title="Submission index",
+        description="Where the index of submitted items lives: a SQLite file path, or a "
+        "`postgresql://` URL to share one index between workers. Default: "
+        "`.meltano/run/gtmcli/submission_index.sqlite` in the Meltano project, else "
+        "`gtmcli/submission_index.sqlite` in the user's data directory.",
+    ),
     REQUEST_TIMEOUT,
     MAX_RETRIES,
 )
@@ -147,6 +167,8 @@ class SubmitSettings:
     max_wait: float = 3600.0
     request_timeout: float = 60.0
     max_retries: int = 5
+    resubmit_after_days: int = DEFAULT_RESUBMIT_AFTER_DAYS
+    submission_index: str | None = None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> SubmitSettings:
@@ -196,8 +218,20 @@ class SubmitSettings:
         max_retries = pick("max_retries", 5)
         if not isinstance(max_retries, int) or max_retries < 0:
             raise _setting_error(f"max_retries: {max_retries!r} must be 0 or more")
+        resubmit_after_days = pick("resubmit_after_days", DEFAULT_RESUBMIT_AFTER_DAYS)
+        if not isinstance(resubmit_after_days, int) or resubmit_after_days < 0:
+            raise _setting_error(
+                f"resubmit_after_days: {resubmit_after_days!r} must be 0 or more days"
+            )
+        submission_index = config.get("submission_index")
+        if submission_index is not None and (
+            not isinstance(submission_index, str) or not submission_index.strip()
+        ):
+            raise _setting_error("submission_index: must name a file or a postgresql:// URL")
         return cls(
             api_key=api_key,
+            resubmit_after_days=resubmit_after_days,
+            submission_index=submission_index,
             api_url=pick("api_url", DEFAULT_API_URL),
             streams=tuple(streams),
             job_type=job_type,
