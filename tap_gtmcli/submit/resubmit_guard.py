@@ -39,6 +39,9 @@ SKIPPED_JOB_PREFIX = "skipped:"
 #: `batch_sha256` of a batch that sent nothing: the SHA-256 of the empty JSON array.
 NOTHING_SENT_SHA256 = hashlib.sha256(b"[]").hexdigest()
 
+#: The enrichment field a validate result shares with its item.
+VALIDATED_EMAIL = "gtmcli_email"
+
 logger = logging.getLogger("tap_gtmcli.submit.resubmit_guard")
 
 
@@ -54,8 +57,8 @@ class GuardedBatch:
     #: The batch position of each item to send; None when `to_send` is the batch.
     positions: list[int] | None
     skipped: int = 0
-    #: (batch position, stored result) of skipped items whose result the index kept.
-    known_results: list[tuple[int, bytes]] = field(default_factory=list)
+    #: (batch position, stored result, item) of skipped items whose result the index kept.
+    known_results: list[tuple[int, bytes, ItemKey]] = field(default_factory=list)
 
     def batch_position(self, send_position: int) -> int:
         """Where an item of `to_send` sits in the original batch."""
@@ -101,7 +104,7 @@ class ResubmitGuard:
             clock=clock,
         )
         try:
-            index.prune(before=guard.window_start())
+            index.start(since=guard.window_start())
         except SubmissionIndexError:
             index.close()
             raise
@@ -147,7 +150,7 @@ class ResubmitGuard:
             if item_digest in known:
                 result = known[item_digest]
                 if result is not None:
-                    guarded.known_results.append((position, result))
+                    guarded.known_results.append((position, result, key))
             else:
                 sent_positions[key] = len(sent_positions)
                 guarded.positions.append(position)
@@ -171,7 +174,7 @@ class ResubmitGuard:
 
     def keep_results(self, results: Iterable[tuple[bytes, bytes]]) -> None:
         """Store fetched results (digest, encoded `gtmcli_*` fields) for later runs."""
-        self.index.record_results(list(results))
+        self.index.record_results(list(results), now=int(self._clock()))
 
     def close(self) -> None:
         """Close the index."""
@@ -255,14 +258,25 @@ def enriched_rows(
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """(batch position, `gtmcli_*` fields) of every item: kept results, then fetched ones.
 
-    Fetched results are handed to `keep` (with their digests) once all are read.
+    Fetched results are handed to `keep` (with their digests) once all are read. A
+    validate result is kept without its email, which is the item itself: the index
+    holds no address the user sent.
     """
-    for position, result in guarded.known_results:
-        yield position, decode(result)
+    for position, result, key in guarded.known_results:
+        fields = decode(result)
+        if type(key) is str:
+            fields[VALIDATED_EMAIL] = key
+        yield position, fields
+    validating = guarded.batch.job_type == "validate"
     kept: list[tuple[bytes, bytes]] = []
     for send_position, fields in fetched:
         if guarded.digests:
-            kept.append((guarded.digests[send_position], encode(fields)))
+            stored = (
+                {name: value for name, value in fields.items() if name != VALIDATED_EMAIL}
+                if validating
+                else fields
+            )
+            kept.append((guarded.digests[send_position], encode(stored)))
         yield guarded.batch_position(send_position), fields
     if kept:
         keep(kept)

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from itertools import chain
 from typing import Any
@@ -91,13 +92,14 @@ class GTMCLISubmitter:
         settings: SubmitSettings,
         client: GTMCLIClient,
         spool_directory: str | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.stream_patterns = settings.streams
         self.enriching = settings.mode == "enrich"
         self.extractor = ItemExtractor(settings=settings)
         self.batches = OpenBatches(batch_size=settings.batch_size)
         self.jobs = GuardedJobSubmitter(
-            guard=ResubmitGuard.open(settings),
+            guard=ResubmitGuard.open(settings, clock),
             client=client,
             webhook_url=settings.webhook_url,
             max_resubmissions=settings.max_retries,

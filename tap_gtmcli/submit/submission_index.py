@@ -22,7 +22,9 @@ import os
 import sqlite3
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from array import array
+from bisect import bisect_left
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -30,8 +32,6 @@ from urllib.parse import urlsplit, urlunsplit
 from tap_gtmcli.api.errors import SubmissionIndexError
 
 DIGEST_BYTES = 16
-#: Digests per SQL statement: under SQLite's smallest variable limit (999).
-LOOKUP_CHUNK = 900
 POSTGRES_TABLE = "gtmcli_submission_index"
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 #: The default file inside a Meltano project, shared by mapper-gtmcli and target-gtmcli.
@@ -76,11 +76,6 @@ def open_index(location: str) -> SubmissionIndex:
     return SQLiteIndex(location)
 
 
-def _chunks(items: Sequence[bytes], size: int = LOOKUP_CHUNK) -> Iterator[Sequence[bytes]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 class SubmissionIndex(ABC):
     """Digests of submitted items with their job, type, time and (enrich mode) result."""
 
@@ -101,7 +96,7 @@ class SubmissionIndex(ABC):
         """GTMCLI confirmed the job holding these items: they count as submitted."""
 
     @abstractmethod
-    def record_results(self, results: Sequence[tuple[bytes, bytes]]) -> None:
+    def record_results(self, results: Sequence[tuple[bytes, bytes]], *, now: int) -> None:
         """Keep the fetched result of each (digest, encoded result)."""
 
     @abstractmethod
@@ -109,8 +104,9 @@ class SubmissionIndex(ABC):
         """The create of claimed items failed: let anyone submit them again."""
 
     @abstractmethod
-    def prune(self, *, before: int) -> None:
-        """Forget entries submitted before `before`: they would be submitted again anyway."""
+    def start(self, *, since: int) -> None:
+        """Forget entries submitted before `since` (they would be sent again anyway), and
+        check that the rest can be read."""
 
     @abstractmethod
     def size_bytes(self) -> int:
@@ -130,20 +126,27 @@ class SubmissionIndex(ABC):
 
 
 class SQLiteIndex(SubmissionIndex):
-    """The index in a SQLite file: items point to a small jobs table, to stay compact."""
+    """The index in a SQLite file, read into memory once per run.
+
+    Each confirmed job is one row holding the 16-byte digests of its items, so recording
+    a batch is one insert and pruning deletes whole jobs. At the start the digests of
+    the window are read into a sorted array of their first 8 bytes (8 bytes an item in
+    memory; two different items share a prefix with odds of about n in 2^64). Results
+    (enrich mode) live in a WITHOUT ROWID table keyed on the digest.
+    """
 
     SCHEMA = """
         CREATE TABLE IF NOT EXISTS jobs (
             ref INTEGER PRIMARY KEY,
+            submitted_at INTEGER NOT NULL,
             job_id TEXT NOT NULL,
             job_type TEXT NOT NULL,
-            submitted_at INTEGER NOT NULL
+            digests BLOB NOT NULL
         );
-        CREATE TABLE IF NOT EXISTS items (
+        CREATE TABLE IF NOT EXISTS results (
             digest BLOB PRIMARY KEY,
             submitted_at INTEGER NOT NULL,
-            job_ref INTEGER NOT NULL,
-            result BLOB
+            result BLOB NOT NULL
         ) WITHOUT ROWID;
     """
 
@@ -169,62 +172,82 @@ class SQLiteIndex(SubmissionIndex):
         if problems != ["ok"]:
             self._db.close()
             raise self._error("read", ValueError("; ".join(problems[:3])))
+        #: Digest prefixes of the window as read at the start, sorted.
+        self._window = array("q")
+        #: Digest prefixes recorded by this run.
+        self._recorded: set[int] = set()
+
+    def start(self, *, since: int) -> None:
+        """Delete what fell out of the window, then read the window's digests."""
+        try:
+            with self._transaction():
+                self._db.execute("DELETE FROM jobs WHERE submitted_at < ?", (since,))
+                self._db.execute("DELETE FROM results WHERE submitted_at < ?", (since,))
+            prefixes = array("q")
+            for (digests,) in self._db.execute(
+                "SELECT digests FROM jobs WHERE submitted_at >= ?", (since,)
+            ):
+                if not isinstance(digests, bytes) or len(digests) % DIGEST_BYTES:
+                    raise sqlite3.DatabaseError("a job's list of digests is cut short")
+                prefixes.extend(_prefixes(digests))
+        except sqlite3.Error as error:
+            raise self._error("read", error) from error
+        self._window = array("q", sorted(prefixes))
 
     def claim(self, digests: Sequence[bytes], *, now: int, since: int, need_results: bool) -> Known:
-        """The items submitted since `since` (with a stored result when asked)."""
+        """The items recorded since the start of the window (with a result when asked)."""
+        if need_results:
+            return self._results(digests, since)
+        window, recorded = self._window, self._recorded
+        size = len(window)
         known: Known = {}
-        query = (
-            "SELECT digest, result FROM items WHERE submitted_at >= ? AND result IS NOT NULL "
-            if need_results
-            else "SELECT digest, NULL FROM items WHERE submitted_at >= ? "
-        )
+        for digest, prefix in zip(digests, _prefixes(b"".join(digests)), strict=True):
+            if prefix in recorded:
+                known[digest] = None
+                continue
+            at = bisect_left(window, prefix)
+            if at < size and window[at] == prefix:
+                known[digest] = None
+        return known
+
+    def _results(self, digests: Sequence[bytes], since: int) -> Known:
+        # Enrich mode waits for jobs anyway: one indexed read per item is cheap beside it.
+        known: Known = {}
+        query = "SELECT result FROM results WHERE digest = ? AND submitted_at >= ?"
         try:
-            for chunk in _chunks(digests):
-                marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(f"{query}AND digest IN ({marks})", (since, *chunk))
-                known.update(rows)
+            for digest in digests:
+                row = self._db.execute(query, (digest, since)).fetchone()
+                if row is not None:
+                    known[digest] = row[0]
         except sqlite3.Error as error:
             raise self._error("read", error) from error
         return known
 
     def record(self, digests: Sequence[bytes], *, job_id: str, job_type: str, now: int) -> None:
-        """Insert (or renew) the job's items in one transaction."""
+        """One row for the job, holding its items' digests."""
+        joined = b"".join(digests)
         try:
-            with self._transaction():
-                ref = self._db.execute(
-                    "INSERT INTO jobs (job_id, job_type, submitted_at) VALUES (?, ?, ?)",
-                    (job_id, job_type, now),
-                ).lastrowid
-                # Sorted keys fill the b-tree page by page instead of at random.
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO items VALUES (?, ?, ?, NULL)",
-                    ((digest, now, ref) for digest in sorted(digests)),
-                )
+            self._db.execute(
+                "INSERT INTO jobs (submitted_at, job_id, job_type, digests) VALUES (?, ?, ?, ?)",
+                (now, job_id, job_type, joined),
+            )
         except sqlite3.Error as error:
             raise self._error("written", error) from error
+        self._recorded.update(_prefixes(joined))
 
-    def record_results(self, results: Sequence[tuple[bytes, bytes]]) -> None:
-        """Attach results to recorded items, in one transaction."""
+    def record_results(self, results: Sequence[tuple[bytes, bytes]], *, now: int) -> None:
+        """Keep results by digest, in one transaction."""
         try:
             with self._transaction():
                 self._db.executemany(
-                    "UPDATE items SET result = ? WHERE digest = ?",
-                    ((result, digest) for digest, result in sorted(results)),
+                    "INSERT OR REPLACE INTO results VALUES (?, ?, ?)",
+                    ((digest, now, result) for digest, result in sorted(results)),
                 )
         except sqlite3.Error as error:
             raise self._error("written", error) from error
 
     def release(self, digests: Sequence[bytes]) -> None:
         """Nothing to release: a SQLite index records items only once their job exists."""
-
-    def prune(self, *, before: int) -> None:
-        """Delete old items, and the jobs no item points to any more."""
-        try:
-            with self._transaction():
-                self._db.execute("DELETE FROM items WHERE submitted_at < ?", (before,))
-                self._db.execute("DELETE FROM jobs WHERE submitted_at < ?", (before,))
-        except sqlite3.Error as error:
-            raise self._error("written", error) from error
 
     def size_bytes(self) -> int:
         """Pages in use, times the page size."""
@@ -239,6 +262,11 @@ class SQLiteIndex(SubmissionIndex):
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
+
+
+def _prefixes(joined: bytes) -> array[int]:
+    """The first 8 bytes of each 16-byte digest in `joined`, as integers."""
+    return array("q", joined)[::2]
 
 
 class _Transaction:
@@ -328,7 +356,7 @@ class PostgresIndex(SubmissionIndex):
         except self._errors as error:
             raise self._error("written", error) from error
 
-    def record_results(self, results: Sequence[tuple[bytes, bytes]]) -> None:
+    def record_results(self, results: Sequence[tuple[bytes, bytes]], *, now: int) -> None:
         """Attach results to recorded items in one statement."""
         try:
             self._db.execute(
@@ -351,12 +379,12 @@ class PostgresIndex(SubmissionIndex):
         except self._errors as error:
             raise self._error("written", error) from error
 
-    def prune(self, *, before: int) -> None:
-        """Delete entries (and dead claims) older than `before`."""
+    def start(self, *, since: int) -> None:
+        """Delete entries (and dead claims) older than `since`."""
         try:
             self._db.execute(
                 "DELETE FROM gtmcli_submission_index WHERE submitted_at < %s",
-                (before,),
+                (since,),
             )
         except self._errors as error:
             raise self._error("written", error) from error
