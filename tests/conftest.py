@@ -1,9 +1,10 @@
-"""Every test starts with an empty submission index of its own.
+"""Every test starts with an empty default submission index, apart from the user's.
 
 The mapper and the target keep a submission index by default (README "What you pay
 for"): without this, tests would write into the user's data directory and skip items an
-earlier test submitted. Console scripts started with a copy of the environment taken at
-import time share one index for the session, still apart from the user's.
+earlier test submitted. In-process runs get a data directory of their own per test;
+console scripts started with a copy of the environment taken at import time share the
+session's, which is emptied before each test.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ os.environ.pop("MELTANO_PROJECT_ROOT", None)
 @pytest.fixture(autouse=True)
 def _own_submission_index(tmp_path_factory: pytest.TempPathFactory,
                           monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh data directory, so the default index of an in-process run is the test's own."""
+    """A fresh data directory for in-process runs; the session's one emptied."""
+    shutil.rmtree(Path(_SESSION_DATA_HOME, "gtmcli"), ignore_errors=True)
     data_home = tmp_path_factory.mktemp("data-home")
     monkeypatch.setenv("XDG_DATA_HOME", str(data_home))
     return data_home
