@@ -311,3 +311,27 @@ def test_resubmit_after_days_must_be_a_whole_number_of_days(value: Any) -> None:
     with pytest.raises(ConfigValidationError) as caught:
         run_mapper({"resubmit_after_days": value}, [])
     assert "resubmit_after_days" in " ".join(caught.value.errors)
+
+
+def test_the_sqlite_index_prunes_what_fell_out_of_the_window(tmp_path: Path) -> None:
+    path = str(tmp_path / "i.sqlite")
+    old, new = [bytes([1]) * 16, bytes([2]) * 16], [bytes([3]) * 16]
+    store = SQLiteIndex(path)
+    try:
+        store.start(since=0)
+        store.record(old, job_id="job_old", job_type="validate", now=100)
+        store.record(new, job_id="job_new", job_type="validate", now=200)
+        store.record_results([(old[0], b"{}")], now=100)
+    finally:
+        store.close()
+
+    store = SQLiteIndex(path)
+    try:
+        store.start(since=150)
+        assert store.claim([*old, *new], now=300, since=150, need_results=False) == {new[0]: None}
+        assert store.claim(old, now=300, since=150, need_results=True) == {}
+    finally:
+        store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT job_id FROM jobs").fetchall() == [("job_new",)]
+        assert db.execute("SELECT count(*) FROM results").fetchone() == (0,)
