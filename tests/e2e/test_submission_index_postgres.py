@@ -21,6 +21,7 @@ from tap_gtmcli.api.client import GTMCLIClient
 from tap_gtmcli.api.errors import SubmissionFailedError
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 from tap_gtmcli.submit.submission_index import PostgresIndex
+from tests.mapper.conftest import API_KEY as MAPPER_KEY
 from tests.mapper.conftest import FakeGTMCLI, run_mapper
 
 from .conftest import POSTGRES_BIN, PostgresServer
@@ -125,14 +126,17 @@ def test_a_failed_create_releases_its_claims(
     config = {"submission_index": index_url, "batch_size": 10}
     messages = [json.loads(line) for line in contacts_text(list(range(25))).splitlines()]
     failing = FakeGTMCLI(create_script=["ok", "402"])
-    with pytest.raises(SubmissionFailedError, match="402"):
+    with pytest.raises(SubmissionFailedError, match="402") as failure:
         run_mapper(config, messages, failing)
+    failed_output = [run_mapper.last_output, str(failure.value)]  # type: ignore[attr-defined]
     database = index_url.rsplit("/", 1)[1]
     # The first batch's job exists and is recorded; the failed batch left no claim.
     assert index_counts(postgres_server, database) == [["10", "10"]]
 
     retry = FakeGTMCLI()
-    run_mapper(config, messages, retry)
+    out = run_mapper(config, messages, retry)
+    for output in (failed_output, out):
+        assert MAPPER_KEY not in json.dumps(output)
     sent = [item["email"] for items in retry.items.values() for item in items]
     assert sorted(sent) == sorted(f"p{number}@example.com" for number in range(10, 25))
     assert index_counts(postgres_server, database) == [["25", "25"]]

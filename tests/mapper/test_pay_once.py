@@ -12,7 +12,7 @@ import sqlite3
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,14 @@ def assert_key_absent(*outputs: Any) -> None:
         text = output if isinstance(output, str) else json.dumps(output, default=str)
         assert API_KEY not in text
         assert API_KEY.split("_", 2)[-1] not in text
+
+
+@pytest.fixture(autouse=True)
+def _key_stays_out_of_the_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Every log line of every run in this module is checked for the API key."""
+    caplog.set_level(logging.DEBUG)
+    yield
+    assert_key_absent(caplog.text)
 
 
 def upstream_records(out: list[dict]) -> list[dict]:
@@ -180,9 +188,9 @@ def test_items_are_submitted_again_past_the_window(sandbox: Any, tmp_path: Path)
 def test_resubmit_after_days_zero_sends_everything_every_run(sandbox: Any, tmp_path: Path) -> None:
     config = sandbox_config(sandbox, resubmit_after_days=0,
                             submission_index=str(tmp_path / "never-made" / "i.sqlite"))
-    run_mapper(config, contacts(5))
-    run_mapper(config, contacts(5))
+    outputs = [run_mapper(config, contacts(5)), run_mapper(config, contacts(5))]
     assert len(sandbox_items(sandbox)) == 10
+    assert_key_absent(outputs)
     assert not (tmp_path / "never-made").exists()
 
 
@@ -224,6 +232,7 @@ def test_enrich_fetches_again_what_fell_out_of_the_window(sandbox: Any, tmp_path
     assert len(sandbox_items(sandbox, skip=before)) == 2
     [job_id] = job_ids(sandbox) - before
     assert {r["gtmcli_job_id"] for r in upstream_records(later)} == {job_id}
+    assert_key_absent(later)
 
 
 def test_target_skips_what_it_submitted(sandbox: Any, tmp_path: Path) -> None:
@@ -233,6 +242,7 @@ def test_target_skips_what_it_submitted(sandbox: Any, tmp_path: Path) -> None:
     out = run_mapper(config, contacts(13), plugin=TargetGTMCLI)
     assert sandbox_items(sandbox, skip=before) == [{"email": "person12@example.com"}]
     assert out == [m for m in contacts(13) if m["type"] == "STATE"]
+    assert_key_absent(out)
 
 
 def test_submit_then_enrich_fetches_results_it_never_kept(sandbox: Any, tmp_path: Path) -> None:
@@ -242,6 +252,7 @@ def test_submit_then_enrich_fetches_results_it_never_kept(sandbox: Any, tmp_path
     enriched = run_mapper({**config, **ENRICH}, contacts(3))
     assert len(sandbox_items(sandbox)) == 6
     assert all(r["gtmcli_status"] for r in upstream_records(enriched))
+    assert_key_absent(enriched)
 
 
 @pytest.mark.parametrize("damage", ["garbage", "directory", "truncated job"])
@@ -285,7 +296,8 @@ def test_accounts_never_share_entries() -> None:
 def test_the_index_holds_no_personal_data_and_no_key(sandbox: Any, tmp_path: Path) -> None:
     index = tmp_path / "i.sqlite"
     config = sandbox_config(sandbox, **ENRICH, submission_index=str(index))
-    run_mapper(config, [schema(), record(id=1, email="Ada.Lovelace@Example.com")])
+    out = run_mapper(config, [schema(), record(id=1, email="Ada.Lovelace@Example.com")])
+    assert_key_absent(out)
     data = b"".join(path.read_bytes() for path in tmp_path.glob("i.sqlite*"))
     for secret in (b"ada.lovelace", b"Ada.Lovelace", API_KEY.encode(),
                    API_KEY.split("_", 2)[-1].encode()):
