@@ -49,8 +49,6 @@ class RateGate:
         self._next_start = 0.0
         self._held_until = 0.0
         self._held_by: int | None = None
-        self.limit: float | None = None
-        self.holds = 0
 
     def wait_turn(self) -> None:
         """Block until this thread may start a request."""
@@ -77,7 +75,6 @@ class RateGate:
         with self._lock:
             now = self._clock()
             if limit is not None and limit > 0:
-                self.limit = limit
                 self._interval = 1.0 / (limit * RATE_SAFETY)
             if status < 400 and threading.get_ident() == self._held_by:
                 # The retry of the request that was told to wait went through: the
@@ -93,7 +90,6 @@ class RateGate:
             if hold is not None and now + hold > self._held_until:
                 self._held_until = now + hold
                 self._held_by = threading.get_ident() if status == 429 else None
-                self.holds += 1
 
     def _until_reset(self, reset: float | None) -> float:
         if reset is None:
