@@ -6,9 +6,10 @@ keyed by a fingerprint of the API URL and key (`account_secret`): the index hold
 email, name or key, two accounts (or the sandbox and production) never share an entry,
 and a stolen index cannot be matched against a list of emails without the API key.
 
-Two stores keep the same interface. `SQLiteIndex` (one machine, one writer at a time) is
-a file with a WITHOUT ROWID table keyed on the digest, written in one transaction per
-batch. `PostgresIndex` is shared by several workers: `claim` inserts the batch's digests
+Two stores keep the same interface. `SQLiteIndex` (one machine, one run at a time) is a
+file holding one row per confirmed job with its items' digests, read into memory once
+per run, so a batch costs one insert and one set lookup. `PostgresIndex` is shared by
+several workers: `claim` inserts the batch's digests
 before the job is created (`INSERT ... ON CONFLICT`), so of two mappers running at once
 over the same items only one submits each; a claim whose create fails is released, and a
 claim whose session died (its backend is gone from `pg_stat_activity`) may be taken over.
