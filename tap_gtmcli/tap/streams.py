@@ -6,10 +6,11 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from functools import cached_property
 from typing import Any
+from urllib.parse import quote
 
 import msgspec
 import requests
@@ -23,6 +24,7 @@ from tap_gtmcli.api.errors import GTMCLINotFoundError, decode_json
 from tap_gtmcli.api.timestamps import parse_timestamp
 from tap_gtmcli.tap.client import GTMCLIStream
 from tap_gtmcli.tap.job_bookmarks import JobBookmarks
+from tap_gtmcli.tap.job_waiter import OpenJobsWaiter, PollSchedule, counted
 from tap_gtmcli.tap.message_writer import TapMessageWriter
 from tap_gtmcli.tap.record_lines import RecordLineBuilder
 from tap_gtmcli.tap.result_pages import ResultPage, ResultPages, parse_results_page
@@ -76,6 +78,50 @@ class JobsStream(GTMCLIStream):
             # Reached only after the SDK has synced this job's results.
             bookmarks.settle(job)
             self._checkpoint()
+        yield from self._wait_for_open_jobs(bookmarks)
+
+    def _wait_for_open_jobs(self, bookmarks: JobBookmarks) -> Iterator[dict[str, Any]]:
+        """With `wait_for_jobs`, emit each open job the moment it finishes (job_waiter)."""
+        waiter = OpenJobsWaiter(
+            bookmarks.open_jobs, source=self, logger=self.logger,
+            wait_seconds=float(self.config.get("wait_for_jobs") or 0),
+            schedule=PollSchedule.from_settings(self.config),
+        )
+        for job in waiter.finished_jobs():
+            yield job
+            bookmarks.settle(job)
+            self._checkpoint()
+        for job_id in waiter.vanished:
+            bookmarks.forget(job_id)
+        if waiter.checks == 0 or not waiter.still_open:
+            return
+        for latest in waiter.still_open.values():
+            if latest is not None and bookmarks.has_changed(latest):
+                yield latest  # its latest progress, so the warehouse shows where it stands
+                bookmarks.settle(latest)
+                self._checkpoint()
+        work = waiter.open_work()
+        self.logger.warning(
+            "wait_for_jobs (%s s) is up with %s still unfinished, %s of %s items not yet "
+            "processed; they stay open in state and the next run picks them up",
+            self.config.get("wait_for_jobs"), counted(work.jobs, "job"), f"{work.items_open:,}",
+            f"{work.items_total:,}",
+        )
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        """GET /v1/jobs/{id} under the API policy; None when GTMCLI answers 404."""
+        request = self.build_prepared_request(
+            method="GET", url=f"{self.url_base}/v1/jobs/{quote(job_id, safe='')}",
+            headers=self.http_headers,
+        )
+        try:
+            return decode_json(self.send_with_retries(request, None))
+        except GTMCLINotFoundError:
+            return None
+
+    def list_jobs(self) -> Iterable[dict[str, Any]]:
+        """GET /v1/jobs, newest first, further pages read only as iterated."""
+        return self.request_records(None)
 
     def _checkpoint(self) -> None:
         # The SDK writes STATE only every 10,000 records; after each settled job is
