@@ -47,6 +47,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import requests
+from results_file import write_section
 
 API_KEY = "bench-key"
 PER_PAGE = 1000
@@ -398,7 +399,6 @@ def main() -> None:
     text, bars = table(conditions)
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     report = "\n".join([
-        "# Extraction benchmark", "",
         f"- machine: {machine()}", f"- date: {when}", f"- commit: {commit()}",
         f"- command: `benchmarks/bench_extract.py --rows {args.rows} --latency-rows "
         f"{args.latency_rows} --slow-rows {args.slow_rows} --runs {args.runs}`",
@@ -416,7 +416,7 @@ def main() -> None:
     if args.quick:
         print("(a --quick run: RESULTS.md left as it is)")
     else:
-        (HERE / "RESULTS.md").write_text(report)
+        write_section(HERE / "RESULTS.md", "Extraction benchmark", report)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ class TapGTMCLI(Tap):
     name = "tap-gtmcli"
     message_writer_class = TapMessageWriter
     # Not ACTIVATE_VERSION: runs are incremental, and a version message would tell the
-    # target to drop every row an earlier run loaded. Not BATCH: untested here.
+    # target to drop every row an earlier run loaded. BATCH: see batch_files.py.
     capabilities: ClassVar[list[CapabilitiesEnum]] = [
+        PluginCapabilities.BATCH,
         TapCapabilities.CATALOG,
         TapCapabilities.STATE,
         TapCapabilities.DISCOVER,
