@@ -2,9 +2,13 @@
 
 Feeds a generated file of N upstream records (default 1,000,000) through the real
 console script against a `gtmcli-sandbox` subprocess, output to /dev/null.
-Bars: >= 100,000 records/s in submit mode; < 300 MB peak RSS in enrich mode.
+Submit mode runs three times: without the submission index, with a fresh SQLite index
+(every item new), and again over the same index (every item seen, nothing sent).
+Bars: >= 100,000 records/s in submit mode, with or without the index; < 300 MB peak RSS
+in enrich mode. Also prints the index's size per 1M items.
 
     .venv/bin/python benchmarks/bench_mapper.py [--records N] [--skip-enrich]
+        [--postgres-url postgresql://...]   # also the index in PostgreSQL (table dropped first)
 """
 
 from __future__ import annotations
@@ -13,10 +17,13 @@ import argparse
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import psycopg
 
 WORK = Path(__file__).parent / ".work"
 BIN = Path(sys.executable).parent
@@ -96,10 +103,57 @@ def run_mapper(config: dict, input_path: Path) -> tuple[float, int, int]:
     return seconds, usage.ru_maxrss, os.waitstatus_to_exitcode(status)
 
 
+def bench_index(base: dict, input_path: Path, records: int, postgres_url: str | None) -> None:
+    """Submit mode over a fresh index (all new), then again (all seen)."""
+    index_path = WORK / "submission_index.sqlite"
+    for leftover in WORK.glob("submission_index.sqlite*"):
+        leftover.unlink()
+    two_runs(base, input_path, records, "SQLite", str(index_path))
+    with sqlite3.connect(index_path) as db:
+        items = db.execute("SELECT sum(length(digests)) / 16 FROM jobs").fetchone()[0]
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        free = db.execute("PRAGMA freelist_count").fetchone()[0]
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+    print_size("SQLite", items, (pages - free) * page_size)
+    if postgres_url:
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+            db.execute("DROP TABLE IF EXISTS gtmcli_submission_index")
+        two_runs(base, input_path, records, "PostgreSQL", postgres_url)
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+            db.execute("VACUUM ANALYZE gtmcli_submission_index")
+            items, size = db.execute(
+                "SELECT count(*), pg_total_relation_size('gtmcli_submission_index') "
+                "FROM gtmcli_submission_index"
+            ).fetchone()
+        print_size("PostgreSQL", items, size)
+
+
+def print_size(store: str, items: int, size: int) -> None:
+    print(f"{store} index: {items:,} items in {size / 1e6:.1f} MB = "
+          f"{size / items:.1f} MB per 1M items")
+
+
+def two_runs(base: dict, input_path: Path, records: int, store: str, index: str) -> None:
+    config = {**base, "mode": "submit", "submission_index": index}
+    for label in ("all new", "all seen"):
+        seconds, rss_kb, code = run_mapper(config, input_path)
+        if code != 0:
+            sys.exit(f"submit run ({label}) failed (exit {code}); see {WORK / 'mapper.log'}")
+        log = (WORK / "mapper.log").read_text()
+        sent = re.search(r"Submitted \d+ GTMCLI jobs \((\d+) items\)", log)
+        bar = " (bar >= 100,000)" if store == "SQLite" else ""
+        print(
+            f"submit mode, {store} index, {label}: {records:,} records in {seconds:.2f} s = "
+            f"{records / seconds:,.0f} records/s{bar}, peak RSS {rss_kb / 1024:.0f} MB, "
+            f"items sent {int(sent.group(1)) if sent else '?':,}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--skip-enrich", action="store_true")
+    parser.add_argument("--postgres-url", help="also measure a PostgreSQL index there")
     args = parser.parse_args()
     WORK.mkdir(exist_ok=True)
     input_path = WORK / f"contacts-{args.records}.singer"
@@ -108,16 +162,19 @@ def main() -> None:
     sandbox, url = start_sandbox()
     try:
         base = {"api_key": API_KEY, "api_url": url, "streams": ["contacts"]}
-        seconds, rss_kb, code = run_mapper({**base, "mode": "submit"}, input_path)
+        seconds, rss_kb, code = run_mapper(
+            {**base, "mode": "submit", "resubmit_after_days": 0}, input_path
+        )
         if code != 0:
             sys.exit(f"submit run failed (exit {code}); see {WORK / 'mapper.log'}")
         rate = args.records / seconds
         print(
-            f"submit mode: {args.records:,} records in {seconds:.2f} s = {rate:,.0f} records/s "
-            f"(bar >= 100,000), peak RSS {rss_kb / 1024:.0f} MB"
+            f"submit mode, no index: {args.records:,} records in {seconds:.2f} s = "
+            f"{rate:,.0f} records/s (bar >= 100,000), peak RSS {rss_kb / 1024:.0f} MB"
         )
+        bench_index(base, input_path, args.records, args.postgres_url)
         if not args.skip_enrich:
-            config = {**base, "mode": "enrich", "poll_interval": 0.2}
+            config = {**base, "mode": "enrich", "poll_interval": 0.2, "resubmit_after_days": 0}
             seconds, rss_kb, code = run_mapper(config, input_path)
             if code != 0:
                 sys.exit(f"enrich run failed (exit {code}); see {WORK / 'mapper.log'}")

@@ -92,6 +92,10 @@ class EnrichmentFailedError(Exception):
     """A job failed, timed out or answered results that do not fit its items."""
 
 
+class SubmissionIndexError(SubmissionFailedError):
+    """The submission index cannot be opened, read or written; it names the index."""
+
+
 _FATAL_CLASSES: dict[int, type[GTMCLIFatalError]] = {
     HTTPStatus.UNAUTHORIZED: GTMCLIAuthError,
     HTTPStatus.PAYMENT_REQUIRED: GTMCLICreditsError,

@@ -16,6 +16,7 @@ everything the demo makes is in output/ and `rm -rf output` starts it over.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tap_gtmcli.demo.meltano_project import PROJECT_ROOT, MeltanoProject, MeltanoRun
-from tap_gtmcli.demo.sandbox_process import SandboxProcess
+from tap_gtmcli.demo.sandbox_process import SandboxProcess, SandboxStartError
 from tap_gtmcli.demo.steps import StepFailedError, say, step
 
 DEMO_PLUGINS = ("tap-spreadsheets", "mapper-gtmcli", "tap-gtmcli", "target-jsonl",
@@ -31,14 +32,39 @@ DEMO_PLUGINS = ("tap-spreadsheets", "mapper-gtmcli", "tap-gtmcli", "target-jsonl
 OUTPUT = PROJECT_ROOT / "output"
 WAREHOUSE = OUTPUT / "warehouse.duckdb"
 STATE_DB = OUTPUT / "meltano.db"
+SUBMISSION_INDEX = OUTPUT / "submission_index.sqlite"
+SANDBOX_PORT = OUTPUT / "sandbox-port"
 SUMMARY_SCRIPT = Path(__file__).with_name("warehouse_summary.py")
 STEPS = 7
 
 
 def sandbox_environment(url: str) -> dict[str, str]:
-    """Points every GTMCLI plugin at the sandbox (it listens on a free port, not 8765)."""
+    """Points every GTMCLI plugin at the sandbox (it listens on a free port, not 8765).
+
+    The submission index lives in output/ too, beside the sandbox's jobs it refers to.
+    """
+    index = str(SUBMISSION_INDEX)
     return {"TAP_GTMCLI_API_URL": url, "MAPPER_GTMCLI_API_URL": url,
-            "TARGET_GTMCLI_API_URL": url}
+            "TARGET_GTMCLI_API_URL": url, "MAPPER_GTMCLI_SUBMISSION_INDEX": index,
+            "TARGET_GTMCLI_SUBMISSION_INDEX": index}
+
+
+def previous_port() -> int:
+    """The port of the last run's sandbox when it is free again, else 0 (any free port).
+
+    The submission index is scoped by API URL: the same URL on the next run lets it
+    recognise what the sandbox (whose jobs persist in output/) already has.
+    """
+    try:
+        port = int(SANDBOX_PORT.read_text())
+    except (OSError, ValueError):
+        return 0
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return 0
+    return port
 
 
 def show(line: str) -> None:
@@ -70,9 +96,17 @@ def run_demo() -> None:
             say("      already installed")
     with step(f"Install plugins ({', '.join(DEMO_PLUGINS)})", 2, STEPS):
         project.install(DEMO_PLUGINS)
-    sandbox = SandboxProcess(OUTPUT / "gtmcli-sandbox.db", OUTPUT / "logs" / "sandbox.log")
+    sandbox = SandboxProcess(OUTPUT / "gtmcli-sandbox.db", OUTPUT / "logs" / "sandbox.log",
+                             port=previous_port())
     with step("Start the GTMCLI sandbox", 3, STEPS):
-        url = sandbox.start()
+        try:
+            url = sandbox.start()
+        except SandboxStartError:
+            if not sandbox.port:
+                raise
+            sandbox.port = 0  # the last run's port was taken meanwhile
+            url = sandbox.start()
+        SANDBOX_PORT.write_text(url.rsplit(":", 1)[1])
         say(f"      listening on {url} (jobs kept in {sandbox.db_path.relative_to(PROJECT_ROOT)})")
     try:
         env = sandbox_environment(url)

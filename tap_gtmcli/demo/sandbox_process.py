@@ -36,8 +36,11 @@ class SandboxProcess:
         *,
         api_key: str = DEFAULT_API_KEY,
         extra_args: tuple[str, ...] = (),
+        port: int = 0,
     ) -> None:
         self.db_path = db_path
+        #: 0: any free port.
+        self.port = port
         self.log_path = log_path
         self.api_key = api_key
         self.extra_args = extra_args
@@ -49,7 +52,7 @@ class SandboxProcess:
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         command = [
-            sys.executable, "-m", "tap_gtmcli.sandbox", "--port", "0",
+            sys.executable, "-m", "tap_gtmcli.sandbox", "--port", str(self.port),
             "--api-key", self.api_key, "--db", str(self.db_path), *self.extra_args,
         ]
         # The log file, not a pipe: a pipe nobody reads would block a chatty server.

@@ -63,6 +63,8 @@ class SubmittedJob:
     source_stream: str
     batch_sha256: str
     submitted_at: str
+    #: Items of the batch not sent: submitted within `resubmit_after_days` already.
+    skipped_item_count: int = 0
 
     def ledger_record(self) -> dict[str, object]:
         """The row of the `gtmcli_submissions` ledger stream."""
@@ -73,6 +75,7 @@ class SubmittedJob:
             "source_stream": self.source_stream,
             "batch_sha256": self.batch_sha256,
             "submitted_at": self.submitted_at,
+            "skipped_item_count": self.skipped_item_count,
         }
 
 

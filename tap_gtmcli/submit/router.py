@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from itertools import chain
 from typing import Any
@@ -30,7 +31,13 @@ from tap_gtmcli.api.timestamps import utc_now_iso
 from tap_gtmcli.submit.batches import Batch, OpenBatches
 from tap_gtmcli.submit.enrich import NO_ENRICHMENT, JobWaiter, RecordSpool, extend_schema
 from tap_gtmcli.submit.items import ItemExtractor, ItemKey
-from tap_gtmcli.submit.job_creation import JobSubmitter, SubmittedJob
+from tap_gtmcli.submit.job_creation import SubmittedJob
+from tap_gtmcli.submit.resubmit_guard import (
+    GuardedBatch,
+    GuardedJobSubmitter,
+    ResubmitGuard,
+    enriched_rows,
+)
 from tap_gtmcli.submit.settings import SubmitSettings
 from tap_gtmcli.submit.singer_io import PendingMessage, RawMessage
 from tap_gtmcli.submit.state_gate import StateGate
@@ -51,6 +58,7 @@ LEDGER_SCHEMA: dict = {
             "source_stream": {"type": "string"},
             "batch_sha256": {"type": "string"},
             "submitted_at": {"type": "string", "format": "date-time"},
+            "skipped_item_count": {"type": "integer"},
         },
         "required": ["job_id", "job_type", "item_count", "source_stream", "batch_sha256"],
     },
@@ -84,12 +92,14 @@ class GTMCLISubmitter:
         settings: SubmitSettings,
         client: GTMCLIClient,
         spool_directory: str | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.stream_patterns = settings.streams
         self.enriching = settings.mode == "enrich"
         self.extractor = ItemExtractor(settings=settings)
         self.batches = OpenBatches(batch_size=settings.batch_size)
-        self.jobs = JobSubmitter(
+        self.jobs = GuardedJobSubmitter(
+            guard=ResubmitGuard.open(settings, clock),
             client=client,
             webhook_url=settings.webhook_url,
             max_resubmissions=settings.max_retries,
@@ -100,8 +110,9 @@ class GTMCLISubmitter:
             client=client, poll_interval=settings.poll_interval, max_wait=settings.max_wait
         )
         self.spool = RecordSpool(spool_directory) if self.enriching else None
-        #: (jobs, items) handed to job creation so far; `self.jobs.confirmed` counts
-        #: those GTMCLI confirmed.
+        self.resubmit_after_days = settings.resubmit_after_days
+        #: (batches, items) handed to job creation so far; `self.jobs.confirmed` counts
+        #: the jobs and items GTMCLI confirmed, `self.jobs.skipped_*` what the guard kept back.
         self.scheduled = [0, 0]
         self._reported = False
         self.rejections: Counter[str] = Counter()
@@ -228,9 +239,19 @@ class GTMCLISubmitter:
             return
         self._reported = True
         jobs, items = self.jobs.confirmed
+        if self.jobs.skipped_items:
+            logger.info(
+                "Skipped %s items submitted in the last %d days",
+                f"{self.jobs.skipped_items:,}", self.resubmit_after_days,
+            )
         still_open = self.batches.all()
-        unconfirmed_jobs = self.scheduled[0] - jobs + len(still_open)
-        unconfirmed_items = self.scheduled[1] - items + sum(len(batch) for batch in still_open)
+        unconfirmed_jobs = (
+            self.scheduled[0] - jobs - self.jobs.skipped_batches + len(still_open)
+        )
+        unconfirmed_items = (
+            self.scheduled[1] - items - self.jobs.skipped_items
+            + sum(len(batch) for batch in still_open)
+        )
         if unconfirmed_jobs:
             logger.warning(
                 "Submitted %d GTMCLI jobs (%d items); not submitted: %d batches (%d items)",
@@ -291,23 +312,35 @@ class GTMCLISubmitter:
                 schemas = [message.body for message in self._announce(LEDGER_SCHEMA)]
                 yield PendingMessage(future, partial(_ledger_messages, schemas))
             else:
-                job = self.jobs.submit(batch)
+                guarded, job = self.jobs.submit_guarded(batch)
                 yield from self._announce(LEDGER_SCHEMA)
                 yield RawMessage(_ledger_message(job))
-                yield from self._enriched_records(batch, job)
+                yield from self._enriched_records(guarded, job)
             released = self.gate.release(self.batches.oldest_seq())
             if released is not None:
                 yield released
 
-    def _enriched_records(self, batch: Batch, job: SubmittedJob) -> Iterator[RawMessage]:
+    def _enriched_records(self, guarded: GuardedBatch, job: SubmittedJob) -> Iterator[RawMessage]:
+        """The batch's records with results: kept ones from the index, the rest fetched."""
         assert self.spool is not None
-        self.waiter.wait(job.job_id)
-        emails = list(batch.positions) if batch.job_type == "validate" else None
-        rows = self.waiter.result_rows(job.job_id, job.job_type, emails, len(batch))  # type: ignore[arg-type]
+        batch, sent = guarded.batch, guarded.to_send
+        fetched: Iterator[tuple[int, dict[str, Any]]] = iter(())
+        emails = None
+        if sent.positions:
+            self.waiter.wait(job.job_id)
+            emails = list(sent.positions) if sent.job_type == "validate" else None
+            fetched = self.waiter.result_rows(job.job_id, job.job_type, emails, len(sent))  # type: ignore[arg-type]
+        guard = self.jobs.guard
+        keep = guard.keep_results if guard is not None else _keep_nothing
+        rows = enriched_rows(guarded, fetched, encoder.encode, keep, decoder.decode)
         self.spool.add_results(batch.number, rows)
         del emails
         for message in self.spool.enriched(batch.number):
             yield RawMessage(message)
+
+
+def _keep_nothing(_results: list[tuple[bytes, bytes]]) -> None:
+    """Without an index, fetched results are not kept."""
 
 
 def _ledger_message(job: SubmittedJob) -> dict:

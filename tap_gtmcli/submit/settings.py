@@ -109,6 +109,25 @@ SUBMIT_SETTINGS = th.PropertiesList(
         description="Enrich mode: seconds to wait for one job to complete before the "
         "run fails.",
     ),
+    th.Property(
+        "resubmit_after_days",
+        th.IntegerType(minimum=0),
+        default=30,
+        title="Resubmit after days",
+        description="Items (normalised email, or first name, last name and domain) "
+        "submitted by this account within this many days are not sent again: their "
+        "records pass through, and in enrich mode get the stored result. 0 sends every "
+        "item every run.",
+    ),
+    th.Property(
+        "submission_index",
+        th.StringType,
+        title="Submission index",
+        description="Where the index of submitted items lives: a SQLite file path, or a "
+        "`postgresql://` URL to share one index between workers. Default: "
+        "`.meltano/run/gtmcli/submission_index.sqlite` in the Meltano project, else "
+        "`gtmcli/submission_index.sqlite` in the user's data directory.",
+    ),
     REQUEST_TIMEOUT,
     MAX_RETRIES,
 )
@@ -160,6 +179,14 @@ def _whole_number(name: str, value: Any, low: int, high: int | None = None) -> i
     return value
 
 
+def _index_location(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise _setting_error("submission_index", "must name a file or a postgresql:// URL")
+    return value
+
+
 def _seconds(name: str, value: Any) -> float:
     if not isinstance(value, int | float | Decimal) or isinstance(value, bool) or value <= 0:
         raise _setting_error(name, "must be a positive number of seconds")
@@ -185,6 +212,8 @@ class SubmitSettings:
     max_wait: float
     request_timeout: float
     max_retries: int
+    resubmit_after_days: int
+    submission_index: str | None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> SubmitSettings:
@@ -220,4 +249,8 @@ class SubmitSettings:
             max_wait=_seconds("max_wait", setting("max_wait")),
             request_timeout=_seconds("request_timeout", setting("request_timeout")),
             max_retries=_whole_number("max_retries", setting("max_retries"), 0),
+            resubmit_after_days=_whole_number(
+                "resubmit_after_days", setting("resubmit_after_days"), 0
+            ),
+            submission_index=_index_location(config.get("submission_index")),
         )

@@ -87,6 +87,9 @@ def meltano_project(e2e_dir: Path) -> Iterator[MeltanoProject]:
             "MELTANO_ENVIRONMENT": "dev",
             "TARGET_JSONL_DESTINATION_PATH": str(e2e_dir / "jsonl"),
             "TARGET_GTMCLI_LEDGER_PATH": str(e2e_dir / "ledger.jsonl"),
+            # The session's own index, not the one in the project's .meltano/.
+            "MAPPER_GTMCLI_SUBMISSION_INDEX": str(e2e_dir / "submission_index.sqlite"),
+            "TARGET_GTMCLI_SUBMISSION_INDEX": str(e2e_dir / "submission_index.sqlite"),
         },
     )
     (e2e_dir / "jsonl").mkdir()

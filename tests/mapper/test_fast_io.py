@@ -94,10 +94,12 @@ def test_slow_creates_keep_the_output_of_blocking_creates() -> None:
         record(id=5, email="e@x.io"),
         state(5),
     ]
-    instant = run_mapper({"batch_size": 2}, messages, FakeGTMCLI())
+    # Two runs of one input: the second must send everything again, not skip it.
+    settings = {"batch_size": 2, "resubmit_after_days": 0}
+    instant = run_mapper(settings, messages, FakeGTMCLI())
     slow = FakeGTMCLI()
     slow.create_delay = 0.2
-    delayed = run_mapper({"batch_size": 2}, messages, slow)
+    delayed = run_mapper(settings, messages, slow)
 
     def shape(out: list[dict]) -> list[tuple]:
         return [(m["type"], m.get("stream"), m.get("value")) for m in out]

@@ -16,7 +16,8 @@ KEY = "gtm_live_settings_test_key"
 def test_missing_and_null_settings_take_the_documented_defaults() -> None:
     nulls = dict.fromkeys(
         ("api_url", "streams", "job_type", "email_field", "batch_size", "mode"), None
-    ) | dict.fromkeys(("poll_interval", "max_wait", "request_timeout", "max_retries"), None)
+    ) | dict.fromkeys(("poll_interval", "max_wait", "request_timeout", "max_retries",
+                       "resubmit_after_days", "submission_index"), None)
 
     for config in ({"api_key": KEY}, {"api_key": KEY, **nulls}):
         assert SubmitSettings.from_config(config) == SubmitSettings(
@@ -35,6 +36,8 @@ def test_missing_and_null_settings_take_the_documented_defaults() -> None:
             max_wait=3600.0,
             request_timeout=60.0,
             max_retries=5,
+            resubmit_after_days=30,
+            submission_index=None,
         )
 
 

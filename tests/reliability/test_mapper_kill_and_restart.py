@@ -70,7 +70,10 @@ def one_trial(tmp_path: Path, trial: int, kill_after: int, messages: list[dict])
     input_path = directory / "input.singer"
     input_path.write_text(singer_text(messages))
     with fast_sandbox() as server:
-        config = mapper_settings(server, batch_size=BATCH)
+        # An index per trial: a later trial's sandbox may get an earlier one's port, and
+        # the index would take it for the same account.
+        config = mapper_settings(server, batch_size=BATCH,
+                                 submission_index=str(directory / "index.sqlite"))
         config_path = directory / "config.json"
         config_path.write_text(json.dumps(config))
         first = run_until_killed(config_path, input_path, kill_after)
