@@ -94,9 +94,8 @@ class SandboxApp:
         self._clock = clock
         self._stopping = stopping
         self._expected_authorization = f"Bearer {config.api_key}".encode()
-        self._limiter = (
-            RateLimiter(config.tier, config.retry_after_format) if config.tier else None
-        )
+        rule = config.rate_rule
+        self._limiter = RateLimiter(rule, config.retry_after_format) if rule else None
 
     def handle(self, request: Request) -> Response:
         """Answer one request."""
@@ -152,7 +151,7 @@ class SandboxApp:
         rate_headers: dict[str, str] = {}
         try:
             self._authenticate(request)
-            if self._limiter is not None:
+            if self._limiter is not None and self._config.limit_job_endpoints:
                 # Limits follow real time, which clients sleep by, not the test clock.
                 decision = self._limiter.check(self._config.api_key, time.time())
                 rate_headers = decision.headers
