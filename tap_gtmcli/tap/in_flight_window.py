@@ -8,7 +8,8 @@ never more than a polite bound.
   round ends once as many answers came back as the window held when it began):
   slow start doubles the window while throughput grows with it; after that the window
   grows by one per round while latency stays near its floor (the server is not queueing
-  our requests, so by Little's law throughput still grows with the window); a 429, a 5xx
+  our requests, so by Little's law throughput still grows with the window) and gives
+  one back while latency shows the server queueing them; a 429, a 5xx
   or a timeout halves it, once per round. It grows only in rounds where it was the
   bound, so a run with little to fetch does not inflate it.
 - Both are bounded by `upper`: `max_parallel_requests` when set, else POLITE_CAP without
@@ -35,8 +36,9 @@ HEADROOM = 1.25
 #: Weight of the newest latency in the moving average.
 LATENCY_WEIGHT = 0.2
 #: Latency up to this multiple of the fastest answer seen means the server is not yet
-#: queueing our requests.
+#: queueing our requests; above QUEUEING, it is, and the window gives one back.
 LATENCY_TOLERANCE = 1.5
+QUEUEING = 2.0
 #: In slow start, the window doubles again only if throughput grew by at least this
 #: share of what the doubling promised.
 GROWTH_SHARE = 0.5
@@ -129,12 +131,12 @@ class InFlightWindow:
                     return
             self._aimd = min(float(cap), self._aimd * 2)
             return
-        near_floor = (
-            self.latency is not None and self.fastest is not None
-            and self.latency <= self.fastest * LATENCY_TOLERANCE
-        )
-        if near_floor:
+        if self.latency is None or self.fastest is None:
+            return
+        if self.latency <= self.fastest * LATENCY_TOLERANCE:
             self._aimd = min(float(cap), self._aimd + 1)
+        elif self.latency > self.fastest * QUEUEING:
+            self._aimd = max(1.0, self._aimd - 1)
 
     def _cap(self, *, limited: bool) -> int:
         if self._upper is not None:

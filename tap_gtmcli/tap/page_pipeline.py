@@ -13,7 +13,8 @@ while earlier jobs are still being written:
   it) exactly as if nothing had been read ahead.
 - At most `window()` requests are in flight. Pages fetched and waiting for their turn
   are capped in bytes (requests stop going out while the waiting pages and those in
-  flight, at the average page size, would pass the cap); the reader's next page is
+  flight, at the average page size so far or a guess before any, would pass the cap:
+  with pages of about one size, the cap holds); the reader's next page is
   never held back by the cap, so a large page cannot stall the run.
 - Requests are prepared and submitted only in the reading thread; workers only send.
 """
@@ -60,6 +61,7 @@ class PagePipeline(Generic[Request]):
         window: Callable[[], int],
         workers: int,
         max_waiting_bytes: int,
+        page_bytes_guess: int,
         on_bound: Callable[[], None] = lambda: None,
         on_demand: Callable[[int], None] = lambda requests_left: None,
     ) -> None:
@@ -68,6 +70,7 @@ class PagePipeline(Generic[Request]):
         self._window = window
         self._workers = max(1, workers)
         self.max_waiting_bytes = max_waiting_bytes
+        self._page_bytes_guess = page_bytes_guess
         self._on_bound = on_bound
         self._on_demand = on_demand
         self._changed = threading.Condition()
@@ -196,7 +199,8 @@ class PagePipeline(Generic[Request]):
         self._on_demand(self._unsent + self._in_flight)
 
     def _over_byte_cap(self) -> bool:
-        average = self._answered_bytes / self._answered_pages if self._answered_pages else 0
+        average = (self._answered_bytes / self._answered_pages if self._answered_pages
+                   else self._page_bytes_guess)
         return self._waiting_bytes + (self._in_flight + 1) * average > self.max_waiting_bytes
 
     def _submit(self, job: _Job, page: int) -> Future[ResultPage]:
