@@ -107,7 +107,13 @@ class SandboxApp:
             except ApiError as error:
                 return error_response(error)
         route, job_id = route_of(request.method, request.path)
-        self._stats.count_request(route)
+        self._stats.count_request(route, time.time())
+        try:
+            return self._answer(request, route, job_id)
+        finally:
+            self._stats.answered(time.time())
+
+    def _answer(self, request: Request, route: str, job_id: str | None) -> Response:
         if self._faults.latency_seconds:
             self._stopping.wait(self._faults.latency_seconds)
         plan = self._faults.plan(request.method, request.path)
