@@ -295,12 +295,17 @@ def no_limit_cells(latencies: list[int], jobs: int, runs: int, sequential_jobs: 
         tap_run = results["tap-gtmcli"][1]
         if sequential:
             ratio = rates["tap-gtmcli"] / sequential
+            limit, sequential_run = results["sequential raw client"]
+            span_ratio = (jobs / tap_run.span) / (limit / sequential_run.span)
             bars.append(f"no limit, {latency} ms: tap-gtmcli {ratio:.1f}x the sequential "
-                        f"reader (bar 10x): {'met' if ratio >= 10 else 'NOT met'}")
+                        f"reader, whole processes ({span_ratio:.1f}x over API spans) (bar 10x):"
+                        f" {'met' if ratio >= 10 else 'NOT met'}")
         if dlt:
             ratio = rates["tap-gtmcli"] / dlt
+            dlt_run = results["dlt rest_api (parallelized)"][1]
             bars.append(f"no limit, {latency} ms: tap-gtmcli {ratio:.2f}x dlt rest_api "
-                        f"parallelized (goal 2.5x): {'met' if ratio >= 2.5 else 'NOT met'}")
+                        f"parallelized, whole processes ({dlt_run.span / tap_run.span:.2f}x "
+                        f"over API spans) (goal 2.5x): {'met' if ratio >= 2.5 else 'NOT met'}")
         bars.append(f"no limit, {latency} ms: tap-gtmcli 429s {share(tap_run)} (bar <= 2%)")
     return lines, bars
 

@@ -30,7 +30,8 @@ POLITE_CAP = 32
 #: Requests in flight at most when the pace comes from an advertised limit: 50 requests
 #: a second at 800 ms need 40 in flight.
 LIMITED_CAP = 64
-INITIAL_WINDOW = 4
+#: Where AIMD starts: what the tap always kept in flight before the window sized itself.
+INITIAL_WINDOW = 8
 #: In flight above rate x latency, so that a paced start never waits for a free worker.
 HEADROOM = 1.25
 #: Weight of the newest latency in the moving average.

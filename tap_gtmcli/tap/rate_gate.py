@@ -7,15 +7,22 @@ own example is a per-minute window, and job endpoints may send none of these. Th
 never assumes a window length:
 
 - No limit headers at all: the gate does not pace (the in-flight window does the rest).
-- Otherwise the requests the window still allows are spread over the time left in it.
-  Every request started after the one whose answer told us `Remaining` is counted
-  against it too, since GTMCLI will count it. When the requests still to make fit in
-  what is left, nothing needs spreading and they go at once.
-- A window that is spent holds every worker until its `Reset`; the requests beyond it
-  count against the next window, whose length is learnt from two `Reset`s in a row.
+- The first window seen, of unknown length: the requests it still allows are spread
+  over the time it has left, every request started since the answer that told us
+  `Remaining` counted against it too (GTMCLI will count it).
+- Once the length is known (two `Reset`s in a row, or the first window's time left in
+  whole seconds until then), each window's limit is spread evenly over its length,
+  a little under it (STEADY_SHARE, lowered by each 429). Counting requests in flight
+  against the told window instead would stall a slow link, since GTMCLI counts each
+  request when it arrives, often in the next window; even spacing keeps every window
+  within its limit wherever its boundary falls.
+- When all the run still has to request fits in what the window allows, nothing is
+  spread: it goes at once.
+- A window that is spent (`Remaining: 0`) holds every worker until its `Reset`.
 - A 429 holds every other worker for `Retry-After` exactly (seconds or an HTTP date,
   parsed by the caller), or until `Reset`: a second worker would otherwise spend its own
   request learning the same thing. The worker told to wait backs off by its retry policy.
+  Starts booked before the news are checked again when they come (`recheck`).
 """
 
 from __future__ import annotations
@@ -29,9 +36,13 @@ from dataclasses import dataclass
 #: How long everyone waits after a 429 or `Remaining: 0` that names no moment to resume
 #: (no `Retry-After`, no `Reset`): long enough to stop a storm, short enough to find out.
 UNNAMED_HOLD = 1.0
-#: Share of the advertised rate paced once the window's length is known: the server's
-#: clock and ours may differ by a few milliseconds at a boundary.
-STEADY_SHARE = 0.98
+#: Share of a window's limit its even spacing aims at: requests reach the server with
+#: some jitter (a loaded machine delays a thread by tens of milliseconds), and a 429
+#: holds everyone for its whole Retry-After, so a little slack is cheaper than a 429.
+STEADY_SHARE = 0.96
+#: Each 429 all the same takes this much off the share, down to MIN_SHARE.
+SHARE_AFTER_429 = 0.9
+MIN_SHARE = 0.75
 
 
 def _number(value: str | None) -> float | None:
@@ -85,6 +96,7 @@ class RateGate:
         self._first_window_guess: float | None = None
         #: How many times a 429 held every worker.
         self.holds = 0
+        self._share = STEADY_SHARE
 
     @property
     def limit(self) -> int | None:
@@ -193,6 +205,7 @@ class RateGate:
                     until = max(reset_at, now)
                 else:
                     until = now + UNNAMED_HOLD
+                self._share = max(MIN_SHARE, self._share * SHARE_AFTER_429)
                 if until > self._held_until:
                     self._news += 1
                     self._held_until = until
@@ -227,11 +240,8 @@ class RateGate:
             return at, 0.0  # all that is left fits in this window: no need to wait
         if not info.limit or not length:
             return at, self._spread(info.reset_at - at, budget) if at < info.reset_at else 0.0
-        # The window's requests go evenly spaced over its length. Counting the requests
-        # in flight against the told window instead would stall a slow link, as GTMCLI
-        # counts each request when it arrives, often in the next window; an even
-        # spacing keeps every window within its limit wherever its boundary falls.
-        spacing = length / (info.limit * STEADY_SHARE)
+        # Even spacing over the window's length (see the module's rules for why).
+        spacing = length / (info.limit * self._share)
         if self.window_seconds is None and at < info.reset_at and budget > 0:
             # Until two Resets show the length, the first window's remaining requests
             # are also spread over the time it has left.

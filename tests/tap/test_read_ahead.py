@@ -81,7 +81,7 @@ def test_without_a_limit_the_window_grows_while_throughput_grows():
     window = InFlightWindow(allowed_rate=lambda: None, clock=clock)
     # A server that answers in 100 ms up to 12 requests at once and queues the rest.
     sizes = feed(window, clock, lambda size: 0.1 * max(1.0, size / 12), rounds=40)
-    assert sizes[:3] == [4, 8, 16]  # slow start: throughput doubled with the window
+    assert sizes[:2] == [8, 16]  # slow start: throughput doubled with the window
     assert max(sizes) <= POLITE_CAP
     # Once the server queues, latency rises and the window settles above its capacity
     # (throughput is at the top) without running to the cap.
@@ -92,7 +92,7 @@ def test_without_a_limit_and_a_fast_server_the_window_reaches_the_politeness_cap
     clock = FakeClock()
     window = InFlightWindow(allowed_rate=lambda: None, clock=clock)
     sizes = feed(window, clock, lambda size: 0.3, rounds=12)
-    assert sizes[:4] == [4, 8, 16, 32]
+    assert sizes[:3] == [8, 16, 32]
     assert sizes[-1] == POLITE_CAP
     capped = InFlightWindow(allowed_rate=lambda: None, upper=6, clock=clock)
     assert max(feed(capped, clock, lambda size: 0.3, rounds=12)) == 6
@@ -101,8 +101,8 @@ def test_without_a_limit_and_a_fast_server_the_window_reaches_the_politeness_cap
 def test_errors_halve_the_window_once_per_round_then_it_grows_again():
     clock = FakeClock()
     window = InFlightWindow(allowed_rate=lambda: None, clock=clock)
-    sizes = feed(window, clock, lambda size: 0.3, rounds=4)
-    assert sizes == [4, 8, 16, 32]
+    sizes = feed(window, clock, lambda size: 0.3, rounds=3)
+    assert sizes == [8, 16, 32]
     # A round where every answer is a 429 (or 5xx, or a timeout): halved once, not 32x.
     throttled = feed(window, clock, lambda size: 0.3, rounds=1,
                      outcome=lambda _: Outcome.THROTTLED)
@@ -231,7 +231,7 @@ def test_a_sixty_second_window_is_spread_then_the_rest_goes_at_the_next_window(w
                           downstream=0.15, start=start)
     assert server.refused == 0
     assert sum(server.counts.values()) == 151
-    assert server.counts[16] >= 115  # most of the budget of the first window used
+    assert server.counts[16] >= 110  # most of the budget of the first window used
     ideal = 1020 - start
     assert seconds <= 1.2 * ideal
     # Spread, not burst: the first window's 120 requests took most of its 59.5 s.
