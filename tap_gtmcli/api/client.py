@@ -13,8 +13,10 @@ from collections.abc import Callable, Iterator
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import backoff
 import requests
 import urllib3.exceptions
+from backoff.types import Details
 
 from tap_gtmcli.api.errors import (
     GTMCLIAmbiguousCreateError,
@@ -25,14 +27,19 @@ from tap_gtmcli.api.errors import (
     raise_for_response,
 )
 from tap_gtmcli.api.paging import iterate_pages
-from tap_gtmcli.api.retry import TRANSIENT_EXCEPTIONS, RetryPolicy, parse_retry_after
+from tap_gtmcli.api.retry import (
+    SLEEP_IN_ON_BACKOFF,
+    TRANSIENT_EXCEPTIONS,
+    RetryPolicy,
+    parse_retry_after,
+)
 
 DEFAULT_API_URL = "https://api.gtmcli.com"
 USER_AGENT = "tap-gtmcli/0.1"
+#: The job statuses that never change again.
+FINISHED_STATUSES = frozenset({"completed", "failed"})
 
 logger = logging.getLogger("tap_gtmcli.api.client")
-
-
 
 
 def _never_reached_server(error: BaseException) -> bool:
@@ -121,26 +128,38 @@ class GTMCLIClient:
         **kwargs: Any,
     ) -> dict:
         """Send a request, retrying transient failures that `can_retry` allows."""
-        for attempt in range(1, self.retry.max_tries + 1):
-            try:
-                return self._send_once(method, path, **kwargs)
-            except TRANSIENT_EXCEPTIONS as error:
-                if not can_retry(error):
-                    raise
-                if attempt == self.retry.max_tries:
-                    status = getattr(error, "status", None) or type(error).__name__
-                    msg = (
-                        f"{method} {path} failed after {attempt} attempts; "
-                        f"last error: {status}"
-                    )
-                    raise GTMCLIRetriesExhaustedError(msg) from error
-                wait = self.retry.wait_seconds(attempt, error)
-                logger.warning(
-                    "%s %s failed (%s); retry %d of %d in %.2f s",
-                    method, path, _short(error), attempt, self.retry.max_retries, wait,
+
+        def wait_before_retry(details: Details) -> None:
+            error, retry_number = details["exception"], details["tries"]
+            wait = self.retry.wait_seconds(retry_number, error)
+            logger.warning(
+                "%s %s failed (%s); retry %d of %d in %.2f s",
+                method, path, _short(error), retry_number, self.retry.max_retries, wait,
+            )
+            self._sleep(wait)
+
+        def fail_when_exhausted(details: Details) -> None:
+            error = details["exception"]
+            # backoff gives up on a failure `can_retry` refuses, or when tries run out:
+            # only the latter gets its own error.
+            if can_retry(error):
+                status = getattr(error, "status", None) or type(error).__name__
+                msg = (
+                    f"{method} {path} failed after {details['tries']} attempts; "
+                    f"last error: {status}"
                 )
-                self._sleep(wait)
-        raise AssertionError("unreachable")  # pragma: no cover
+                raise GTMCLIRetriesExhaustedError(msg) from error
+
+        send = backoff.on_exception(
+            **SLEEP_IN_ON_BACKOFF,
+            exception=TRANSIENT_EXCEPTIONS,
+            max_tries=self.retry.max_tries,
+            giveup=lambda error: not can_retry(error),
+            on_backoff=wait_before_retry,
+            on_giveup=fail_when_exhausted,
+            logger=None,
+        )(self._send_once)
+        return send(method, path, **kwargs)
 
     def create_job(
         self,

@@ -1,24 +1,30 @@
 """When to try a request again: `Retry-After` exactly when the API gives it, else
 exponential backoff with full jitter.
 
-Shared by the tap (through the SDK's backoff decorator) and the mapper's client.
+Shared by the tap (through the SDK's backoff decorator) and the mapper's client; every
+retry and polling loop runs on `backoff`.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
 
+import backoff
 import requests
+from backoff.types import Details
 
 from tap_gtmcli.api.errors import GTMCLIRetriableError
 
+Answer = TypeVar("Answer")
+
 #: The transport failures worth another try (the API may never have seen the request,
 #: or its answer was lost on the way).
-TRANSIENT_EXCEPTIONS: tuple[type[BaseException], ...] = (
+TRANSIENT_EXCEPTIONS: tuple[type[Exception], ...] = (
     GTMCLIRetriableError,
     ConnectionResetError,
     requests.exceptions.Timeout,
@@ -26,6 +32,12 @@ TRANSIENT_EXCEPTIONS: tuple[type[BaseException], ...] = (
     requests.exceptions.ChunkedEncodingError,
     requests.exceptions.ContentDecodingError,
 )
+
+
+#: Arguments that make a `backoff` loop wait 0 between tries. `backoff` sleeps with
+#: `time.sleep`, which a test cannot replace, so our loops sleep in their `on_backoff`
+#: handler instead, through an injected sleep, for the wait their policy computes.
+SLEEP_IN_ON_BACKOFF: dict[str, Any] = {"wait_gen": backoff.constant, "interval": 0, "jitter": None}
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -76,3 +88,36 @@ class RetryPolicy:
         while True:
             retry_number += 1
             error = yield self.wait_seconds(retry_number, error)
+
+
+def growing_pauses(first: float, factor: float, longest: float) -> Iterator[float]:
+    """`first`, then `factor` times the pause before, up to `longest`."""
+    pauses = backoff.expo(base=factor, factor=first, max_value=longest)
+    next(pauses)  # backoff's wait generators yield 0 first, for priming
+    return pauses
+
+
+def poll_until(
+    call: Callable[[], Answer],
+    done: Callable[[Answer], bool],
+    *,
+    pauses: Iterator[float],
+    deadline: float,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> Answer:
+    """Call until an answer is `done` or `clock` reaches `deadline`; return the last answer.
+
+    Each pause is the next of `pauses`, shortened so no sleep runs past the deadline.
+    """
+
+    def pause(_details: Details) -> None:
+        sleep(min(next(pauses), max(0.0, deadline - clock())))
+
+    poll = backoff.on_predicate(
+        **SLEEP_IN_ON_BACKOFF,
+        predicate=lambda answer: not done(answer) and clock() < deadline,
+        on_backoff=pause,
+        logger=None,
+    )(call)
+    return poll()

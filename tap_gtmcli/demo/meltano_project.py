@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tap_gtmcli.demo.steps import StepFailedError
 
-MELTANO_REQUIREMENTS = ("meltano==4.4.1", "uv==0.13.9")
+MELTANO_REQUIREMENTS = ("meltano[postgres]==4.4.1", "uv==0.13.9")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 #: Lines of Meltano's output worth showing as progress.
 PROGRESS_PATTERN = re.compile(
@@ -46,11 +46,6 @@ class MeltanoRun:
 
     log_path: Path
     loaded: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def rows_loaded(self) -> int:
-        """Rows loaded into every table together."""
-        return sum(self.loaded.values())
 
 
 @dataclass

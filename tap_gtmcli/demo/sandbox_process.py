@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import time
@@ -11,13 +12,14 @@ from typing import Any
 
 import requests
 
+from tap_gtmcli.api.client import FINISHED_STATUSES
 from tap_gtmcli.api.paging import iterate_pages
+from tap_gtmcli.api.retry import poll_until
 from tap_gtmcli.sandbox.config import DEFAULT_API_KEY
 
 LISTENING_PREFIX = "gtmcli-sandbox listening on "
 START_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 10.0
-TERMINAL_STATUSES = frozenset({"completed", "failed"})
 
 
 class SandboxStartError(RuntimeError):
@@ -95,16 +97,18 @@ class SandboxProcess:
 
     def wait_until_jobs_settle(self, timeout: float, poll: float = 0.5) -> list[dict[str, Any]]:
         """Poll until every job is completed or failed; return the jobs."""
-        deadline = time.monotonic() + timeout
-        while True:
-            jobs = self.jobs()
-            if all(job.get("status") in TERMINAL_STATUSES for job in jobs):
-                return jobs
-            if time.monotonic() > deadline:
-                open_jobs = [job["id"] for job in jobs
-                             if job.get("status") not in TERMINAL_STATUSES]
-                raise TimeoutError(f"jobs still open after {timeout:.0f}s: {open_jobs}")
-            time.sleep(poll)
+        jobs = poll_until(
+            self.jobs,
+            lambda jobs: all(job.get("status") in FINISHED_STATUSES for job in jobs),
+            pauses=itertools.repeat(poll),
+            deadline=time.monotonic() + timeout,
+            clock=time.monotonic,
+            sleep=time.sleep,
+        )
+        open_jobs = [job["id"] for job in jobs if job.get("status") not in FINISHED_STATUSES]
+        if open_jobs:
+            raise TimeoutError(f"jobs still open after {timeout:.0f}s: {open_jobs}")
+        return jobs
 
     def __enter__(self) -> SandboxProcess:
         self.start()

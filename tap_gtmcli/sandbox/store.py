@@ -306,14 +306,6 @@ class JobStore:
             ).fetchone()
         return _record(row) if row else None
 
-    def has_uncomputed(self) -> bool:
-        """Whether any job still waits for rows."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT 1 FROM jobs WHERE computed_at IS NULL LIMIT 1"
-            ).fetchone()
-        return row is not None
-
     def item_chunks(self, job_seq: int, first: int, stop: int) -> list[bytes]:
         """Item chunks with index in [first, stop), in order (JSON arrays)."""
         with self._lock:

@@ -6,10 +6,6 @@ warehouse can join a job back to the stream its items came from.
 
 from __future__ import annotations
 
-import hashlib
-
-import msgspec
-
 from tap_gtmcli.submit.items import ItemKey, item_payload
 
 
@@ -24,15 +20,6 @@ class Batch:
         #: it does not depend on this batch.
         self.first_seq = first_seq
         self.positions: dict[ItemKey, int] = {}
-        self.record_count = 0
-
-    def add(self, key: ItemKey) -> int:
-        """Add one record's item; return its 0-based position among the distinct items."""
-        self.record_count += 1
-        position = self.positions.get(key)
-        if position is None:
-            position = self.positions[key] = len(self.positions)
-        return position
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -40,11 +27,6 @@ class Batch:
     def payloads(self) -> list[dict[str, str]]:
         """The items as sent to GTMCLI, in position order."""
         return [item_payload(key) for key in self.positions]
-
-    @staticmethod
-    def sha256(payloads: list[dict[str, str]]) -> str:
-        """SHA-256 of the compact JSON array of the submitted items, as the ledger shows."""
-        return hashlib.sha256(msgspec.json.encode(payloads)).hexdigest()
 
 
 class OpenBatches:
@@ -63,17 +45,11 @@ class OpenBatches:
             batch = self._open[source_stream, job_type] = Batch(
                 number=self._count, source_stream=source_stream, job_type=job_type, first_seq=seq
             )
-        # Batch.add, inlined: this runs once per record.
-        batch.record_count += 1
         positions = batch.positions
         position = positions.get(key)
         if position is None:
             position = positions[key] = len(positions)
         return batch, position
-
-    def is_full(self, batch: Batch) -> bool:
-        """True when the batch holds `batch_size` distinct items."""
-        return len(batch) >= self.batch_size
 
     def close(self, batch: Batch) -> None:
         """Stop filling a batch (it is about to be submitted)."""

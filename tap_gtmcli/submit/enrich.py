@@ -8,7 +8,6 @@ answers the item at position k; validate rows are checked by email on the way in
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sqlite3
 import tempfile
@@ -18,13 +17,14 @@ from typing import Any
 
 from singer_sdk.contrib.msgspec import decoder, encoder
 
-from tap_gtmcli.api.client import GTMCLIClient
+from tap_gtmcli.api.client import FINISHED_STATUSES, GTMCLIClient
 from tap_gtmcli.api.errors import (
     EnrichmentFailedError,
     GTMCLIFatalError,
     GTMCLIRetriableError,
     GTMCLIRetriesExhaustedError,
 )
+from tap_gtmcli.api.retry import growing_pauses, poll_until
 
 RESULTS_PER_PAGE = 1000
 MAX_POLL_SECONDS = 60.0
@@ -41,9 +41,6 @@ ENRICHMENT_SCHEMA: dict[str, dict[str, Any]] = {
 NO_ENRICHMENT: dict[str, Any] = dict.fromkeys(ENRICHMENT_SCHEMA)
 #: How many spooled records are written to SQLite at once.
 SPOOL_CHUNK = 2000
-
-logger = logging.getLogger("tap_gtmcli.submit.enrich")
-
 
 
 def extend_schema(schema: Any) -> Any:
@@ -165,27 +162,29 @@ class JobWaiter:
 
     def wait(self, job_id: str) -> dict:
         """Poll until the job completes; raise `EnrichmentFailedError` if it fails or times out."""
-        deadline = self._clock() + self.max_wait
-        interval = self.poll_interval
-        while True:
-            job = self._call(job_id, "checking", lambda: self.client.get_job(job_id))
-            status = job.get("status")
-            if status == "completed":
-                return job
-            if status == "failed":
-                reason = job.get("error") or "no reason given"
-                msg = f"GTMCLI job {job_id} failed: {reason}"
-                raise EnrichmentFailedError(msg)
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                msg = (
-                    f"GTMCLI job {job_id} did not complete within max_wait={self.max_wait:g} s "
-                    f"(status {status!r}, {job.get('completed')} of {job.get('total')} done)"
-                )
-                raise EnrichmentFailedError(msg)
-            self._sleep(min(interval, remaining))
+        job = poll_until(
+            lambda: self._call(job_id, "checking", lambda: self.client.get_job(job_id)),
+            lambda answer: answer.get("status") in FINISHED_STATUSES,
             # Back off so a long job costs few requests; the cap keeps completion prompt.
-            interval = min(interval * 1.5, max(self.poll_interval, MAX_POLL_SECONDS))
+            pauses=growing_pauses(
+                self.poll_interval, 1.5, max(self.poll_interval, MAX_POLL_SECONDS)
+            ),
+            deadline=self._clock() + self.max_wait,
+            clock=self._clock,
+            sleep=self._sleep,
+        )
+        status = job.get("status")
+        if status == "completed":
+            return job
+        if status == "failed":
+            reason = job.get("error") or "no reason given"
+            msg = f"GTMCLI job {job_id} failed: {reason}"
+            raise EnrichmentFailedError(msg)
+        msg = (
+            f"GTMCLI job {job_id} did not complete within max_wait={self.max_wait:g} s "
+            f"(status {status!r}, {job.get('completed')} of {job.get('total')} done)"
+        )
+        raise EnrichmentFailedError(msg)
 
     def result_rows(
         self, job_id: str, job_type: str, emails: list[str] | None, item_count: int

@@ -20,7 +20,9 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
+import backoff
 import msgspec
+from backoff.types import Details
 
 from tap_gtmcli.api.client import GTMCLIClient
 from tap_gtmcli.api.errors import (
@@ -30,6 +32,7 @@ from tap_gtmcli.api.errors import (
     GTMCLIRetriesExhaustedError,
     SubmissionFailedError,
 )
+from tap_gtmcli.api.retry import SLEEP_IN_ON_BACKOFF, growing_pauses, poll_until
 from tap_gtmcli.api.timestamps import parse_timestamp, utc_now_iso
 from tap_gtmcli.submit.batches import Batch
 
@@ -48,7 +51,6 @@ LONGEST_LOOK_PAUSE = 5.0
 MAX_IN_FLIGHT = 2
 
 logger = logging.getLogger("tap_gtmcli.submit.job_creation")
-
 
 
 @dataclass(frozen=True)
@@ -155,51 +157,64 @@ class JobSubmitter:
         del items_json
         where = f"{batch.job_type} job of {len(payloads)} items from stream {batch.source_stream!r}"
         self._take_snapshot()
-        last_error: GTMCLIAmbiguousCreateError | None = None
-        for attempt in range(self.max_resubmissions + 1):
+        attempts = self.max_resubmissions + 1
+
+        def create_or_adopt() -> dict:
             try:
-                job = self.client.create_job(
+                return self.client.create_job(
                     batch.job_type, payloads, self.webhook_url, body_bytes=body
                 )
             except GTMCLIAmbiguousCreateError as error:
-                last_error = error
                 adopted = self._look_for_created_job(batch.job_type, len(payloads), error)
                 if adopted is None:
-                    logger.warning(
-                        "%s; no matching job in GET /v1/jobs, so resubmitting the %s "
-                        "(attempt %d of %d)",
-                        error, where, attempt + 1, self.max_resubmissions + 1,
-                    )
-                    continue
+                    raise
                 logger.warning(
                     "%s; adopted job %s (same type and item count, created since the "
                     "call) instead of resubmitting the %s",
                     error, adopted.get("id"), where,
                 )
-                job = adopted
-            except (GTMCLIFatalError, GTMCLIRetriesExhaustedError, GTMCLIRetriableError) as error:
-                msg = f"Submitting the {where} failed: {error}"
-                raise SubmissionFailedError(msg) from error
-            job_id = job.get("id")
-            if not isinstance(job_id, str) or not job_id:
-                msg = f"Submitting the {where}: POST /v1/jobs answered without a job id"
-                raise SubmissionFailedError(msg)
-            self.known_job_ids.add(job_id)
-            logger.info("Submitted %s as job %s", where, job_id)
-            return SubmittedJob(
-                job_id=job_id,
-                job_type=batch.job_type,
-                item_count=len(payloads),
-                source_stream=batch.source_stream,
-                batch_sha256=digest,
-                submitted_at=utc_now_iso(),
+                return adopted
+
+        def log_resubmission(details: Details) -> None:
+            logger.warning(
+                "%s; no matching job in GET /v1/jobs, so resubmitting the %s "
+                "(attempt %d of %d)",
+                details["exception"], where, details["tries"] + 1, attempts,
             )
-        msg = (
-            f"Submitting the {where} failed: {self.max_resubmissions + 1} attempts ended "
-            "ambiguously (timeout, dropped connection or 5xx) and no created job was found; "
-            f"last: {last_error}"
+
+        create = backoff.on_exception(
+            **SLEEP_IN_ON_BACKOFF,
+            exception=GTMCLIAmbiguousCreateError,
+            max_tries=attempts,
+            on_backoff=log_resubmission,
+            logger=None,
+        )(create_or_adopt)
+        try:
+            job = create()
+        except GTMCLIAmbiguousCreateError as error:
+            msg = (
+                f"Submitting the {where} failed: {attempts} attempts ended ambiguously "
+                "(timeout, dropped connection or 5xx) and no created job was found; "
+                f"last: {error}"
+            )
+            raise SubmissionFailedError(msg) from error
+        except (GTMCLIFatalError, GTMCLIRetriesExhaustedError, GTMCLIRetriableError) as error:
+            msg = f"Submitting the {where} failed: {error}"
+            raise SubmissionFailedError(msg) from error
+        job_id = job.get("id")
+        if not isinstance(job_id, str) or not job_id:
+            msg = f"Submitting the {where}: POST /v1/jobs answered without a job id"
+            raise SubmissionFailedError(msg)
+        self.known_job_ids.add(job_id)
+        logger.info("Submitted %s as job %s", where, job_id)
+        return SubmittedJob(
+            job_id=job_id,
+            job_type=batch.job_type,
+            item_count=len(payloads),
+            source_stream=batch.source_stream,
+            batch_sha256=digest,
+            submitted_at=utc_now_iso(),
         )
-        raise SubmissionFailedError(msg)
 
     def _take_snapshot(self) -> None:
         """Before our first create, note the jobs that exist already (the newest page).
@@ -223,15 +238,15 @@ class JobSubmitter:
         self, job_type: str, item_count: int, error: GTMCLIAmbiguousCreateError
     ) -> dict | None:
         """The job an ambiguous create made, looking again while it may still appear."""
-        deadline = self._clock() + (0.0 if error.api_answered else self.grace_seconds)
-        pause = FIRST_LOOK_PAUSE
-        while True:
-            job = self._find_created_job(job_type, item_count, error.started_at)
-            remaining = deadline - self._clock()
-            if job is not None or remaining <= 0:
-                return job
-            self._sleep(min(pause, remaining))
-            pause = min(pause * 2, LONGEST_LOOK_PAUSE)
+        grace = 0.0 if error.api_answered else self.grace_seconds
+        return poll_until(
+            lambda: self._find_created_job(job_type, item_count, error.started_at),
+            lambda job: job is not None,
+            pauses=growing_pauses(FIRST_LOOK_PAUSE, 2, LONGEST_LOOK_PAUSE),
+            deadline=self._clock() + grace,
+            clock=self._clock,
+            sleep=self._sleep,
+        )
 
     def _earliest_created_at(self, started_at: float) -> float:
         """The earliest `created_at` a job made by a call started at `started_at` can show."""

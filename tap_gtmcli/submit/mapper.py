@@ -76,24 +76,29 @@ class GTMCLIMapper(InlineMapper):
         )
         self._pass_line: Callable[[bytes], None] = self.output_writer.write_line
 
-    # The SDK calls these with each message's dict; the reader keeps its raw line.
+    # The SDK routes each message to its `map_*` method with the message's dict; the
+    # reader keeps the raw line being routed, so a passthrough writes those exact bytes.
 
-    def _process_schema_message(self, message_dict: dict) -> None:
-        self._write_messages(self.submitter.schema(message_dict, self.message_reader.line))
+    def map_schema_message(self, message_dict: dict) -> Iterable[Message]:
+        """Pass the SCHEMA on (extended with `gtmcli_*` fields in enrich mode)."""
+        return self.submitter.schema(message_dict, self.message_reader.line)
 
-    def _process_record_message(self, message_dict: dict) -> None:
-        self._write_messages(self.submitter.record(message_dict, self.message_reader.line))
+    def map_record_message(self, message_dict: dict) -> Iterable[Message]:
+        """Pass the record on and batch it for GTMCLI."""
+        return self.submitter.record(message_dict, self.message_reader.line)
 
-    def _process_state_message(self, message_dict: dict) -> None:
-        self._write_messages(self.submitter.state(message_dict, self.message_reader.line))
+    def map_state_message(self, message_dict: dict) -> Iterable[Message]:
+        """Hold the STATE until the records before it are submitted."""
+        return self.submitter.state(message_dict, self.message_reader.line)
 
-    def _process_activate_version_message(self, message_dict: dict) -> None:
-        line = self.message_reader.line
-        self._write_messages(self.submitter.activate_version(message_dict, line))
+    def map_activate_version_message(self, message_dict: dict) -> Iterable[Message]:
+        """Pass ACTIVATE_VERSION on."""
+        return self.submitter.activate_version(message_dict, self.message_reader.line)
 
-    def _process_batch_message(self, message_dict: dict) -> None:
+    def map_batch_message(self, message_dict: dict) -> Iterable[Message]:
+        """Pass BATCH manifests on: their records are not in the stream to submit."""
         self.logger.warning("Passing a BATCH message on without submitting its records")
-        self._write_messages(self.submitter.passthrough(message_dict, self.message_reader.line))
+        return self.submitter.passthrough(message_dict, self.message_reader.line)
 
     def _process_record_line(self, envelope: Any, line: bytes) -> None:
         """The per-record fast path: most records only pass their line on."""
@@ -101,39 +106,24 @@ class GTMCLIMapper(InlineMapper):
         if messages is not None:
             self._write_messages(messages)
             return
-        try:
-            self._pass_line(line)
-        except RUN_STOPPING_ERRORS:
-            self.close()
-            raise
-
-    def map_schema_message(self, message_dict: dict) -> Iterable[Message]:
-        """Pass the SCHEMA on (extended with `gtmcli_*` fields in enrich mode)."""
-        return self.submitter.schema(message_dict)
-
-    def map_record_message(self, message_dict: dict) -> Iterable[Message]:
-        """Pass the record on and batch it for GTMCLI."""
-        return self.submitter.record(message_dict)
-
-    def map_state_message(self, message_dict: dict) -> Iterable[Message]:
-        """Hold the STATE until the records before it are submitted."""
-        return self.submitter.state(message_dict)
-
-    def map_activate_version_message(self, message_dict: dict) -> Iterable[Message]:
-        """Pass ACTIVATE_VERSION on."""
-        return self.submitter.activate_version(message_dict)
-
-    def map_batch_message(self, message_dict: dict) -> Iterable[Message]:
-        """Pass BATCH manifests on: their records are not in the stream to submit."""
-        self.logger.warning("Passing a BATCH message on without submitting its records")
-        return self.submitter.passthrough(message_dict)
+        self._closing_on_failure(self._pass_line, line)
 
     def _write_messages(self, messages: Iterable[Message]) -> None:
-        # Overridden so that a failed submission still delivers the passthrough written
-        # so far and removes the spool; the held STATE was never written, by design.
+        self._closing_on_failure(self._write_each, messages)
+
+    def _write_each(self, messages: Iterable[Message]) -> None:
+        for message in messages:
+            self.output_writer.write_message(message)
+
+    def _closing_on_failure(self, call: Callable[..., None], *args: Any) -> None:
+        """Call; a run-stopping failure closes the mapper before it propagates.
+
+        So a failed submission still delivers the passthrough written so far and removes
+        the spool; the held STATE was never written, by design. A call, not a context
+        manager: the per-record fast path goes through it for every line.
+        """
         try:
-            for message in messages:
-                self.output_writer.write_message(message)
+            call(*args)
         except RUN_STOPPING_ERRORS:
             self.close()
             raise
@@ -141,11 +131,7 @@ class GTMCLIMapper(InlineMapper):
     def process_endofpipe(self) -> None:
         """Submit what is left, wait for every create, release the last STATE, clean up."""
         self._write_messages(self.submitter.finish())
-        try:
-            self.output_writer.drain()
-        except RUN_STOPPING_ERRORS:
-            self.close()
-            raise
+        self._closing_on_failure(self.output_writer.drain)
         self.close()
 
     def _stop_on_bad_input(self) -> None:

@@ -15,13 +15,11 @@ from typing import Any
 from singer_sdk import typing as th
 from singer_sdk.exceptions import ConfigValidationError
 
-from tap_gtmcli.api.client import DEFAULT_API_URL
 from tap_gtmcli.api.settings import API_KEY, API_URL, MAX_RETRIES, REQUEST_TIMEOUT
 
 MAX_BATCH_SIZE = 100_000
 MODES = ("submit", "enrich")
 JOB_TYPES = ("validate", "find", "auto")
-FIELD_SETTINGS = ("email_field", "first_name_field", "last_name_field", "domain_field")
 
 SUBMIT_SETTINGS = th.PropertiesList(
     API_KEY,
@@ -124,8 +122,48 @@ LEDGER_PATH_SETTING = th.Property(
 )
 
 
-def _setting_error(message: str) -> ConfigValidationError:
-    return ConfigValidationError("Config validation failed", errors=[message])
+#: Each setting's default, read from its schema: the one place defaults are written.
+DEFAULTS: dict[str, Any] = {
+    name: schema["default"]
+    for name, schema in SUBMIT_SETTINGS.to_dict()["properties"].items()
+    if "default" in schema
+}
+
+
+def _setting_error(name: str, problem: str) -> ConfigValidationError:
+    # Names the setting and what it must be, never the value: a key pasted into the
+    # wrong setting must not reach the log.
+    return ConfigValidationError("Config validation failed", errors=[f"{name}: {problem}"])
+
+
+def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise _setting_error(name, f"must be one of {', '.join(allowed)}")
+    return str(value)
+
+
+def _field_path(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _setting_error(name, "the mapping must name a record field")
+    return value
+
+
+def _whole_number(name: str, value: Any, low: int, high: int | None = None) -> int:
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        bounds = f"from {low:,} to {high:,}" if high is not None else f"{low} or more"
+        raise _setting_error(name, f"must be a whole number {bounds}")
+    return value
+
+
+def _seconds(name: str, value: Any) -> float:
+    if not isinstance(value, int | float | Decimal) or isinstance(value, bool) or value <= 0:
+        raise _setting_error(name, "must be a positive number of seconds")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -133,83 +171,52 @@ class SubmitSettings:
     """The submitter's settings, validated and with defaults applied."""
 
     api_key: str
-    api_url: str = DEFAULT_API_URL
-    streams: tuple[str, ...] = ("*",)
-    job_type: str = "auto"
-    email_field: str = "email"
-    first_name_field: str = "first_name"
-    last_name_field: str = "last_name"
-    domain_field: str = "domain"
-    batch_size: int = MAX_BATCH_SIZE
-    webhook_url: str | None = None
-    mode: str = "submit"
-    poll_interval: float = 5.0
-    max_wait: float = 3600.0
-    request_timeout: float = 60.0
-    max_retries: int = 5
+    api_url: str
+    streams: tuple[str, ...]
+    job_type: str
+    email_field: str
+    first_name_field: str
+    last_name_field: str
+    domain_field: str
+    batch_size: int
+    webhook_url: str | None
+    mode: str
+    poll_interval: float
+    max_wait: float
+    request_timeout: float
+    max_retries: int
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> SubmitSettings:
         """Read and check the plugin config; raise `ConfigValidationError` naming the setting.
 
         The JSON Schema already rejects most bad values; this also catches explicit nulls
-        and whitespace-only field names, which the schema lets through.
+        (they take the default) and whitespace-only field names, which the schema lets
+        through.
         """
 
-        def pick(name: str, default: Any) -> Any:
+        def setting(name: str) -> Any:
             value = config.get(name)
-            return default if value is None else value
+            return DEFAULTS.get(name) if value is None else value
 
         api_key = config.get("api_key")
         if not isinstance(api_key, str) or not api_key.strip():
-            raise _setting_error("api_key: a GTMCLI API key is required")
-        mode = pick("mode", "submit")
-        if mode not in MODES:
-            raise _setting_error(f"mode: {mode!r} is not one of {', '.join(MODES)}")
-        job_type = pick("job_type", "auto")
-        if job_type not in JOB_TYPES:
-            raise _setting_error(f"job_type: {job_type!r} is not one of {', '.join(JOB_TYPES)}")
-        batch_size = pick("batch_size", MAX_BATCH_SIZE)
-        if not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH_SIZE:
-            raise _setting_error(
-                f"batch_size: {batch_size!r} is outside 1 to {MAX_BATCH_SIZE:,}"
-            )
-        fields: dict[str, str] = {}
-        for name in FIELD_SETTINGS:
-            value = pick(name, name.removesuffix("_field"))
-            if not isinstance(value, str) or not value.strip():
-                raise _setting_error(f"{name}: the mapping must name a record field")
-            fields[name] = value
-        streams = pick("streams", ["*"])
-        if isinstance(streams, str):
-            streams = [streams]
-        numbers: dict[str, float] = {}
-        for name, default in (
-            ("poll_interval", 5.0),
-            ("max_wait", 3600.0),
-            ("request_timeout", 60.0),
-        ):
-            value = pick(name, default)
-            if not isinstance(value, int | float | Decimal) or value <= 0:
-                raise _setting_error(f"{name}: {value!r} must be a positive number of seconds")
-            numbers[name] = float(value)
-        max_retries = pick("max_retries", 5)
-        if not isinstance(max_retries, int) or max_retries < 0:
-            raise _setting_error(f"max_retries: {max_retries!r} must be 0 or more")
+            raise _setting_error("api_key", "a GTMCLI API key is required")
+        streams = setting("streams")
         return cls(
             api_key=api_key,
-            api_url=pick("api_url", DEFAULT_API_URL),
-            streams=tuple(streams),
-            job_type=job_type,
-            batch_size=batch_size,
+            api_url=setting("api_url"),
+            streams=tuple([streams] if isinstance(streams, str) else streams),
+            mode=_one_of("mode", setting("mode"), MODES),
+            job_type=_one_of("job_type", setting("job_type"), JOB_TYPES),
+            batch_size=_whole_number("batch_size", setting("batch_size"), 1, MAX_BATCH_SIZE),
+            email_field=_field_path("email_field", setting("email_field")),
+            first_name_field=_field_path("first_name_field", setting("first_name_field")),
+            last_name_field=_field_path("last_name_field", setting("last_name_field")),
+            domain_field=_field_path("domain_field", setting("domain_field")),
             webhook_url=config.get("webhook_url") or None,
-            mode=mode,
-            max_retries=max_retries,
-            email_field=fields["email_field"],
-            first_name_field=fields["first_name_field"],
-            last_name_field=fields["last_name_field"],
-            domain_field=fields["domain_field"],
-            poll_interval=numbers["poll_interval"],
-            max_wait=numbers["max_wait"],
-            request_timeout=numbers["request_timeout"],
+            poll_interval=_seconds("poll_interval", setting("poll_interval")),
+            max_wait=_seconds("max_wait", setting("max_wait")),
+            request_timeout=_seconds("request_timeout", setting("request_timeout")),
+            max_retries=_whole_number("max_retries", setting("max_retries"), 0),
         )

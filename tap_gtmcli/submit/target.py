@@ -21,7 +21,6 @@ from singer_sdk import typing as th
 from singer_sdk.exceptions import ConfigValidationError
 from singer_sdk.singerlib import Message
 
-from tap_gtmcli.api.client import GTMCLIClient
 from tap_gtmcli.submit.mapper import GTMCLIMapper
 from tap_gtmcli.submit.router import LEDGER_STREAM
 from tap_gtmcli.submit.settings import LEDGER_PATH_SETTING, SUBMIT_SETTINGS
@@ -40,23 +39,9 @@ class TargetGTMCLI(GTMCLIMapper):
         *SUBMIT_SETTINGS.wrapped.values(), LEDGER_PATH_SETTING
     ).to_dict()
 
-    def __init__(
-        self,
-        *,
-        config: dict | None = None,
-        parse_env_config: bool = False,
-        validate_config: bool = True,
-        output: IO[bytes] | None = None,
-        client: GTMCLIClient | None = None,
-    ) -> None:
-        """Build the submitter core once from config, as the mapper does."""
-        super().__init__(
-            config=config,
-            parse_env_config=parse_env_config,
-            validate_config=validate_config,
-            output=output,
-            client=client,
-        )
+    def __init__(self, **options: Any) -> None:
+        """Build the submitter core once from config, as the mapper does (same options)."""
+        super().__init__(**options)
         if self.settings.mode != "submit":
             self.close()
             raise ConfigValidationError(

@@ -20,11 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from tap_gtmcli.api.client import FINISHED_STATUSES
 from tap_gtmcli.api.timestamps import parse_timestamp
-
-FINISHED_STATUSES = frozenset({"completed", "failed"})
-
-
 
 
 def _fingerprint(job: Mapping[str, Any]) -> dict[str, Any]:

@@ -94,14 +94,7 @@ class RateGate:
         #: Seconds per window once two consecutive `Reset`s have shown it.
         self.window_seconds: float | None = None
         self._first_window_guess: float | None = None
-        #: How many times a 429 held every worker.
-        self.holds = 0
         self._share = STEADY_SHARE
-
-    @property
-    def limit(self) -> int | None:
-        """Requests per window, as last advertised."""
-        return self._info.limit if self._info else None
 
     def expect(self, requests_left: int | None) -> None:
         """Tell the gate how many requests the run still has to make (None: unknown)."""
@@ -210,7 +203,6 @@ class RateGate:
                     self._news += 1
                     self._held_until = until
                     self._held_by = worker
-                    self.holds += 1
 
     def _learn_window_length(self, reset_wall: float) -> None:
         last = self._last_reset_wall

@@ -121,11 +121,11 @@ class PostgresServer:
     port: int
     data_dir: Path
 
-    def query(self, sql: str) -> list[list[str]]:
+    def query(self, sql: str, database: str = "postgres") -> list[list[str]]:
         """Rows of a query, as text, through psql."""
         result = subprocess.run(
             [str(POSTGRES_BIN / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-             "-d", "postgres", "-At", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-c", sql],
+             "-d", database, "-At", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-c", sql],
             capture_output=True, text=True, check=True,
         )
         return [line.split("\t") for line in result.stdout.splitlines()]

@@ -1,0 +1,232 @@
+"""Two GTMCLI accounts in one Dagster run, in parallel; and Meltano's run guard.
+
+The accounts' job runs through `dagster job execute` (the multiprocess executor, as a
+deployment runs it), each account against its own sandbox with its own key, into its
+own schema of one PostgreSQL warehouse, with state in the shared system database.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from orchestration.definitions import build_definitions
+from tap_gtmcli.demo.meltano_project import MeltanoProject
+from tap_gtmcli.sandbox import SandboxServer
+from tests.e2e.conftest import POSTGRES_BIN, PostgresServer
+from tests.reliability.conftest import API_KEY
+
+from .conftest import (
+    ACCOUNT_B_KEY,
+    assert_no_key,
+    child_environment,
+    meltano_runs,
+    result_rows,
+    sandbox_jobs,
+    start_sandbox,
+    stored_state,
+)
+
+pytestmark = pytest.mark.e2e
+
+DAGSTER = str(Path(sys.executable).with_name("dagster"))
+ACCOUNTS_JOB = "gtmcli_extract_accounts"
+STATE_ID = {"a": "dev:tap-gtmcli-account-a-to-target-postgres-per-account",
+            "b": "dev:tap-gtmcli-account-b-to-target-postgres-per-account"}
+SCHEMA = {"a": "gtmcli_account_a", "b": "gtmcli_account_b"}
+KEY = {"a": API_KEY, "b": ACCOUNT_B_KEY}
+RUN_TIMEOUT_SECONDS = 300
+
+
+@dataclass
+class AccountsRun:
+    """The sandboxes of both accounts and what the Dagster run left behind."""
+
+    sandboxes: dict[str, SandboxServer]
+    environment: dict[str, str]
+    completed: subprocess.CompletedProcess[str]
+    instance_dir: Path
+
+
+def account_environment(sandboxes: dict[str, SandboxServer]) -> dict[str, str]:
+    """Each account's URL and key, in the variables Meltano reads for its extractor."""
+    return {
+        f"TAP_GTMCLI_ACCOUNT_{account.upper()}_{setting}": value
+        for account, server in sandboxes.items()
+        for setting, value in (("API_URL", server.url), ("API_KEY", KEY[account]))
+    }
+
+
+@pytest.fixture(scope="module")
+def accounts_run(
+    meltano_project: MeltanoProject, worker_environment: dict[str, str],
+    orchestration_dir: Path,
+) -> Iterator[AccountsRun]:
+    """`dagster job execute` of the accounts' job, once, against two seeded sandboxes."""
+    sandboxes = {account: start_sandbox(KEY[account]) for account in KEY}
+    try:
+        sandboxes["a"].seed_jobs("validate", 300, jobs=2, seed="account-a")
+        sandboxes["a"].seed_jobs("find", 40, seed="account-a")
+        sandboxes["b"].seed_jobs("validate", 170, seed="account-b")
+        sandboxes["b"].seed_jobs("find", 9, status="failed", seed="account-b")
+        instance_dir = orchestration_dir / "dagster-home"
+        instance_dir.mkdir()
+        (instance_dir / "dagster.yaml").write_text("")
+        config = orchestration_dir / "run-config.yaml"
+        # Explicit, so the two accounts overlap even on a one-core machine.
+        config.write_text(json.dumps({"execution": {"config": {"max_concurrent": 2}}}))
+        environment = {**worker_environment, **account_environment(sandboxes)}
+        completed = subprocess.run(
+            [DAGSTER, "job", "execute", "-m", "orchestration.definitions", "-j", ACCOUNTS_JOB,
+             "-c", str(config)],
+            env=child_environment({**environment, "DAGSTER_HOME": str(instance_dir)}),
+            capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS, check=False,
+        )
+        yield AccountsRun(sandboxes, environment, completed, instance_dir)
+    finally:
+        for server in sandboxes.values():
+            server.stop()
+
+
+def assert_schema_holds_exactly(
+    postgres_server: PostgresServer, account: str, server: SandboxServer
+) -> None:
+    """The account's schema holds its sandbox's jobs and result rows, once each."""
+    jobs = sandbox_jobs(server, KEY[account])
+    schema = SCHEMA[account]
+    loaded = dict(postgres_server.query(f"select id, status from {schema}.jobs"))
+    assert loaded == {job_id: job["status"] for job_id, job in jobs.items()}
+    per_job = {job_id: int(count) for job_id, count in postgres_server.query(
+        f"select job_id, count(distinct row_number) from {schema}.job_results group by 1")}
+    assert per_job == result_rows(jobs)
+    total = int(postgres_server.query(f"select count(*) from {schema}.job_results")[0][0])
+    assert total == sum(result_rows(jobs).values())
+
+
+def test_two_accounts_run_in_parallel_each_landing_its_own_rows(
+    accounts_run: AccountsRun, postgres_server: PostgresServer,
+):
+    completed = accounts_run.completed
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    for account, server in accounts_run.sandboxes.items():
+        assert_schema_holds_exactly(postgres_server, account, server)
+        state = stored_state(postgres_server, STATE_ID[account])
+        assert state["singer_state"]["bookmarks"]["jobs"]["open_jobs"] == {}
+
+    # Parallel: both Meltano runs were under way at once, in separate step processes.
+    (_, start_a, end_a), = meltano_runs(postgres_server, STATE_ID["a"])
+    (_, start_b, end_b), = meltano_runs(postgres_server, STATE_ID["b"])
+    assert max(float(start_a), float(start_b)) < min(float(end_a), float(end_b))
+    instance = dg.DagsterInstance.from_config(str(accounts_run.instance_dir))
+    (run,) = instance.get_runs()
+    assert run.status == dg.DagsterRunStatus.SUCCESS
+    events = instance.all_logs(run.run_id)
+    step_pids = {event.step_key: event.dagster_event.pid for event in events
+                 if event.dagster_event and event.dagster_event.event_type_value == "STEP_START"}
+    assert len(step_pids) == 2
+    assert len(set(step_pids.values())) == 2
+
+    stored = [path.read_bytes().decode(errors="replace")
+              for path in accounts_run.instance_dir.rglob("*") if path.is_file()]
+    assert_no_key(completed.stdout, completed.stderr, *stored,
+                  *(str(event) for event in events),
+                  *(stored_state(postgres_server, state_id) for state_id in STATE_ID.values()))
+
+
+class TableLock:
+    """A psql session holding an exclusive lock on a table until released."""
+
+    def __init__(self, postgres_server: PostgresServer, table: str) -> None:
+        self.process = subprocess.Popen(
+            [str(POSTGRES_BIN / "psql"), "-h", "127.0.0.1", "-p", str(postgres_server.port),
+             "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1"],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.process.stdin is not None
+        self.process.stdin.write(f"begin;\nlock table {table} in access exclusive mode;\n")
+        self.process.stdin.flush()
+
+    def release(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write("commit;\n")
+        self.process.stdin.close()
+        self.process.wait(timeout=30)
+
+
+def wait_until(condition: str, check: Callable[[], bool], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting until {condition}")
+        time.sleep(0.2)
+
+
+def test_a_second_concurrent_run_is_refused_and_no_state_is_lost(
+    accounts_run: AccountsRun, postgres_server: PostgresServer,
+    meltano_project: MeltanoProject, in_worker: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+):
+    assert accounts_run.completed.returncode == 0, accounts_run.completed.stderr[-3000:]
+    sandbox_a = accounts_run.sandboxes["a"]
+    sandbox_a.seed_jobs("validate", 210, jobs=2, seed="account-a-later")
+    state_before = stored_state(postgres_server, STATE_ID["a"])
+    rows_b_before = postgres_server.query("select count(*) from gtmcli_account_b.job_results")
+
+    # Run 1 (another worker) holds its place: its loader waits on a table the test locks,
+    # so it stays in flight, deterministically, until the test lets it go.
+    lock = TableLock(postgres_server, "gtmcli_account_a.jobs")
+    wait_until("the test holds the lock", lambda: postgres_server.query(
+        "select count(*) from pg_locks where mode = 'AccessExclusiveLock' and granted "
+        "and relation = 'gtmcli_account_a.jobs'::regclass")[0][0] == "1")
+    first = subprocess.Popen(
+        [str(meltano_project.executable), "run", "tap-gtmcli-account-a",
+         "target-postgres-per-account"],
+        cwd=meltano_project.root, env=child_environment(accounts_run.environment),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        wait_until("run 1 waits on the lock", lambda: postgres_server.query(
+            "select count(*) from pg_locks where not granted")[0][0] != "0")
+        assert [row[0] for row in meltano_runs(postgres_server, STATE_ID["a"])] == [
+            "SUCCESS", "RUNNING"]
+
+        # Run 2: the same task through Dagster, while run 1 is in flight.
+        for name, value in accounts_run.environment.items():
+            in_worker.setenv(name, value)
+        job = build_definitions().get_job_def(ACCOUNTS_JOB)
+        with dg.instance_for_test() as instance:
+            second = job.execute_in_process(
+                instance=instance, raise_on_error=False,
+                op_selection=["task_1__tap_gtmcli_account_a__target_postgres_per_account"])
+            logs = "\n".join(str(entry) for entry in instance.all_logs(second.run_id))
+        assert not second.success
+        failure = second.get_step_failure_events()[0].event_specific_data.error.message
+        assert f"Another '{STATE_ID['a']}' pipeline is already running" in failure
+        # Refused before it started: no run recorded, the state untouched.
+        assert [row[0] for row in meltano_runs(postgres_server, STATE_ID["a"])] == [
+            "SUCCESS", "RUNNING"]
+        assert stored_state(postgres_server, STATE_ID["a"]) == state_before
+    finally:
+        lock.release()
+        first_output, _ = first.communicate(timeout=RUN_TIMEOUT_SECONDS)
+    printed = capfd.readouterr()
+
+    assert first.returncode == 0, first_output[-3000:]
+    assert [row[0] for row in meltano_runs(postgres_server, STATE_ID["a"])] == [
+        "SUCCESS", "SUCCESS"]
+    assert_schema_holds_exactly(postgres_server, "a", sandbox_a)
+    state_after = stored_state(postgres_server, STATE_ID["a"])
+    assert state_after != state_before
+    assert state_after["singer_state"]["bookmarks"]["jobs"]["open_jobs"] == {}
+    assert postgres_server.query("select count(*) from gtmcli_account_b.job_results") == (
+        rows_b_before)
+    assert_no_key(first_output, logs, failure, printed.out, printed.err, state_after)

@@ -1,0 +1,57 @@
+"""The Dagster job of `gtmcli-extract`, run in process: real Meltano, sandbox, DuckDB."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+
+from orchestration.definitions import build_definitions
+from tests.e2e.conftest import PostgresServer
+from tests.reliability.conftest import API_KEY
+
+from .conftest import assert_no_key, result_rows, sandbox_jobs, start_sandbox, stored_state
+
+pytestmark = pytest.mark.e2e
+
+
+def test_extract_job_lands_exactly_the_sandbox_rows(
+    in_worker: pytest.MonkeyPatch,
+    postgres_server: PostgresServer,
+    worker_environment: dict[str, str],
+    duckdb_query: Callable[[Path, str], list[list[Any]]],
+    capfd: pytest.CaptureFixture[str],
+):
+    sandbox = start_sandbox()
+    try:
+        sandbox.seed_jobs("validate", 240, jobs=2, seed="extract")
+        sandbox.seed_jobs("find", 35, seed="extract")
+        sandbox.seed_jobs("validate", 12, status="failed", seed="extract")
+        in_worker.setenv("TAP_GTMCLI_API_URL", sandbox.url)
+        in_worker.setenv("TAP_GTMCLI_API_KEY", API_KEY)
+        jobs = sandbox_jobs(sandbox, API_KEY)
+
+        job = build_definitions().get_job_def("gtmcli_extract")
+        with dg.instance_for_test() as instance:
+            result = job.execute_in_process(instance=instance)
+            logs = "\n".join(str(entry) for entry in instance.all_logs(result.run_id))
+    finally:
+        sandbox.stop()
+    printed = capfd.readouterr()
+
+    assert result.success, logs[-3000:]
+    assert "Incremental state has been updated" in logs
+    warehouse = Path(worker_environment["TARGET_DUCKDB_FILEPATH"])
+    loaded_jobs = dict(duckdb_query(warehouse, "select id, status from gtmcli.jobs"))
+    assert loaded_jobs == {job_id: job["status"] for job_id, job in jobs.items()}
+    per_job = dict(duckdb_query(warehouse, "select job_id, count(distinct row_number) "
+                                           "from gtmcli.job_results group by 1"))
+    assert per_job == result_rows(jobs)
+    assert duckdb_query(warehouse, "select count(*) from gtmcli.job_results")[0][0] == sum(
+        result_rows(jobs).values())
+    state = stored_state(postgres_server, "dev:tap-gtmcli-to-target-duckdb")
+    assert state["singer_state"]["bookmarks"]["jobs"]["open_jobs"] == {}
+    assert_no_key(logs, printed.out, printed.err, state)
