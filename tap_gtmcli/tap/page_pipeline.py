@@ -12,9 +12,9 @@ while earlier jobs are still being written:
   when the reader reaches it, so every job before it is written (and its STATE after
   it) exactly as if nothing had been read ahead.
 - At most `window()` requests are in flight. Pages fetched and waiting for their turn
-  are capped in bytes (requests stop going out while the waiting pages and those in
-  flight, at the average page size so far or a guess before any, would pass the cap:
-  with pages of about one size, the cap holds); the reader's next page is
+  are capped in bytes: no request goes out while they fill the cap. Pages in flight
+  are bounded by the window, not the cap: when the network is the slow part few pages
+  wait, and when the writer is, the cap stops the pile-up. The reader's next page is
   never held back by the cap, so a large page cannot stall the run.
 - Requests are prepared and submitted only in the reading thread; workers only send.
 """
@@ -61,7 +61,6 @@ class PagePipeline(Generic[Request]):
         window: Callable[[], int],
         workers: int,
         max_waiting_bytes: int,
-        page_bytes_guess: int,
         on_bound: Callable[[], None] = lambda: None,
         on_demand: Callable[[int], None] = lambda requests_left: None,
     ) -> None:
@@ -70,7 +69,6 @@ class PagePipeline(Generic[Request]):
         self._window = window
         self._workers = max(1, workers)
         self.max_waiting_bytes = max_waiting_bytes
-        self._page_bytes_guess = page_bytes_guess
         self._on_bound = on_bound
         self._on_demand = on_demand
         self._changed = threading.Condition()
@@ -79,8 +77,6 @@ class PagePipeline(Generic[Request]):
         self._reading = 0  # index in the plan of the job being read
         self._in_flight = 0
         self._waiting_bytes = 0
-        self._answered_pages = 0
-        self._answered_bytes = 0
         self._sizes: dict[Future[ResultPage], int] = {}
         self._unsent = 0  # pages planned and not yet requested
         self._pool: ThreadPoolExecutor | None = None
@@ -199,9 +195,7 @@ class PagePipeline(Generic[Request]):
         self._on_demand(self._unsent + self._in_flight)
 
     def _over_byte_cap(self) -> bool:
-        average = (self._answered_bytes / self._answered_pages if self._answered_pages
-                   else self._page_bytes_guess)
-        return self._waiting_bytes + (self._in_flight + 1) * average > self.max_waiting_bytes
+        return self._waiting_bytes >= self.max_waiting_bytes
 
     def _submit(self, job: _Job, page: int) -> Future[ResultPage]:
         if self._pool is None:
@@ -239,14 +233,11 @@ class PagePipeline(Generic[Request]):
         with self._changed:
             self._in_flight -= 1  # answered, failed, or cancelled before it was sent
             page = None if future.cancelled() or future.exception() else future.result()
-            if page is not None:
-                self._answered_pages += 1
-                self._answered_bytes += page.byte_size
-                if job.pages.get(number) is future:  # not dropped meanwhile
-                    self._sizes[future] = page.byte_size
-                    self._waiting_bytes += page.byte_size
-                    self.peak_waiting_bytes = max(self.peak_waiting_bytes, self._waiting_bytes)
-                    if page.total_pages is not None and page.total_pages > job.wanted:
-                        # More pages than the job's total promised: they go out next.
-                        self._set_last_page(job, page.total_pages)
+            if page is not None and job.pages.get(number) is future:  # not dropped
+                self._sizes[future] = page.byte_size
+                self._waiting_bytes += page.byte_size
+                self.peak_waiting_bytes = max(self.peak_waiting_bytes, self._waiting_bytes)
+                if page.total_pages is not None and page.total_pages > job.wanted:
+                    # More pages than the job's total promised: they go out next.
+                    self._set_last_page(job, page.total_pages)
             self._changed.notify_all()
