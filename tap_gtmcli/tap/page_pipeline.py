@@ -111,7 +111,7 @@ class PagePipeline(Generic[Request]):
                 if future is None:
                     return
                 page = future.result()
-                self._hand_over(future)
+                self._hand_over(job, number)
                 # No `total_pages` means a single page, as the paginator reads it.
                 last_page = page.total_pages if page.total_pages is not None else number
                 self._set_last_page(job, last_page)
@@ -163,8 +163,10 @@ class PagePipeline(Generic[Request]):
                     return future
                 self._changed.wait()
 
-    def _hand_over(self, future: Future[ResultPage]) -> None:
+    def _hand_over(self, job: _Job, number: int) -> None:
         with self._changed:
+            # Not kept past its turn: a job's pages would otherwise stay until its end.
+            future = job.pages.pop(number)
             self._waiting_bytes -= self._sizes.pop(future, 0)
 
     def _finish(self, job: _Job) -> None:
@@ -183,11 +185,10 @@ class PagePipeline(Generic[Request]):
                 index += 1
                 continue
             page = job.next_to_send
-            readers_next = job is reading and page == number
+            if not (job is reading and page == number) and self._over_byte_cap():
+                break  # the writer is the slow part: a wider window would not help
             if self._in_flight >= self._window():
                 self._on_bound()
-                break
-            if not readers_next and self._over_byte_cap():
                 break
             job.pages[page] = self._submit(job, page)
             job.next_to_send += 1

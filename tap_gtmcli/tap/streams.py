@@ -32,8 +32,9 @@ from tap_gtmcli.tap.result_pages import ResultPage, parse_results_page
 MAX_RESULTS_PER_PAGE = 1000
 PageRequest = tuple[int, requests.PreparedRequest, Context]
 PROGRESS_LOG_SECONDS = 5.0
-#: Pages wait only while the writer is the slow part; 8 MB is 30 pages of 1,000 rows.
-DEFAULT_READ_AHEAD_MB = 8
+#: Pages wait only while the writer is the slow part, or behind a late page; 4 MB is
+#: about 16 pages of 1,000 rows.
+DEFAULT_READ_AHEAD_MB = 4
 
 
 class JobsStream(GTMCLIStream):
