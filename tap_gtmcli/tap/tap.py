@@ -76,7 +76,7 @@ class TapGTMCLI(Tap):
         ),
         th.Property(
             "max_read_ahead_mb",
-            th.NumberType(minimum=0.25),
+            th.NumberType(minimum=1),
             default=DEFAULT_READ_AHEAD_MB,
             title="Max read-ahead (MB)",
             description="Megabytes of result pages, of this job and later ones, fetched "
