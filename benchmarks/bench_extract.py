@@ -3,8 +3,7 @@
 Starts `gtmcli-sandbox` as a subprocess, seeds completed validate and find jobs through
 `/_sandbox/seed`, then times each client extracting every result row, on loopback and
 with 100 ms of latency added to each request. Each figure is the median of `--runs`
-runs; ratios are computed from figures of this same invocation. Writes RESULTS.md
-(keeping the section bench_read_ahead.py writes there).
+runs; ratios are computed from figures of this same invocation. Writes RESULTS.md.
 
     .venv/bin/python benchmarks/bench_extract.py [--rows 1000000] [--quick]
 
@@ -48,6 +47,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import requests
+from results_file import write_section
 
 API_KEY = "bench-key"
 PER_PAGE = 1000
@@ -371,20 +371,6 @@ def table(conditions: list[tuple[str, int, dict[str, Measure]]]) -> tuple[str, l
     return "\n".join(lines), bars
 
 
-#: RESULTS.md also holds bench_read_ahead.py's figures, between these markers; each
-#: script rewrites only its own part.
-READ_AHEAD_BEGIN = "<!-- bench_read_ahead.py -->"
-READ_AHEAD_END = "<!-- /bench_read_ahead.py -->"
-
-
-def read_ahead_section(text: str) -> str:
-    """The part of RESULTS.md that bench_read_ahead.py wrote, markers included."""
-    start, end = text.find(READ_AHEAD_BEGIN), text.find(READ_AHEAD_END)
-    if start < 0 or end < start:
-        return ""
-    return "\n" + text[start:end + len(READ_AHEAD_END)] + "\n"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows on loopback")
@@ -413,7 +399,6 @@ def main() -> None:
     text, bars = table(conditions)
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     report = "\n".join([
-        "# Extraction benchmark", "",
         f"- machine: {machine()}", f"- date: {when}", f"- commit: {commit()}",
         f"- command: `benchmarks/bench_extract.py --rows {args.rows} --latency-rows "
         f"{args.latency_rows} --slow-rows {args.slow_rows} --runs {args.runs}`",
@@ -431,9 +416,7 @@ def main() -> None:
     if args.quick:
         print("(a --quick run: RESULTS.md left as it is)")
     else:
-        results = HERE / "RESULTS.md"
-        kept = read_ahead_section(results.read_text()) if results.exists() else ""
-        results.write_text(report + kept)
+        write_section(HERE / "RESULTS.md", "Extraction benchmark", report)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ answer) and, for the limited cells, `--rate-limit`, seeds completed validate job
 wait4). Every client's row count is checked against the rows seeded, and the sandbox's
 stats give its requests, its 429s and the span from its first request to its last
 answer. The tap runs with its defaults only (api_key and api_url). Writes its tables
-into their own section of RESULTS.md (bench_extract.py keeps it when it rewrites the rest).
+into their own section of RESULTS.md.
 
     .venv/bin/python benchmarks/bench_read_ahead.py [--runs 1] [--quick]
 
@@ -60,21 +60,21 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_extract import (  # a sibling script, not a package
+from bench_extract import (
     API_KEY,
     BIN,
     DLT_VENV,
     HERE,
-    READ_AHEAD_BEGIN,
-    READ_AHEAD_END,
     WORK,
     clean_env,
     commit,
     dlt_config,
     machine,
 )
+from results_file import write_section  # sibling scripts, not a package
 
 PER_PAGE = 1000
+READ_AHEAD_TITLE = "Read-ahead benchmark (results pipelined across jobs)"
 RAW_THREADS = 32
 TAP_RECORD = b'{"type":"RECORD","stream":"job_results"'
 
@@ -414,28 +414,22 @@ def main() -> None:
     bars = free_bars + limited_bars + minute_bars
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     report = "\n".join([
-        "## Read-ahead benchmark (results pipelined across jobs)", "",
         f"- machine: {machine()}", f"- date: {when}", f"- commit: {commit()}",
         f"- command: `benchmarks/bench_read_ahead.py --runs {args.runs} --sequential-jobs "
         f"{args.sequential_jobs}`",
         f"- each figure is the median of {args.runs} run(s); per_page {PER_PAGE}; the "
         f"sequential reader reads the oldest {args.sequential_jobs} jobs only (its rows/s "
         f"does not depend on the job count); took {time.perf_counter() - started:.0f} s",
-        "", "### No rate-limit headers", "", *free, "",
-        "### 50 requests per one-second window", "", *limited, "",
-        *(["### 120 requests per 60-second window", "", *minute, ""] if minute else []),
-        "### Bars", "", *[f"- {bar}" for bar in bars], "",
+        "", "## No rate-limit headers", "", *free, "",
+        "## 50 requests per one-second window", "", *limited, "",
+        *(["## 120 requests per 60-second window", "", *minute, ""] if minute else []),
+        "## Bars", "", *[f"- {bar}" for bar in bars], "",
     ])
     print(report)
     if args.quick:
         print("(a --quick run: RESULTS.md left as it is)")
         return
-    results = HERE / "RESULTS.md"
-    text = results.read_text() if results.exists() else ""
-    start, end = text.find(READ_AHEAD_BEGIN), text.find(READ_AHEAD_END)
-    if start >= 0 and end > start:
-        text = text[:start].rstrip("\n") + text[end + len(READ_AHEAD_END):]
-    results.write_text(f"{text.rstrip()}\n\n{READ_AHEAD_BEGIN}\n{report}{READ_AHEAD_END}\n")
+    write_section(HERE / "RESULTS.md", READ_AHEAD_TITLE, report)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 1. Meltano into `.venv-meltano` and the plugins the demo needs (reused when unchanged).
 2. The GTMCLI sandbox in the background; its jobs are kept in `output/gtmcli-sandbox.db`.
-3. Submit: sample contacts -> mapper-gtmcli (validate) -> GTMCLI jobs; ledger to output/.
-4. Extract: tap-gtmcli -> DuckDB, incrementally, until every submitted job is loaded.
-5. Enrich: the contacts again, with their GTMCLI results attached, into DuckDB.
+3. Submit and collect in one `meltano run gtmcli-validate-and-collect`: sample contacts ->
+   mapper-gtmcli (validate) -> GTMCLI jobs (ledger to output/), then tap-gtmcli -> DuckDB,
+   which waits for the jobs just submitted and loads them with their results.
+4. Enrich: the contacts again, with their GTMCLI results attached, into DuckDB.
+5. Extract again: only what is new (the enrich step's own jobs) is loaded.
 6. A summary read from the warehouse, then the sandbox stops.
 
 A second run loads only what is new: the contacts file is bookmarked by its mtime and
@@ -30,8 +32,7 @@ OUTPUT = PROJECT_ROOT / "output"
 WAREHOUSE = OUTPUT / "warehouse.duckdb"
 STATE_DB = OUTPUT / "meltano.db"
 SUMMARY_SCRIPT = Path(__file__).with_name("warehouse_summary.py")
-JOB_WAIT_SECONDS = 120.0
-STEPS = 8
+STEPS = 7
 
 
 def sandbox_environment(url: str) -> dict[str, str]:
@@ -75,24 +76,22 @@ def run_demo() -> None:
         say(f"      listening on {url} (jobs kept in {sandbox.db_path.relative_to(PROJECT_ROOT)})")
     try:
         env = sandbox_environment(url)
-        with step("Submit contacts: meltano run gtmcli-submit "
-                  "(tap-spreadsheets -> gtmcli-validate -> target-jsonl)", 4, STEPS):
-            project.run(["run", "gtmcli-submit"], log_name="submit", env=env, on_progress=show)
-        with step("Extract, incremental run 1: meltano run gtmcli-extract "
-                  "(tap-gtmcli -> target-duckdb)", 5, STEPS):
-            report_loaded(project.run(["run", "gtmcli-extract"], log_name="extract-1", env=env,
+        with step("Submit and collect: meltano run gtmcli-validate-and-collect "
+                  "(tap-spreadsheets -> gtmcli-validate -> target-jsonl, then tap-gtmcli -> "
+                  "target-duckdb, waiting for the new jobs)", 4, STEPS):
+            report_loaded(project.run(["run", "gtmcli-validate-and-collect"],
+                                      log_name="validate-and-collect", env=env,
                                       on_progress=show))
         with step("Enrich contacts: meltano run gtmcli-enrich-contacts "
-                  "(tap-spreadsheets -> gtmcli-enrich -> target-duckdb)", 6, STEPS):
+                  "(tap-spreadsheets -> gtmcli-enrich -> target-duckdb)", 5, STEPS):
             report_loaded(project.run(["run", "gtmcli-enrich-contacts"], log_name="enrich",
                                       env=env, on_progress=show))
-        with step("Wait for every job, then extract, incremental run 2", 7, STEPS):
-            jobs = sandbox.wait_until_jobs_settle(JOB_WAIT_SECONDS)
-            say(f"      sandbox: {len(jobs)} jobs, all completed or failed")
+        with step("Extract, incremental run 2: meltano run gtmcli-extract "
+                  "(the enrich step's jobs)", 6, STEPS):
             report_loaded(project.run(["run", "gtmcli-extract"], log_name="extract-2", env=env,
                                       on_progress=show))
-        with step("Summary from the warehouse", 8, STEPS):
-            summarize(project, jobs)
+        with step("Summary from the warehouse", 7, STEPS):
+            summarize(project, sandbox.jobs())
     finally:
         sandbox.stop()
     say(f"\nDemo finished in {time.monotonic() - started:.0f}s. Warehouse: "

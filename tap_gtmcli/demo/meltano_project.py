@@ -22,7 +22,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 #: Lines of Meltano's output worth showing as progress.
 PROGRESS_PATTERN = re.compile(
     r"Submitted \d+ GTMCLI jobs|Rejected \d+ records|new or changed jobs|"
-    r"Loading \d+ rows into|results done|No state was found|Incremental state has been updated"
+    r"Loading \d+ rows into|results done|No state was found|Incremental state has been updated|"
+    r"waiting up to|stopped waiting|wait_for_jobs \(\d+ s\) is up"
 )
 LOADED_PATTERN = re.compile(r"Loading (\d+) rows into '\"[^\"]+\"\.\"[^\"]+\"\.\"([^\"]+)\"'")
 LOG_LINE_PREFIX = re.compile(r"^\S+Z \[\w+\s*\] ")

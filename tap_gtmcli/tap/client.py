@@ -1,5 +1,6 @@
 """The one place that holds GTMCLI's API policy for the tap's streams: base URL, auth,
-timeouts, error classes, retries and what to do with fields we do not know yet."""
+timeouts, error classes, retries and what to do with fields we do not know yet (and, in
+BATCH mode, that every stream of a tap shares one spool of files)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from singer_sdk import RESTStream, SchemaDirectory, StreamSchema, Tap
 from singer_sdk.authenticators import BearerTokenAuthenticator
+from singer_sdk.helpers._batch import BaseBatchFileEncoding, BatchConfig
 from singer_sdk.helpers.conform import TypeConformanceLevel
 from singer_sdk.helpers.types import Context, Record
 from singer_sdk.singerlib import RecordMessage
@@ -30,6 +32,7 @@ from tap_gtmcli.api.errors import (
 )
 from tap_gtmcli.api.retry import TRANSIENT_EXCEPTIONS, RetryPolicy, parse_retry_after
 from tap_gtmcli.tap import schemas
+from tap_gtmcli.tap.batch_files import BatchSpool, spool_for
 from tap_gtmcli.tap.in_flight_window import InFlightWindow, Outcome
 from tap_gtmcli.tap.pagination import TotalPagesPaginator
 from tap_gtmcli.tap.rate_gate import RateGate
@@ -42,6 +45,8 @@ WHOLE_BODY_CHUNK = 4 * 1024 * 1024
 #: worker shares them.
 _RATE_GATES: WeakKeyDictionary[Tap, RateGate] = WeakKeyDictionary()
 _WINDOWS: WeakKeyDictionary[Tap, InFlightWindow] = WeakKeyDictionary()
+#: One spool per tap in BATCH mode: a flush must announce the files of every stream.
+_BATCH_SPOOLS: WeakKeyDictionary[Tap, BatchSpool] = WeakKeyDictionary()
 
 
 class _WholeBodyAdapter(HTTPAdapter):
@@ -192,6 +197,39 @@ class GTMCLIStream(RESTStream[int]):
         raise_for_response(response, retry_after)
         check_json_object(response)  # a truncated body is retried, not parsed
 
+    @cached_property
+    def batch_spool(self) -> BatchSpool | None:
+        """The tap's spool of BATCH files, or None when `batch_config` is not set."""
+        batch_config = self.get_batch_config(self.config)
+        if batch_config is None:
+            return None
+        tap = self._tap
+        if tap not in _BATCH_SPOOLS:
+
+            def announce(stream: str, url: str) -> None:
+                tap.streams[stream]._write_batch_message(batch_config.encoding, [url])
+
+            _BATCH_SPOOLS[tap] = spool_for(
+                batch_config, file_prefix=f"{tap.name}--", announce=announce,
+                write_state=lambda: tap.state_writer.write_state(tap.state),
+            )
+        return _BATCH_SPOOLS[tap]
+
+    @override
+    def get_batches(
+        self, batch_config: BatchConfig, context: Context | None = None
+    ) -> Iterable[tuple[BaseBatchFileEncoding, list[str]]]:
+        # The spool writes the BATCH and STATE messages itself: the SDK would write a
+        # STATE after each batch of one stream, settling jobs whose rows are still in
+        # another stream's open file.
+        spool = self.batch_spool
+        assert spool is not None  # the SDK calls this only when batch_config is set
+        for record in self._sync_records(context, write_messages=False):
+            spool.add_rows(self.name, [record])
+        if self.parent_stream_type is None:
+            spool.flush()  # the end of the run: every file announced, then a STATE
+        yield from ()
+
     @override
     def get_new_paginator(self) -> TotalPagesPaginator:
         return TotalPagesPaginator()
@@ -259,3 +297,4 @@ class GTMCLIStream(RESTStream[int]):
                     version=self._stream_version,
                     time_extracted=datetime.now(timezone.utc),
                 )
+

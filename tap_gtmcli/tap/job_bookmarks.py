@@ -78,13 +78,18 @@ class JobBookmarks:
             return True
         if job_id in self.open_jobs:
             self._listed_open_ids.add(job_id)
-            if _fingerprint(job) != {
-                key: self.open_jobs[job_id].get(key) for key in ("status", "completed")
-            }:
+            if self.has_changed(job):
                 self._candidates[job_id] = dict(job)
         elif self.is_new(job_id, created_at):
             self._candidates[job_id] = dict(job)
         return True
+
+    def has_changed(self, job: Mapping[str, Any]) -> bool:
+        """True when an open job's status or progress differs from what was emitted."""
+        emitted = self.open_jobs.get(str(job.get("id")))
+        if emitted is None:
+            return True
+        return _fingerprint(job) != {key: emitted.get(key) for key in ("status", "completed")}
 
     def observe_all(self, jobs: Iterable[Mapping[str, Any]]) -> None:
         """Observe listed jobs until the list reaches settled history."""

@@ -11,8 +11,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from functools import cached_property
 from typing import Any
+from urllib.parse import quote
 
-import msgspec
 import requests
 from singer_sdk import metrics
 from singer_sdk.helpers.conform import TypeConformanceLevel
@@ -24,6 +24,7 @@ from tap_gtmcli.api.errors import GTMCLINotFoundError, decode_json
 from tap_gtmcli.api.timestamps import parse_timestamp
 from tap_gtmcli.tap.client import GTMCLIStream
 from tap_gtmcli.tap.job_bookmarks import JobBookmarks
+from tap_gtmcli.tap.job_waiter import OpenJobsWaiter, PollSchedule, counted
 from tap_gtmcli.tap.message_writer import TapMessageWriter
 from tap_gtmcli.tap.page_pipeline import PagePipeline
 from tap_gtmcli.tap.record_lines import RecordLineBuilder
@@ -80,8 +81,8 @@ class JobsStream(GTMCLIStream):
             for job in to_emit:
                 yield job
                 # Reached only after the SDK has synced this job's results.
-                bookmarks.settle(job)
-                self._checkpoint()
+                self._settle(job)
+            yield from self._wait_for_open_jobs(bookmarks)
 
     @contextmanager
     def _results_read_ahead(self, jobs: list[dict[str, Any]]) -> Iterator[None]:
@@ -96,6 +97,61 @@ class JobsStream(GTMCLIStream):
         finally:
             for reader in readers:
                 reader.stop_reading_ahead()
+
+    def _settle(self, job: dict[str, Any]) -> None:
+        spool = self.batch_spool
+        if spool is not None:
+            # BATCH mode: the job's rows may still be in open files; its bookmark moves
+            # once they are announced.
+            spool.job_done(lambda: self.bookmarks.settle(job))
+            return
+        self.bookmarks.settle(job)
+        self._checkpoint()
+
+    def _wait_for_open_jobs(self, bookmarks: JobBookmarks) -> Iterator[dict[str, Any]]:
+        """With `wait_for_jobs`, emit each open job the moment it finishes (job_waiter)."""
+        if self.batch_spool is not None:
+            # The waiter reads the open jobs from the bookmarks, so every settle must be
+            # applied first; and what is extracted reaches the target before a long wait.
+            self.batch_spool.flush()
+        waiter = OpenJobsWaiter(
+            bookmarks.open_jobs, source=self, logger=self.logger,
+            wait_seconds=float(self.config.get("wait_for_jobs") or 0),
+            schedule=PollSchedule.from_settings(self.config),
+        )
+        for job in waiter.finished_jobs():
+            yield job
+            self._settle(job)
+        for job_id in waiter.vanished:
+            bookmarks.forget(job_id)
+        if waiter.checks == 0 or not waiter.still_open:
+            return
+        for latest in waiter.still_open.values():
+            if latest is not None and bookmarks.has_changed(latest):
+                yield latest  # its latest progress, so the warehouse shows where it stands
+                self._settle(latest)
+        work = waiter.open_work()
+        self.logger.warning(
+            "wait_for_jobs (%s s) is up with %s still unfinished, %s of %s items not yet "
+            "processed; they stay open in state and the next run picks them up",
+            self.config.get("wait_for_jobs"), counted(work.jobs, "job"), f"{work.items_open:,}",
+            f"{work.items_total:,}",
+        )
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        """GET /v1/jobs/{id} under the API policy; None when GTMCLI answers 404."""
+        request = self.build_prepared_request(
+            method="GET", url=f"{self.url_base}/v1/jobs/{quote(job_id, safe='')}",
+            headers=self.http_headers,
+        )
+        try:
+            return decode_json(self.send_with_retries(request, None))
+        except GTMCLINotFoundError:
+            return None
+
+    def list_jobs(self) -> Iterable[dict[str, Any]]:
+        """GET /v1/jobs, newest first, further pages read only as iterated."""
+        return self.request_records(None)
 
     def _checkpoint(self) -> None:
         # The SDK writes STATE only every 10,000 records; after each settled job is
@@ -162,7 +218,10 @@ class JobResultsStream(GTMCLIStream):
                         yield from page.rows
                         continue
                     # Written here, in order, before the SDK writes this job's STATE.
-                    self.writer.write_record_lines(page.record_lines)
+                    if self.batch_spool is not None:
+                        self.batch_spool.add_lines(self.name, page.record_lines, page.row_count)
+                    else:
+                        self.writer.write_record_lines(page.record_lines)
                     self._record_counter.increment(page.row_count)
         except GTMCLINotFoundError:
             self.logger.warning(
@@ -252,16 +311,14 @@ class JobResultsStream(GTMCLIStream):
             self.fold_unknown_fields(row)
         if not self.writes_pages_directly:
             return parsed
-        lines = msgspec.json.Encoder().encode_lines([
-            {"type": "RECORD", "stream": self.name, "record": row, "time_extracted": extracted_at}
-            for row in parsed.rows
-        ])
+        lines = self.record_line_builder.encode_rows(parsed.rows, extracted_at)
         return dataclasses.replace(parsed, record_lines=lines)
 
     @cached_property
     def record_line_builder(self) -> RecordLineBuilder:
-        """Splices RECORD lines from pages whose rows hold only known fields."""
-        return RecordLineBuilder(self.name, self.schema["properties"])
+        """Splices RECORD lines (BATCH mode: bare rows) from pages of known fields."""
+        return RecordLineBuilder(self.name, self.schema["properties"],
+                                 envelope=self.batch_spool is None)
 
     @override
     def post_process(self, row: Record, context: Context | None = None) -> Record | None:
@@ -282,10 +339,11 @@ class JobResultsStream(GTMCLIStream):
         fields selected, no type conformance, the default stream map without
         flattening, and no dry-run record limit. The path costs more CPU than the whole
         rest of an extraction; anything else (a catalog deselecting fields, stream maps,
-        flattening, `--test`) takes it as usual.
+        flattening, `--test`) takes it as usual. In BATCH mode pages always go straight
+        into the files: the SDK does not map file contents either.
         """
         stream_map = self.stream_maps[0]
-        return (
+        return self.batch_spool is not None or (
             isinstance(self._tap.message_writer, TapMessageWriter)
             and self._record_path_is_trivial
             and self.ABORT_AT_RECORD_COUNT is None

@@ -6,12 +6,18 @@ from typing import ClassVar
 
 from singer_sdk import Tap
 from singer_sdk import typing as th
+from singer_sdk.exceptions import ConfigValidationError
 from singer_sdk.helpers.capabilities import CapabilitiesEnum, PluginCapabilities, TapCapabilities
 from typing_extensions import override
 
 from tap_gtmcli.api.redaction import redact_secrets_in_logs
 from tap_gtmcli.api.settings import API_KEY, API_URL, MAX_RETRIES, REQUEST_TIMEOUT
 from tap_gtmcli.tap.in_flight_window import LIMITED_CAP, POLITE_CAP
+from tap_gtmcli.tap.job_waiter import (
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_POLL_INTERVAL_MAX,
+    PollSchedule,
+)
 from tap_gtmcli.tap.message_writer import TapMessageWriter
 from tap_gtmcli.tap.streams import (
     DEFAULT_READ_AHEAD_MB,
@@ -27,8 +33,9 @@ class TapGTMCLI(Tap):
     name = "tap-gtmcli"
     message_writer_class = TapMessageWriter
     # Not ACTIVATE_VERSION: runs are incremental, and a version message would tell the
-    # target to drop every row an earlier run loaded. Not BATCH: untested here.
+    # target to drop every row an earlier run loaded. BATCH: see batch_files.py.
     capabilities: ClassVar[list[CapabilitiesEnum]] = [
+        PluginCapabilities.BATCH,
         TapCapabilities.CATALOG,
         TapCapabilities.STATE,
         TapCapabilities.DISCOVER,
@@ -83,11 +90,42 @@ class TapGTMCLI(Tap):
             "ahead and waiting for their turn to be written; keeps memory bounded "
             "whatever the window.",
         ),
+        th.Property(
+            "wait_for_jobs",
+            th.IntegerType(minimum=0),
+            default=0,
+            title="Wait for jobs",
+            description="Seconds a run keeps checking jobs still pending or processing "
+            "(new ones, or open ones from earlier runs), emitting each job and its results "
+            "the moment it finishes. When the time is up the run exits 0 with a warning, "
+            "and jobs still open stay in state for the next run. 0: do not wait.",
+        ),
+        th.Property(
+            "poll_interval",
+            th.NumberType(exclusive_minimum=0),
+            default=DEFAULT_POLL_INTERVAL,
+            title="Poll interval",
+            description="While waiting (`wait_for_jobs`): seconds before the first check; "
+            "each later check waits 1.5 times longer, up to `poll_interval_max`. One request "
+            "per check covers every open job.",
+        ),
+        th.Property(
+            "poll_interval_max",
+            th.NumberType(exclusive_minimum=0),
+            default=DEFAULT_POLL_INTERVAL_MAX,
+            title="Poll interval max",
+            description="While waiting (`wait_for_jobs`): the longest pause between two "
+            "checks, in seconds.",
+        ),
     ).to_dict()
 
     @override
     def discover_streams(self) -> list[JobsStream | JobResultsStream]:
         redact_secrets_in_logs(str(self.config.get("api_key") or ""))
+        try:
+            PollSchedule.from_settings(self.config)
+        except ValueError as error:  # before any request, not after a long extraction
+            raise ConfigValidationError(str(error), errors=[str(error)]) from None
         return [JobsStream(self), JobResultsStream(self)]
 
 

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from tap_gtmcli.demo.generate_contacts import CSV_PATH
 from tap_gtmcli.demo.meltano_project import MeltanoRun
+from tap_gtmcli.demo.sandbox_process import SandboxProcess
 
 from .conftest import Pipelines, PostgresServer
 
@@ -133,3 +138,64 @@ def test_enrich_mapping_lands_enriched_contacts(
     assert good <= set(enriched)
     submissions = duckdb_query(warehouse, "select job_id, item_count from gtmcli.gtmcli_submissions")
     assert {job_id for *_, job_id in enriched.values()} == {row[0] for row in submissions}
+
+
+def start_jobs_once_waiting(sandbox: SandboxProcess, log_path: Path, line: str) -> None:
+    """Push the sandbox clock an hour on once `line` shows in the run's log (or after a
+    minute without it, so that a tap that does not wait fails the test, not hangs it)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if log_path.exists() and line in log_path.read_text(errors="replace"):
+            break
+        time.sleep(0.2)
+    requests.post(f"{sandbox.url}/_sandbox/clock", json={"advance": 3600}, timeout=30,
+                  headers={"Authorization": f"Bearer {sandbox.api_key}"}).raise_for_status()
+
+
+def test_validate_and_collect_lands_the_results_of_its_own_submission_in_one_run(
+    pipelines: Pipelines, duckdb_query: Callable[[Path, str], list[list[Any]]],
+) -> None:
+    warehouse = pipelines.workdir / "duckdb-collect.duckdb"
+    log_path = pipelines.project.log_dir / "validate-and-collect.log"
+    # A sandbox of its own whose jobs start only when its clock is pushed an hour on:
+    # that happens once tap-gtmcli logs that it waits, so it surely found the job open.
+    sandbox = SandboxProcess(pipelines.workdir / "collect-sandbox.db",
+                             pipelines.workdir / "logs" / "collect-sandbox.log",
+                             extra_args=("--start-delay", "3600", "--processing-rate", "1000"))
+    url = sandbox.start()
+    starter = threading.Thread(target=start_jobs_once_waiting,
+                               args=(sandbox, log_path, "waiting up to"), daemon=True)
+    try:
+        starter.start()
+        # A state of its own too, so the contacts are submitted whatever ran before.
+        run = pipelines.run(
+            "--state-id-suffix", "collect", "gtmcli-validate-and-collect",
+            log_name="validate-and-collect",
+            env={"TARGET_DUCKDB_FILEPATH": str(warehouse), "TAP_GTMCLI_API_URL": url,
+                 "MAPPER_GTMCLI_API_URL": url},
+        )
+        starter.join()
+        (job,) = sandbox.jobs()
+        items = sandbox.get(f"/_sandbox/jobs/{job['id']}/items")["items"]
+    finally:
+        sandbox.stop()
+
+    log = run.log_path.read_text()
+    assert "sandbox-key" not in log  # the dev environment's API key
+    assert "waiting up to 600 s for 1 job" in log
+    assert re.search(r"stopped waiting after [\d.]+ s and \d+ checks?: 1 finished, 0 still open",
+                     log)
+    assert job["type"] == "validate" and job["status"] == "completed"
+    with CSV_PATH.open(encoding="utf-8") as handle:
+        contact_emails = {row["email"].strip().lower() for row in csv.DictReader(handle)}
+    assert len(items) == job["total"] > 1000
+    assert {item["email"] for item in items} <= contact_emails
+    assert duckdb_query(warehouse, "select id, status, total from gtmcli.jobs") == [
+        [job["id"], "completed", job["total"]],
+    ]
+    # Every submitted contact's result, item k in row k, each once.
+    rows = duckdb_query(warehouse, "select job_id, row_number, email from gtmcli.job_results "
+                                   "order by row_number")
+    assert rows == [[job["id"], n, item["email"]] for n, item in enumerate(items, start=1)]
+    state = pipelines.state("dev:tap-gtmcli-to-target-duckdb:collect")
+    assert state["singer_state"]["bookmarks"]["jobs"]["open_jobs"] == {}

@@ -66,3 +66,27 @@ def test_empty_objects_and_spacing_still_make_valid_lines():
 )
 def test_pages_the_splice_cannot_vouch_for_take_the_dict_path(body):
     assert build(body) is None
+
+
+@pytest.mark.parametrize("job_type", ["validate", "find"])
+def test_bare_lines_for_batch_files_are_the_records_of_the_record_lines(sandbox, job_type):
+    job_id = sandbox.seed_jobs(job_type, 150)[0]
+    body = requests.get(f"{sandbox.url}/v1/jobs/{job_id}/results", params={"page": 1, "per_page": 100},
+                        headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10).content
+    bare = RecordLineBuilder("job_results", SCHEMA_FIELDS, envelope=False).build(
+        body, job_id="job_1", job_type="validate", requested_page=1, per_page=100,
+        extracted_at="2026-11-28T00:00:00+00:00")
+    enveloped = build(body, per_page=100)  # job_1, validate, the same page
+    assert bare is not None and enveloped is not None
+    rows = [msgspec.json.decode(line) for line in bare.lines.splitlines()]
+    assert rows == [msgspec.json.decode(line)["record"] for line in enveloped.lines.splitlines()]
+    assert bare.lines.endswith(b"}\n") and bare.row_count == 100
+
+
+def test_rows_of_the_dict_path_encode_to_the_same_kind_of_line():
+    rows = [{"email": "a@b.c", "row_number": 1, "additional_fields": {"priority": "high"}}]
+    bare = RecordLineBuilder("job_results", SCHEMA_FIELDS, envelope=False)
+    assert msgspec.json.decode(bare.encode_rows(rows, "2026-11-28T00:00:00+00:00")) == rows[0]
+    record = msgspec.json.decode(builder().encode_rows(rows, "2026-11-28T00:00:00+00:00"))
+    assert record == {"type": "RECORD", "stream": "job_results", "record": rows[0],
+                      "time_extracted": "2026-11-28T00:00:00+00:00"}

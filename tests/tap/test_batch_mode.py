@@ -1,0 +1,198 @@
+"""tap-gtmcli with `batch_config`: BATCH files hold exactly the rows RECORD mode emits, and
+no STATE settles a job before its job row and all its result rows are in announced files."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tap_gtmcli.api.timestamps import parse_timestamp
+from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
+from tests.tap.conftest import API_KEY, TAP, TapRun, run_tap
+from tests.tap.test_wait_for_jobs import (
+    RATE,
+    RESULTS,
+    START_DELAY,
+    WAIT_SETTINGS,
+    create_jobs,
+    run_tap_watched,
+    start_jobs,
+    truth,
+)
+
+BATCH_SIZE = 700
+
+
+def batch_config(directory: Path, **overrides: Any) -> dict[str, Any]:
+    return {"encoding": {"format": "jsonl", "compression": "gzip"},
+            "storage": {"root": directory.as_uri()}, "batch_size": BATCH_SIZE, **overrides}
+
+
+def file_rows(url: str) -> list[dict[str, Any]]:
+    path = Path(url.removeprefix("file://"))
+    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    return [json.loads(line) for line in data.splitlines()]
+
+
+def batch_rows(messages: list[dict[str, Any]], stream: str) -> list[dict[str, Any]]:
+    """The rows of `stream` in every file the BATCH messages name, in order."""
+    return [row for m in messages if m["type"] == "BATCH" and m["stream"] == stream
+            for url in m["manifest"] for row in file_rows(url)]
+
+
+def settled_jobs(state: dict[str, Any], jobs: list[dict[str, Any]]) -> set[str]:
+    """The jobs a STATE tells a resumed run to skip: up to its newest job, not open."""
+    bookmark = state.get("bookmarks", {}).get("jobs", {})
+    newest = parse_timestamp(bookmark.get("newest_created_at"))
+    if newest is None:
+        return set()
+    settled = set()
+    for job in jobs:
+        created_at = parse_timestamp(job["created_at"])
+        assert created_at is not None
+        if job["id"] in bookmark.get("open_jobs", {}):
+            continue
+        if created_at < newest or job["id"] in bookmark.get("newest_ids", []):
+            settled.add(job["id"])
+    return settled
+
+
+def assert_no_key(run: TapRun, directory: Path) -> None:
+    assert API_KEY not in run.stdout + run.stderr
+    for path in directory.iterdir():
+        assert API_KEY.encode() not in gzip.decompress(path.read_bytes())
+
+
+@pytest.fixture
+def seeded(sandbox):
+    for job_type, rows in [("validate", 1500), ("find", 40), ("validate", 10), ("find", 900)]:
+        sandbox.seed_jobs(job_type, rows)
+        sandbox.advance_clock(1)
+
+
+def test_batch_files_hold_exactly_the_rows_record_mode_emits(sandbox, seeded, tmp_path):
+    config = {"api_key": API_KEY, "api_url": sandbox.url, "results_per_page": 200}
+    records = run_tap(tmp_path, config)
+    batch_dir = tmp_path / "batches"
+    batched = run_tap(tmp_path, {**config, "batch_config": batch_config(batch_dir)})
+    assert records.returncode == 0, records.stderr
+    assert batched.returncode == 0, batched.stderr
+
+    assert not [m for m in batched.messages if m["type"] == "RECORD"]
+    for stream, key in [("jobs", ("id",)), ("job_results", ("job_id", "row_number"))]:
+        expected = sorted(records.records(stream), key=lambda row: [row[k] for k in key])
+        got = sorted(batch_rows(batched.messages, stream), key=lambda row: [row[k] for k in key])
+        assert got == expected, stream  # same rows, same keys, same values
+    assert len(batch_rows(batched.messages, "job_results")) == 1500 + 40 + 10 + 900
+    # Files of at most batch_size rows, each named by one BATCH message with its encoding.
+    batches = [m for m in batched.messages if m["type"] == "BATCH"]
+    assert all(len(file_rows(url)) <= BATCH_SIZE for m in batches for url in m["manifest"])
+    assert {json.dumps(m["encoding"], sort_keys=True) for m in batches} == {
+        json.dumps({"format": "jsonl", "compression": "gzip"}, sort_keys=True)}
+    assert sorted(path.as_uri() for path in batch_dir.iterdir()) == sorted(
+        url for m in batches for url in m["manifest"])
+    # Both runs leave the same incremental state.
+    assert batched.last_state is not None and records.last_state is not None
+    for field in ("newest_created_at", "newest_ids", "open_jobs"):
+        assert (batched.last_state["bookmarks"]["jobs"][field]
+                == records.last_state["bookmarks"]["jobs"][field])
+    assert_no_key(batched, batch_dir)
+
+
+def test_no_state_settles_a_job_before_its_rows_are_in_announced_files(
+    sandbox, seeded, tmp_path
+):
+    batch_dir = tmp_path / "batches"
+    run = run_tap(tmp_path, {"api_key": API_KEY, "api_url": sandbox.url,
+                             "results_per_page": 200, "batch_config": batch_config(batch_dir)})
+    assert run.returncode == 0, run.stderr
+    jobs = sorted(batch_rows(run.messages, "jobs"), key=lambda job: job["created_at"])
+    # At least one STATE between flushes (batch_size 700 of 2,450 rows), then the last.
+    assert assert_states_follow_files(run.messages) >= 3
+    assert settled_jobs(run.messages[-1]["value"], jobs) == {job["id"] for job in jobs}
+    assert_no_key(run, batch_dir)
+
+
+def assert_states_follow_files(messages: list[dict[str, Any]]) -> int:
+    """Every job a STATE settles has its job row (as last emitted) and all its result rows
+    in files named by earlier BATCH messages; returns the number of STATEs checked."""
+    latest = {job["id"]: job for job in batch_rows(messages, "jobs")}
+    jobs = sorted(latest.values(), key=lambda job: job["created_at"])
+    states_checked = 0
+    for index, message in enumerate(messages):
+        if message["type"] != "STATE":
+            continue
+        # A target that received everything up to here, and nothing after it.
+        before = messages[:index]
+        announced_jobs = {(row["id"], row["status"]) for row in batch_rows(before, "jobs")}
+        announced_results: dict[str, int] = {}
+        for row in batch_rows(before, "job_results"):
+            announced_results[row["job_id"]] = announced_results.get(row["job_id"], 0) + 1
+        for job_id in settled_jobs(message["value"], jobs):
+            job = latest[job_id]
+            assert (job_id, job["status"]) in announced_jobs, (
+                f"STATE #{index} settles {job_id} before its row")
+            if job["status"] == "completed":
+                assert announced_results.get(job_id, 0) == job["total"], (
+                    f"STATE #{index} settles {job_id} before all its result rows")
+        states_checked += 1
+    return states_checked
+
+
+@pytest.fixture
+def slow_sandbox() -> Iterator[SandboxServer]:
+    """Jobs start only when the test moves the clock (as in test_wait_for_jobs.py)."""
+    with SandboxServer(SandboxConfig(api_key=API_KEY, start_delay=START_DELAY,
+                                     processing_rate=RATE)) as server:
+        yield server
+
+
+def test_wait_for_jobs_in_batch_mode_keeps_the_state_rule(slow_sandbox, tmp_path):
+    job_ids = create_jobs(slow_sandbox, [300, 800, 3000])
+    batch_dir = tmp_path / "batches"
+    config = {"api_key": API_KEY, "api_url": slow_sandbox.url, "wait_for_jobs": 60,
+              **WAIT_SETTINGS, "batch_config": batch_config(batch_dir)}
+
+    def start_when_waiting(message: dict[str, Any], messages: list[dict[str, Any]]) -> None:
+        # The flush before the wait names the three pending jobs, then writes a STATE.
+        if (message["type"] == "STATE" and not slow_sandbox.stats()["requests"].get(RESULTS)
+                and len(batch_rows(messages, "jobs")) == 3):
+            start_jobs(slow_sandbox)
+
+    run = run_tap_watched(tmp_path, config, start_when_waiting)
+    assert run.returncode == 0, run.stderr
+    assert [(job["id"], job["status"]) for job in batch_rows(run.messages, "jobs")] == [
+        *[(job_id, "pending") for job_id in job_ids],
+        *[(job_id, "completed") for job_id in job_ids],
+    ]
+    keys = [(row["job_id"], row["row_number"]) for row in batch_rows(run.messages, "job_results")]
+    assert len(keys) == len(set(keys)) and set(keys) == truth(slow_sandbox, job_ids)
+    assert assert_states_follow_files(run.messages) >= 2
+    assert run.last_state is not None
+    assert run.last_state["bookmarks"]["jobs"]["open_jobs"] == {}
+    assert_no_key(run, batch_dir)
+
+
+def test_a_batch_encoding_the_tap_cannot_write_fails_naming_the_field(
+    sandbox, seeded, tmp_path
+):
+    config = {"api_key": API_KEY, "api_url": sandbox.url,
+              "batch_config": batch_config(tmp_path / "batches",
+                                           encoding={"format": "parquet"})}
+    run = run_tap(tmp_path, config)
+    assert run.returncode != 0
+    assert "batch_config.encoding.format 'parquet' is not supported by tap-gtmcli" in run.stderr
+    assert API_KEY not in run.stdout + run.stderr
+
+
+def test_about_declares_the_batch_capability():
+    about = json.loads(subprocess.run([TAP, "--about", "--format=json"], capture_output=True,
+                                      text=True, check=True).stdout)
+    assert "batch" in about["capabilities"]
+    assert "batch_config" in about["settings"]["properties"]

@@ -1,0 +1,327 @@
+"""`wait_for_jobs`: the tap console script against a sandbox whose jobs take time.
+
+Jobs are created with a start delay of an hour, so none moves until a test pushes the
+sandbox clock, at the moment it chooses (when the tap has emitted every job and begun
+to wait). From then on they process at `RATE` items per second of real time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
+from tap_gtmcli.tap.job_waiter import PollSchedule
+from tests.tap.conftest import API_KEY, TAP, TapRun, run_tap
+
+START_DELAY = 3600.0
+RATE = 2000.0
+LIST = "GET /v1/jobs"
+ONE_JOB = "GET /v1/jobs/{id}"
+RESULTS = "GET /v1/jobs/{id}/results"
+CHECKS = re.compile(r"stopped waiting after [\d.]+ s and (\d+) checks?:")
+WAIT_SETTINGS = {"poll_interval": 0.2, "poll_interval_max": 1.0, "results_per_page": 500}
+
+#: What a test does when the tap has emitted a message: "kill" stops the tap.
+Watcher = Callable[[dict[str, Any], list[dict[str, Any]]], str | None]
+
+
+@pytest.fixture
+def slow_sandbox() -> Any:
+    with SandboxServer(SandboxConfig(api_key=API_KEY, start_delay=START_DELAY,
+                                     processing_rate=RATE)) as server:
+        yield server
+
+
+def create_jobs(sandbox: SandboxServer, sizes: list[int]) -> list[str]:
+    ids = []
+    for number, size in enumerate(sizes):
+        items = [{"email": f"person{n}@job{number}.example.com"} for n in range(size)]
+        ids.append(sandbox.create_job("validate", items)["id"])
+        sandbox.advance_clock(1)  # distinct created_at, so the order is plain
+    return ids
+
+
+def start_jobs(sandbox: SandboxServer) -> None:
+    """Push the clock so that the last job created starts now, each earlier one a second
+    before the next (create_jobs spaced them so)."""
+    sandbox.advance_clock(START_DELAY - 1)
+
+
+def assert_key_absent(*outputs: str) -> None:
+    for output in outputs:
+        assert API_KEY not in output
+        assert API_KEY.split("_", 2)[-1] not in output  # nor a part of it
+
+
+def is_record(message: dict[str, Any], stream: str) -> bool:
+    return message["type"] == "RECORD" and message["stream"] == stream
+
+
+def when_waiting(job_count: int, action: Callable[[], str | None]) -> Watcher:
+    """Calls `action` once, at the STATE after the tap has emitted all `job_count` jobs
+    (each was pending, so the tap now waits for them)."""
+    done = []
+
+    def watch(message: dict[str, Any], messages: list[dict[str, Any]]) -> str | None:
+        if done or message["type"] != "STATE":
+            return None
+        emitted = {m["record"]["id"] for m in messages if is_record(m, "jobs")}
+        if len(emitted) < job_count:
+            return None
+        done.append(True)
+        return action()
+
+    return watch
+
+
+def run_tap_watched(
+    tmp_path: Path, config: dict[str, Any], watch: Watcher, state: dict | None = None,
+    timeout: float = 120,
+) -> TapRun:
+    """Run the console script, handing each message to `watch` as it arrives."""
+    config_path = tmp_path / "watched-config.json"
+    config_path.write_text(json.dumps(config))
+    command = [TAP, "--config", str(config_path)]
+    if state is not None:
+        state_path = tmp_path / "watched-state.json"
+        state_path.write_text(json.dumps(state))
+        command += ["--state", str(state_path)]
+    stderr_path = tmp_path / "watched-stderr.log"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    messages: list[dict[str, Any]] = []
+    with stderr_path.open("w") as stderr, subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env,
+    ) as process:
+        assert process.stdout is not None
+        try:
+            for line in process.stdout:
+                messages.append(json.loads(line))
+                if watch(messages[-1], messages) == "kill":
+                    process.send_signal(signal.SIGKILL)
+                    break
+            # What was already in the pipe reached the "target" before the kill took effect.
+            messages += [json.loads(line) for line in process.stdout if line.endswith("\n")]
+            process.wait(timeout=timeout)
+        finally:
+            if process.poll() is None:  # a failed assertion in `watch` must not leave it
+                process.kill()
+    stdout = "".join(json.dumps(message) + "\n" for message in messages)
+    return TapRun(process.returncode, stdout, stderr_path.read_text(), messages)
+
+
+def result_keys(run: TapRun) -> list[tuple[str, int]]:
+    return [(row["job_id"], row["row_number"]) for row in run.records("job_results")]
+
+
+def truth(sandbox: SandboxServer, job_ids: list[str]) -> set[tuple[str, int]]:
+    return {(job_id, n) for job_id in job_ids
+            for n in range(1, sandbox.get_job(job_id)["total"] + 1)}
+
+
+def checks_made(run: TapRun) -> int:
+    (count,) = CHECKS.findall(run.stderr)
+    return int(count)
+
+
+def test_one_run_collects_each_job_as_it_finishes(slow_sandbox, tmp_path):
+    sizes = [300, 800, 10_000]  # the last one takes 5 s, the others are done by then
+    job_ids = create_jobs(slow_sandbox, sizes)
+    config = {"api_key": API_KEY, "api_url": slow_sandbox.url, "wait_for_jobs": 60,
+              **WAIT_SETTINGS}
+
+    run = run_tap_watched(tmp_path, config, when_waiting(
+        3, lambda: start_jobs(slow_sandbox)))
+
+    assert run.returncode == 0, run.stderr
+    assert_key_absent(run.stdout, run.stderr)
+    assert [(job["id"], job["status"]) for job in run.records("jobs")] == [
+        *[(job_id, "pending") for job_id in job_ids],
+        *[(job_id, "completed") for job_id in job_ids],
+    ]
+    keys = result_keys(run)
+    assert len(keys) == len(set(keys)) and set(keys) == truth(slow_sandbox, job_ids)
+    emails = [row["email"] for row in run.records("job_results") if row["job_id"] == job_ids[2]]
+    assert emails == [item["email"] for item in slow_sandbox.job_items(job_ids[2])]
+    # The small jobs' rows were out before the big job finished, not after it.
+    position = {id(m): n for n, m in enumerate(run.messages)}
+    last_small_row = max(position[id(m)] for m in run.messages if m["type"] == "RECORD"
+                         and m["stream"] == "job_results" and m["record"]["job_id"] != job_ids[2])
+    big_completed = next(position[id(m)] for m in run.messages if m["type"] == "RECORD"
+                         and m["stream"] == "jobs" and m["record"]["id"] == job_ids[2]
+                         and m["record"]["status"] == "completed")
+    assert last_small_row < big_completed
+    # Each job completed during the wait is settled by a STATE before the next job.
+    for job_id in job_ids:
+        settled_from = big_completed if job_id == job_ids[2] else next(
+            position[id(m)] for m in run.messages if is_record(m, "jobs")
+            and m["record"]["id"] == job_id and m["record"]["status"] == "completed")
+        following = run.messages[settled_from + 1:]
+        state = next(m["value"] for m in following if m["type"] == "STATE")
+        assert job_id not in state["bookmarks"]["jobs"]["open_jobs"]
+    assert run.last_state["bookmarks"]["jobs"]["open_jobs"] == {}
+    # One request per check: the list while several jobs were open, then the job itself.
+    requests = slow_sandbox.stats()["requests"]
+    checks = checks_made(run)
+    assert requests[LIST] + requests.get(ONE_JOB, 0) == 1 + checks
+    assert checks <= PollSchedule(0.2, 1.0).max_checks(60)
+    assert requests[RESULTS] == 1 + 2 + 20  # pages of 500 rows
+    assert re.search(r"waiting for \d jobs?: [\d,]+ of [\d,]+ items done, next check in", run.stderr)
+
+
+def test_time_up_exits_0_keeps_open_jobs_and_the_next_run_completes_them(slow_sandbox, tmp_path):
+    quick, slow = create_jobs(slow_sandbox, [400, 40_000])  # slow: 20 s once started
+    config = {"api_key": API_KEY, "api_url": slow_sandbox.url, "wait_for_jobs": 3,
+              **WAIT_SETTINGS}
+
+    first = run_tap_watched(tmp_path, config, when_waiting(
+        2, lambda: start_jobs(slow_sandbox)))
+
+    assert first.returncode == 0, first.stderr
+    assert_key_absent(first.stdout, first.stderr)
+    warning = re.search(r"wait_for_jobs \(3 s\) is up with 1 job still unfinished, ([\d,]+) of "
+                        r"40,000 items not yet processed; they stay open in state", first.stderr)
+    assert warning, first.stderr
+    open_jobs = first.last_state["bookmarks"]["jobs"]["open_jobs"]
+    assert list(open_jobs) == [slow] and open_jobs[slow]["status"] == "processing"
+    # Its latest progress was emitted before the run ended, and no result of it.
+    assert first.records("jobs")[-1]["id"] == slow
+    assert first.records("jobs")[-1]["completed"] == open_jobs[slow]["completed"] > 0
+    assert {job_id for job_id, _ in result_keys(first)} == {quick}
+    # Once only `slow` was open, each check was one GET /v1/jobs/{id}.
+    requests = slow_sandbox.stats()["requests"]
+    checks = checks_made(first)
+    assert requests[LIST] + requests[ONE_JOB] == 1 + checks
+    assert checks <= PollSchedule(0.2, 1.0).max_checks(3)
+
+    slow_sandbox.advance_clock(60)  # `slow` completes
+    second = run_tap(tmp_path, config, state=first.last_state)
+
+    assert second.returncode == 0, second.stderr
+    assert_key_absent(second.stdout, second.stderr)
+    assert [(job["id"], job["status"]) for job in second.records("jobs")] == [(slow, "completed")]
+    emitted = result_keys(first) + result_keys(second)
+    assert Counter(emitted).most_common(1)[0][1] == 1, "a result row was emitted twice"
+    assert set(emitted) == truth(slow_sandbox, [quick, slow])
+    assert second.last_state["bookmarks"]["jobs"]["open_jobs"] == {}
+    assert "waiting up to" not in second.stderr  # nothing was left to wait for
+
+
+def test_a_job_that_fails_while_waited_for_is_emitted_with_its_error(slow_sandbox, tmp_path):
+    ok_first, failing, ok_last = create_jobs(slow_sandbox, [200, 4000, 4000])
+
+    def start_then_fail_one() -> None:
+        start_jobs(slow_sandbox)
+        slow_sandbox.fail_job(failing, "mailbox provider unreachable")
+
+    config = {"api_key": API_KEY, "api_url": slow_sandbox.url, "wait_for_jobs": 60,
+              **WAIT_SETTINGS}
+    run = run_tap_watched(tmp_path, config, when_waiting(3, start_then_fail_one))
+
+    assert run.returncode == 0, run.stderr
+    assert_key_absent(run.stdout, run.stderr)
+    final = {job["id"]: job for job in run.records("jobs") if job["status"] != "pending"}
+    assert final[failing]["status"] == "failed"
+    assert final[failing]["error"] == "mailbox provider unreachable"
+    assert final[ok_first]["status"] == final[ok_last]["status"] == "completed"
+    keys = result_keys(run)
+    assert len(keys) == len(set(keys)) and set(keys) == truth(slow_sandbox, [ok_first, ok_last])
+    assert run.last_state["bookmarks"]["jobs"]["open_jobs"] == {}
+
+
+@pytest.mark.parametrize("kill_at", ["wait begins", 700, 2600, 7100])
+def test_sigkill_during_the_wait_then_resume_loses_no_row(tmp_path, kill_at):
+    sizes = [1000, 2000, 3000, 4000]  # the first two done at the first check, then 1 and 2 s
+    with SandboxServer(SandboxConfig(api_key=API_KEY, start_delay=START_DELAY,
+                                     processing_rate=RATE)) as sandbox:
+        job_ids = create_jobs(sandbox, sizes)
+        config = {"api_key": API_KEY, "api_url": sandbox.url, "wait_for_jobs": 60,
+                  **WAIT_SETTINGS}
+        on_waiting = when_waiting(4, lambda: start_jobs(sandbox)
+                                  or ("kill" if kill_at == "wait begins" else None))
+
+        rows = Counter[str]()
+
+        def watch(message: dict[str, Any], messages: list[dict[str, Any]]) -> str | None:
+            if on_waiting(message, messages) == "kill":
+                return "kill"
+            if is_record(message, "job_results"):
+                rows["seen"] += 1
+                return "kill" if rows["seen"] == kill_at else None
+            return None
+
+        killed = run_tap_watched(tmp_path, config, watch)
+        assert killed.returncode == -signal.SIGKILL
+        resumed = run_tap(tmp_path, config, state=killed.last_state)
+
+        assert resumed.returncode == 0, resumed.stderr
+        assert_key_absent(killed.stdout, killed.stderr, resumed.stdout, resumed.stderr)
+        emitted = result_keys(killed) + result_keys(resumed)
+        assert truth(sandbox, job_ids) - set(emitted) == set(), f"rows lost (killed at {kill_at})"
+        assert set(emitted) <= truth(sandbox, job_ids)
+        # Resuming redoes at most the job whose rows were being emitted at the kill.
+        assert len(emitted) - len(set(emitted)) <= max(sizes)
+        assert resumed.last_state["bookmarks"]["jobs"]["open_jobs"] == {}
+
+
+def test_a_429_on_a_check_is_retried_after_its_retry_after(slow_sandbox, tmp_path):
+    (job_id,) = create_jobs(slow_sandbox, [500])
+
+    def start_behind_a_rate_limit() -> None:
+        slow_sandbox.add_fault_rules([{"method": "GET", "path_prefix": f"/v1/jobs/{job_id}",
+                                       "status": 429, "count": 2, "retry_after": "1"}])
+        start_jobs(slow_sandbox)
+
+    config = {"api_key": API_KEY, "api_url": slow_sandbox.url, "wait_for_jobs": 60,
+              **WAIT_SETTINGS}
+    run = run_tap_watched(tmp_path, config, when_waiting(1, start_behind_a_rate_limit))
+
+    assert run.returncode == 0, run.stderr
+    assert_key_absent(run.stdout, run.stderr)
+    assert re.findall(r"Retry (\d) of 5 for /v1/jobs in (\S+) s", run.stderr) == [
+        ("1", "1.00"), ("2", "1.00"),
+    ]
+    stats = slow_sandbox.stats()
+    assert stats["rate_limited"] == 2
+    # The first check took 3 requests (2 answered 429); each check is one job request.
+    assert stats["requests"][ONE_JOB] == checks_made(run) + 2
+    assert set(result_keys(run)) == truth(slow_sandbox, [job_id])
+
+
+def test_poll_intervals_that_cannot_work_fail_before_any_request(slow_sandbox, tmp_path):
+    create_jobs(slow_sandbox, [10])
+    config = {"api_key": API_KEY, "api_url": slow_sandbox.url, "wait_for_jobs": 60,
+              "poll_interval": 30, "poll_interval_max": 10}
+
+    run = run_tap(tmp_path, config)
+
+    assert run.returncode != 0
+    assert_key_absent(run.stdout, run.stderr)
+    assert "poll_interval_max (10 s) must not be below poll_interval (30 s)" in run.stderr
+    assert slow_sandbox.stats()["requests"] == {}
+
+
+def test_a_job_deleted_while_waited_for_is_forgotten(slow_sandbox, tmp_path):
+    (deleted,) = create_jobs(slow_sandbox, [300])
+    config = {"api_key": API_KEY, "api_url": slow_sandbox.url, "wait_for_jobs": 30,
+              **WAIT_SETTINGS}
+
+    run = run_tap_watched(tmp_path, config, when_waiting(
+        1, lambda: slow_sandbox.delete_job(deleted) and None))
+
+    assert run.returncode == 0, run.stderr
+    assert_key_absent(run.stdout, run.stderr)
+    # Its one check was GET /v1/jobs/{id}, answered 404.
+    assert slow_sandbox.stats()["requests"] == {LIST: 1, ONE_JOB: 1}
+    assert f"Job {deleted} is no longer known to GTMCLI; forgetting it" in run.stderr
+    assert run.records("job_results") == []
+    assert run.last_state["bookmarks"]["jobs"]["open_jobs"] == {}
