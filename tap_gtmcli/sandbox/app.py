@@ -94,9 +94,8 @@ class SandboxApp:
         self._clock = clock
         self._stopping = stopping
         self._expected_authorization = f"Bearer {config.api_key}".encode()
-        self._limiter = (
-            RateLimiter(config.tier, config.retry_after_format) if config.tier else None
-        )
+        rule = config.rate_rule
+        self._limiter = RateLimiter(rule, config.retry_after_format) if rule else None
 
     def handle(self, request: Request) -> Response:
         """Answer one request."""
@@ -108,7 +107,13 @@ class SandboxApp:
             except ApiError as error:
                 return error_response(error)
         route, job_id = route_of(request.method, request.path)
-        self._stats.count_request(route)
+        self._stats.count_request(route, time.time())
+        try:
+            return self._answer(request, route, job_id)
+        finally:
+            self._stats.answered(time.time())
+
+    def _answer(self, request: Request, route: str, job_id: str | None) -> Response:
         if self._faults.latency_seconds:
             self._stopping.wait(self._faults.latency_seconds)
         plan = self._faults.plan(request.method, request.path)
@@ -152,7 +157,7 @@ class SandboxApp:
         rate_headers: dict[str, str] = {}
         try:
             self._authenticate(request)
-            if self._limiter is not None:
+            if self._limiter is not None and self._config.limit_job_endpoints:
                 # Limits follow real time, which clients sleep by, not the test clock.
                 decision = self._limiter.check(self._config.api_key, time.time())
                 rate_headers = decision.headers

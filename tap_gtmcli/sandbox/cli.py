@@ -49,7 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="jobs up to this many items are computed within the create"
                         " call; larger ones in the background (0: always)")
     parser.add_argument("--tier", choices=TIER_NAMES, default=None,
-                        help="enable the rate limits of a plan tier")
+                        help="enable the rate limits of a plan tier (one-second windows)")
+    parser.add_argument("--rate-limit", default=None, metavar="REQUESTS/WINDOW",
+                        help="limit requests per fixed window of any length, e.g. 120/60s,"
+                        " 120/min or 50/s (with --tier, the tier keeps its daily quota)")
+    parser.add_argument("--no-job-endpoint-limits", dest="limit_job_endpoints",
+                        action="store_false",
+                        help="async job endpoints bypass the limit: no counting and no"
+                        " X-RateLimit-* headers on /v1/jobs routes")
     parser.add_argument("--retry-after-format", choices=RETRY_AFTER_FORMATS, default="seconds")
     parser.add_argument("--list-page-size", type=int, default=0,
                         help="paginate GET /v1/jobs with this page size (0: unpaginated)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from tap_gtmcli.sandbox.ratelimit import TIERS, RateRule, parse_rate_limit
+
 DEFAULT_API_KEY = "sandbox-key"
 DEFAULT_PORT = 8765
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
@@ -34,6 +36,12 @@ class SandboxConfig:
     # 0 serves the documented unpaginated list; above 0 the list is paginated.
     list_page_size: int = 0
     tier: str | None = None
+    # REQUESTS/WINDOW such as "120/60s" (see ratelimit.parse_rate_limit): limits in windows
+    # of that length; with a tier too, the tier keeps only its daily quota.
+    rate_limit: str | None = None
+    # False models GTMCLI's "async jobs bypass rate limits": the /v1/jobs routes are then
+    # neither counted nor given X-RateLimit-* headers.
+    limit_job_endpoints: bool = True
     retry_after_format: str = "seconds"
     error_share: float = 0.0
     drop_share: float = 0.0
@@ -58,6 +66,8 @@ class SandboxConfig:
             raise ValueError(f"retry_after_format must be one of {RETRY_AFTER_FORMATS}")
         if self.tier is not None and self.tier not in TIER_NAMES:
             raise ValueError(f"tier must be one of {TIER_NAMES} or None")
+        if self.rate_limit is not None:
+            parse_rate_limit(self.rate_limit)  # raises ValueError naming the bad text
         for name in ("fail_job_share", "error_share", "drop_share", "truncate_share"):
             share = getattr(self, name)
             if not 0.0 <= share <= 1.0:
@@ -74,6 +84,17 @@ class SandboxConfig:
             raise ValueError("credits and latency_ms must be 0 or more")
         if self.webhook_timeout <= 0 or self.webhook_backoff < 0 or self.webhook_retries < 0:
             raise ValueError("webhook_timeout must be positive, backoff and retries 0 or more")
+
+    @property
+    def rate_rule(self) -> RateRule | None:
+        """The limit this sandbox enforces, if any."""
+        if self.rate_limit is None:
+            return TIERS[self.tier].rule if self.tier else None
+        rule = parse_rate_limit(self.rate_limit)
+        if self.tier is None:
+            return rule
+        tier = TIERS[self.tier]
+        return RateRule(rule.requests, rule.window_seconds, tier.per_day, tier.name)
 
     @property
     def bind_host(self) -> str:

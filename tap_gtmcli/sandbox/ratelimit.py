@@ -1,11 +1,37 @@
-"""Per-key request limits of the GTMCLI plan tiers, in fixed one-second windows."""
+"""Per-key request limits in fixed windows of any length, plus a daily quota.
+
+A window of `window_seconds` starts at each multiple of that length in Unix time (so a
+one-second window is a calendar second and a 60-second one a calendar minute), and
+`X-RateLimit-Reset` names its end in whole Unix seconds. The plan tiers keep the
+one-second windows tests rely on; `parse_rate_limit` builds any other rule, such as the
+per-minute window GTMCLI's own example shows.
+"""
 
 from __future__ import annotations
 
 import math
+import re
 import threading
 from dataclasses import dataclass
 from email.utils import formatdate
+
+_RATE_LIMIT_TEXT = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*(s|sec|min|m)\s*$")
+
+
+@dataclass(frozen=True)
+class RateRule:
+    """How many requests a key may make per window, and per UTC day (0: no quota)."""
+
+    requests: int
+    window_seconds: int = 1
+    per_day: int = 0
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.requests < 1 or self.window_seconds < 1 or self.per_day < 0:
+            raise ValueError(
+                "a rate limit needs at least 1 request per window of at least 1 second"
+            )
 
 
 @dataclass(frozen=True)
@@ -16,6 +42,11 @@ class Tier:
     per_second: int
     per_day: int
 
+    @property
+    def rule(self) -> RateRule:
+        """The tier as one-second windows with its daily quota."""
+        return RateRule(self.per_second, 1, self.per_day, self.name)
+
 
 TIERS: dict[str, Tier] = {
     "free": Tier("free", 5, 100),
@@ -23,6 +54,18 @@ TIERS: dict[str, Tier] = {
     "growth": Tier("growth", 50, 100_000),
     "scale": Tier("scale", 100, 500_000),
 }
+
+
+def parse_rate_limit(text: str) -> RateRule:
+    """`120/60s`, `120/min`, `50/s` or `50/1s`: requests per window of that length."""
+    match = _RATE_LIMIT_TEXT.match(text)
+    if match is None:
+        raise ValueError(
+            f"rate limit {text!r} is not REQUESTS/SECONDSs (e.g. 120/60s, 50/s, 120/min)"
+        )
+    requests, count, unit = int(match[1]), int(match[2] or 1), match[3]
+    seconds = count * (60 if unit in ("min", "m") else 1)
+    return RateRule(requests, seconds)
 
 
 @dataclass(frozen=True)
@@ -35,10 +78,10 @@ class RateDecision:
 
 
 class RateLimiter:
-    """Counts requests per key per second and per UTC day."""
+    """Counts requests per key per window and per UTC day."""
 
-    def __init__(self, tier_name: str, retry_after_format: str = "seconds") -> None:
-        self.tier = TIERS[tier_name]
+    def __init__(self, rule: RateRule, retry_after_format: str = "seconds") -> None:
+        self.rule = rule
         self._retry_after_format = retry_after_format
         self._lock = threading.Lock()
         self._windows: dict[str, tuple[int, int]] = {}
@@ -46,8 +89,9 @@ class RateLimiter:
 
     def check(self, key: str, now: float) -> RateDecision:
         """Count one request by `key` at `now`; rejected requests use no quota."""
-        window = math.floor(now)
-        day = window // 86_400
+        rule = self.rule
+        window = math.floor(now / rule.window_seconds)
+        day = math.floor(now) // 86_400
         with self._lock:
             window_start, in_window = self._windows.get(key, (window, 0))
             if window_start != window:
@@ -55,23 +99,25 @@ class RateLimiter:
             day_start, in_day = self._days.get(key, (day, 0))
             if day_start != day:
                 in_day = 0
-            allowed = in_window < self.tier.per_second and in_day < self.tier.per_day
+            over_day = bool(rule.per_day) and in_day >= rule.per_day
+            allowed = in_window < rule.requests and not over_day
             if allowed:
                 in_window += 1
                 in_day += 1
             self._windows[key] = (window, in_window)
             self._days[key] = (day, in_day)
-        reset = window + 1
+        reset = (window + 1) * rule.window_seconds
         headers = {
-            "X-RateLimit-Limit": str(self.tier.per_second),
-            "X-RateLimit-Remaining": str(max(0, self.tier.per_second - in_window)),
+            "X-RateLimit-Limit": str(rule.requests),
+            "X-RateLimit-Remaining": str(max(0, rule.requests - in_window)),
             "X-RateLimit-Reset": str(reset),
-            "X-RateLimit-Tier": self.tier.name,
         }
+        if rule.name:
+            headers["X-RateLimit-Tier"] = rule.name
         if allowed:
             return RateDecision(True, headers)
         # Over the daily quota the wait lasts until the next UTC midnight.
-        retry_at = (day + 1) * 86_400 if in_day >= self.tier.per_day else reset
+        retry_at = (day + 1) * 86_400 if over_day else reset
         retry_value = self._retry_after_value(retry_at, now)
         if retry_value is not None:
             headers["Retry-After"] = retry_value
@@ -83,4 +129,3 @@ class RateLimiter:
         if self._retry_after_format == "http-date":
             return formatdate(retry_at, usegmt=True)
         return str(max(1, math.ceil(retry_at - now)))
-

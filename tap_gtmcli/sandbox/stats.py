@@ -19,11 +19,20 @@ class SandboxStats:
         self._lock = threading.Lock()
         self._requests: Counter[str] = Counter()
         self._counters: Counter[str] = Counter()
+        self._first_request_at: float | None = None
+        self._last_answer_at: float | None = None
 
-    def count_request(self, route: str) -> None:
-        """One request on a route pattern such as `GET /v1/jobs/{id}`."""
+    def count_request(self, route: str, now: float) -> None:
+        """One request on a route pattern such as `GET /v1/jobs/{id}`, arrived at `now`."""
         with self._lock:
             self._requests[route] += 1
+            if self._first_request_at is None:
+                self._first_request_at = now
+
+    def answered(self, now: float) -> None:
+        """An API request was answered at `now` (Unix seconds)."""
+        with self._lock:
+            self._last_answer_at = now
 
     def count(self, name: str, amount: int = 1) -> None:
         """Bump one of COUNTER_NAMES."""
@@ -34,10 +43,15 @@ class SandboxStats:
         """All counters, zeros included, as JSON-ready data."""
         with self._lock:
             counters = {name: self._counters[name] for name in COUNTER_NAMES}
-            return {"requests": dict(self._requests), **counters}
+            # The span a client spent on the API: benchmarks time a run by it, leaving
+            # out the client's own start-up.
+            span = {"first_request_at": self._first_request_at,
+                    "last_answer_at": self._last_answer_at}
+            return {"requests": dict(self._requests), **counters, **span}
 
     def reset(self) -> None:
         """Zero every counter."""
         with self._lock:
             self._requests.clear()
             self._counters.clear()
+            self._first_request_at = self._last_answer_at = None

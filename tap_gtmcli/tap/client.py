@@ -5,6 +5,7 @@ BATCH mode, that every stream of a tap shares one spool of files)."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Generator, Iterable
 from datetime import datetime, timezone
 from functools import cached_property
@@ -23,20 +24,27 @@ from singer_sdk.singerlib import RecordMessage
 from typing_extensions import override
 
 from tap_gtmcli.api.client import DEFAULT_API_URL, USER_AGENT
-from tap_gtmcli.api.errors import check_json_object, decode_json, raise_for_response
-from tap_gtmcli.api.retry import RetryPolicy, parse_retry_after
+from tap_gtmcli.api.errors import (
+    GTMCLIRetriableError,
+    check_json_object,
+    decode_json,
+    raise_for_response,
+)
+from tap_gtmcli.api.retry import TRANSIENT_EXCEPTIONS, RetryPolicy, parse_retry_after
 from tap_gtmcli.tap import schemas
 from tap_gtmcli.tap.batch_files import BatchSpool, spool_for
+from tap_gtmcli.tap.in_flight_window import InFlightWindow, Outcome
 from tap_gtmcli.tap.pagination import TotalPagesPaginator
 from tap_gtmcli.tap.rate_gate import RateGate
 
 SCHEMAS = SchemaDirectory(resources.files(schemas))
 EXTRA_FIELDS = "additional_fields"
-DEFAULT_MAX_PARALLEL_REQUESTS = 8
 WHOLE_BODY_CHUNK = 4 * 1024 * 1024
 
-#: One gate per tap: the limit is per key, so every stream and worker shares it.
+#: One gate and one in-flight window per tap: the limit is per key, so every stream and
+#: worker shares them.
 _RATE_GATES: WeakKeyDictionary[Tap, RateGate] = WeakKeyDictionary()
+_WINDOWS: WeakKeyDictionary[Tap, InFlightWindow] = WeakKeyDictionary()
 #: One spool per tap in BATCH mode: a flush must announce the files of every stream.
 _BATCH_SPOOLS: WeakKeyDictionary[Tap, BatchSpool] = WeakKeyDictionary()
 
@@ -89,16 +97,22 @@ class GTMCLIStream(RESTStream[int]):
     def timeout(self) -> int:
         return int(self.config.get("request_timeout", 60))
 
-    @cached_property
-    def max_parallel_requests(self) -> int:
-        """Requests this stream may have in flight at once."""
-        return max(1, int(self.config.get("max_parallel_requests")
-                          or DEFAULT_MAX_PARALLEL_REQUESTS))
-
     @property
     def rate_gate(self) -> RateGate:
         """The tap's one gate that spaces requests under the plan's rate limit."""
         return _RATE_GATES.setdefault(self._tap, RateGate())
+
+    @property
+    def in_flight_window(self) -> InFlightWindow:
+        """The tap's one count of requests that may be in flight at once."""
+        window = _WINDOWS.get(self._tap)
+        if window is None:
+            setting = self.config.get("max_parallel_requests")
+            window = _WINDOWS.setdefault(self._tap, InFlightWindow(
+                allowed_rate=self.rate_gate.allowed_rate,
+                upper=int(setting) if setting else None,
+            ))
+        return window
 
     @override
     @property
@@ -114,7 +128,7 @@ class GTMCLIStream(RESTStream[int]):
     @cached_property
     def _pooled_adapter(self) -> HTTPAdapter:
         return _WholeBodyAdapter(
-            pool_connections=1, pool_maxsize=max(10, self.max_parallel_requests)
+            pool_connections=1, pool_maxsize=max(10, self.in_flight_window.upper)
         )
 
     @override
@@ -122,7 +136,22 @@ class GTMCLIStream(RESTStream[int]):
         self, prepared_request: requests.PreparedRequest, context: Context | None
     ) -> requests.Response:
         self.rate_gate.wait_turn()
-        return super()._request(prepared_request, context)
+        started = time.monotonic()
+        outcome = Outcome.FAILED
+        try:
+            response = super()._request(prepared_request, context)
+            outcome = Outcome.ANSWERED
+            return response
+        except GTMCLIRetriableError as error:
+            outcome = Outcome.THROTTLED if error.status == 429 else Outcome.FAILED
+            raise
+        except TRANSIENT_EXCEPTIONS:
+            raise
+        except Exception:
+            outcome = Outcome.ANSWERED  # a definite answer such as a 404
+            raise
+        finally:
+            self.in_flight_window.record(time.monotonic() - started, outcome)
 
     @cached_property
     def send_with_retries(self) -> Any:

@@ -1,23 +1,12 @@
-"""The result pages of one job, fetched by a bounded pool of workers and handed over
-strictly in page order.
-
-A 100,000-row job is 100 pages; fetched one after another, a run spends its time
-waiting on the network. Here up to `window` pages are requested or waiting to be
-emitted at any moment: the next pages download while the current one is written, and
-memory stays bounded by the window, not by the size of the job.
-"""
+"""One page of a job's results as the tap hands it on, and the rule that numbers its
+rows: row k of a job answers the job's item k."""
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from tap_gtmcli.api.paging import total_pages
-
-Request = TypeVar("Request")
 
 
 @dataclass(frozen=True)
@@ -31,6 +20,8 @@ class ResultPage:
     #: `rows` may be left empty).
     record_lines: bytes | None = None
     row_count: int = -1
+    #: The size of the answer, for the cap on pages held before they are written.
+    byte_size: int = 0
 
     def __post_init__(self) -> None:
         if self.row_count < 0:
@@ -51,60 +42,3 @@ def parse_results_page(body: dict[str, Any], requested_page: int, per_page: int)
     for offset, row in enumerate(rows):
         row["row_number"] = first_row + offset
     return ResultPage(page, rows, total_pages(body))
-
-
-class ResultPages(Generic[Request]):
-    """Pages 1..last of one job, up to `window` of them fetched ahead of the reader.
-
-    `prepare` builds a page's request in the reading thread; `send` runs in a worker
-    and returns the parsed page (retries included). The last page is the one the
-    latest answer's `total_pages` names; `expected_pages` (from the job's `total`)
-    only lets the first requests go out together.
-    """
-
-    def __init__(
-        self,
-        *,
-        prepare: Callable[[int], Request],
-        send: Callable[[Request], ResultPage],
-        window: int,
-        expected_pages: int | None = None,
-    ) -> None:
-        self._prepare = prepare
-        self._send = send
-        self.window = max(1, window)
-        self._expected_pages = max(1, expected_pages or 1)
-        self.in_flight = 0
-        self.peak_in_flight = 0
-        self.requested = 0
-
-    def __iter__(self) -> Iterator[ResultPage]:
-        pool = ThreadPoolExecutor(max_workers=self.window, thread_name_prefix="gtmcli-page")
-        pending: deque[tuple[int, Future[ResultPage]]] = deque()
-        next_page, last_page = 1, self._expected_pages
-        completed = False
-        try:
-            while True:
-                while len(pending) < self.window and next_page <= last_page:
-                    request = self._prepare(next_page)
-                    pending.append((next_page, pool.submit(self._send, request)))
-                    next_page += 1
-                    self.requested += 1
-                    self.in_flight = len(pending)
-                    self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-                if not pending:
-                    break
-                number, future = pending.popleft()
-                page = future.result()
-                self.in_flight = len(pending)
-                # No `total_pages` means a single page, as the paginator reads it.
-                last_page = page.total_pages if page.total_pages is not None else number
-                if number > last_page or not page.row_count:
-                    break  # past the end, or an empty page: nothing further to read
-                yield page
-            completed = True
-        finally:
-            for _, future in pending:
-                future.cancel()
-            # On failure, a worker still inside a retry is not waited for.
-            pool.shutdown(wait=completed, cancel_futures=True)

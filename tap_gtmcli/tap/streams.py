@@ -7,6 +7,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from functools import cached_property
 from typing import Any
@@ -25,12 +26,16 @@ from tap_gtmcli.tap.client import GTMCLIStream
 from tap_gtmcli.tap.job_bookmarks import JobBookmarks
 from tap_gtmcli.tap.job_waiter import OpenJobsWaiter, PollSchedule, counted
 from tap_gtmcli.tap.message_writer import TapMessageWriter
+from tap_gtmcli.tap.page_pipeline import PagePipeline
 from tap_gtmcli.tap.record_lines import RecordLineBuilder
-from tap_gtmcli.tap.result_pages import ResultPage, ResultPages, parse_results_page
+from tap_gtmcli.tap.result_pages import ResultPage, parse_results_page
 
 MAX_RESULTS_PER_PAGE = 1000
-PageRequest = tuple[int, requests.PreparedRequest]
+PageRequest = tuple[int, requests.PreparedRequest, Context]
 PROGRESS_LOG_SECONDS = 5.0
+#: Pages wait only while the writer is the slow part, or behind a late page; 4 MB is
+#: about 16 pages of 1,000 rows.
+DEFAULT_READ_AHEAD_MB = 4
 
 
 class JobsStream(GTMCLIStream):
@@ -72,11 +77,26 @@ class JobsStream(GTMCLIStream):
             bookmarks.forget(job_id)
         to_emit = bookmarks.jobs_to_emit()
         self.logger.info("%d new or changed jobs to emit", len(to_emit))
-        for job in to_emit:
-            yield job
-            # Reached only after the SDK has synced this job's results.
-            self._settle(job)
-        yield from self._wait_for_open_jobs(bookmarks)
+        with self._results_read_ahead(to_emit):
+            for job in to_emit:
+                yield job
+                # Reached only after the SDK has synced this job's results.
+                self._settle(job)
+            yield from self._wait_for_open_jobs(bookmarks)
+
+    @contextmanager
+    def _results_read_ahead(self, jobs: list[dict[str, Any]]) -> Iterator[None]:
+        """Let `job_results` request the result pages of these jobs ahead, in order."""
+        readers = [child for child in self.child_streams
+                   if isinstance(child, JobResultsStream) and child.selected]
+        for reader in readers:
+            reader.read_ahead([context for job in jobs
+                               if (context := self.get_child_context(job, None))])
+        try:
+            yield
+        finally:
+            for reader in readers:
+                reader.stop_reading_ahead()
 
     def _settle(self, job: dict[str, Any]) -> None:
         spool = self.batch_spool
@@ -209,17 +229,54 @@ class JobResultsStream(GTMCLIStream):
                 context["job_id"],
             )
             return
+        except BaseException:
+            self.stop_reading_ahead()  # the run stops here: no page more is wanted
+            raise
         progress.finish()
 
-    def result_pages(self, context: Context) -> ResultPages[PageRequest]:
-        """The job's result pages, `max_parallel_requests` of them fetched ahead."""
-        total = context.get("total")
-        return ResultPages(
-            prepare=lambda page: (page, self.prepare_page_request(context, page)),
-            send=lambda request: self.fetch_page(*request, context),
-            window=self.max_parallel_requests,
-            expected_pages=math.ceil(total / self.per_page) if total else None,
+    def read_ahead(self, contexts: list[Context]) -> None:
+        """Plan the result pages of these jobs, to be requested ahead in this order."""
+        self._contexts.update((context["job_id"], context) for context in contexts)
+        self.page_pipeline.plan([
+            (context["job_id"], self._expected_pages(context)) for context in contexts
+        ])
+
+    def stop_reading_ahead(self) -> None:
+        """Drop pages requested ahead and not read; stop the workers."""
+        self.page_pipeline.close()
+        self._contexts.clear()
+
+    def result_pages(self, context: Context) -> Iterator[ResultPage]:
+        """The job's result pages in order, read ahead with the pages of later jobs."""
+        self._contexts.setdefault(context["job_id"], context)
+        return self.page_pipeline.pages(context["job_id"], self._expected_pages(context))
+
+    @cached_property
+    def page_pipeline(self) -> PagePipeline[PageRequest]:
+        """The requests for result pages of every planned job, in job and page order."""
+        window = self.in_flight_window
+        megabytes = self.config.get("max_read_ahead_mb") or DEFAULT_READ_AHEAD_MB
+        return PagePipeline(
+            prepare=lambda job_id, page: self._page_request(self._contexts[job_id], page),
+            send=lambda request: self.fetch_page(*request),
+            window=lambda: window.size,
+            workers=window.upper,
+            max_waiting_bytes=int(megabytes * 1024 * 1024),
+            on_bound=window.bound,
+            on_demand=self.rate_gate.expect,
         )
+
+    @cached_property
+    def _contexts(self) -> dict[str, Context]:
+        return {}
+
+    def _page_request(self, context: Context, page: int) -> PageRequest:
+        return page, self.prepare_page_request(context, page), context
+
+    def _expected_pages(self, context: Context) -> int | None:
+        # Lets the first result pages of the job be requested together.
+        total = context.get("total")
+        return math.ceil(total / self.per_page) if total else None
 
     def prepare_page_request(self, context: Context, page: int) -> requests.PreparedRequest:
         """The authenticated request for one page (built in the reading thread)."""
@@ -243,8 +300,11 @@ class JobResultsStream(GTMCLIStream):
             )
             if spliced is not None:
                 return ResultPage(spliced.page, [], spliced.total_pages, spliced.lines,
-                                  spliced.row_count)
-        parsed = parse_results_page(decode_json(response), page, self.per_page)
+                                  spliced.row_count, len(response.content))
+        parsed = dataclasses.replace(
+            parse_results_page(decode_json(response), page, self.per_page),
+            byte_size=len(response.content),
+        )
         for row in parsed.rows:
             row["job_id"] = context["job_id"]
             row["job_type"] = context.get("job_type")

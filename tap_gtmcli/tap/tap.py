@@ -12,14 +12,19 @@ from typing_extensions import override
 
 from tap_gtmcli.api.config_check import KeySafeConfig
 from tap_gtmcli.api.settings import API_KEY, API_URL, MAX_RETRIES, REQUEST_TIMEOUT
-from tap_gtmcli.tap.client import DEFAULT_MAX_PARALLEL_REQUESTS
+from tap_gtmcli.tap.in_flight_window import LIMITED_CAP, POLITE_CAP
 from tap_gtmcli.tap.job_waiter import (
     DEFAULT_POLL_INTERVAL,
     DEFAULT_POLL_INTERVAL_MAX,
     PollSchedule,
 )
 from tap_gtmcli.tap.message_writer import TapMessageWriter
-from tap_gtmcli.tap.streams import MAX_RESULTS_PER_PAGE, JobResultsStream, JobsStream
+from tap_gtmcli.tap.streams import (
+    DEFAULT_READ_AHEAD_MB,
+    MAX_RESULTS_PER_PAGE,
+    JobResultsStream,
+    JobsStream,
+)
 
 
 class TapGTMCLI(KeySafeConfig, Tap):
@@ -68,11 +73,22 @@ class TapGTMCLI(KeySafeConfig, Tap):
         th.Property(
             "max_parallel_requests",
             th.IntegerType(minimum=1),
-            default=DEFAULT_MAX_PARALLEL_REQUESTS,
             title="Max parallel requests",
-            description="Result pages of a job downloaded at once (and held at most "
-            "before they are written). Requests stay under the plan's rate limit "
-            "whatever the value; 1 reads pages one after another.",
+            description="Upper bound on requests in flight at once. Default: automatic, "
+            "the window sizes itself: with an advertised rate limit, allowed rate x "
+            f"measured latency (at most {LIMITED_CAP}); without one, it grows while "
+            "throughput grows and halves on 429, 5xx or timeouts (at most "
+            f"{POLITE_CAP}). Requests stay under the plan's rate limit whatever the "
+            "value; 1 reads pages one after another.",
+        ),
+        th.Property(
+            "max_read_ahead_mb",
+            th.NumberType(minimum=1),
+            default=DEFAULT_READ_AHEAD_MB,
+            title="Max read-ahead (MB)",
+            description="Megabytes of result pages, of this job and later ones, fetched "
+            "ahead and waiting for their turn to be written; keeps memory bounded "
+            "whatever the window.",
         ),
         th.Property(
             "wait_for_jobs",

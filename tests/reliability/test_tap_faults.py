@@ -67,8 +67,10 @@ def test_exhausted_retries_mid_extraction_fail_naming_endpoint_then_rerun_is_exa
             server.seed_jobs("validate", 700)
             server.advance_clock(1)
         truth = seeded_truth(server)
-        # Two results pages go through, then one endpoint fails more often than retried.
-        server.add_fault_rules([{**RESULTS, **PASS, "count": 2}, {**RESULTS, **fault, "count": 4}])
+        # Two results pages go through, then the endpoint fails more often than retried:
+        # the 4 pages left are requested together (read ahead across jobs), so every one
+        # of their 2 tries fails.
+        server.add_fault_rules([{**RESULTS, **PASS, "count": 2}, {**RESULTS, **fault, "count": 8}])
         first = run_tap_cli(tap_settings(server, max_retries=1, results_per_page=500), tmp_path)
         assert first.returncode != 0
         assert re.search(r"GET /v1/jobs/job_\w+/results " + named, first.stderr), (

@@ -20,7 +20,10 @@ def test_stats_count_requests_per_route_pattern(client: Any, sandbox: SandboxSer
     client.get(f"/v1/jobs/{job_id}/results")
     client.get("/v1/jobs/job_nope/results")
     client.get("/nowhere")
+    before = time.time()
     stats = client.get("/_sandbox/stats").json()
+    first, last = stats.pop("first_request_at"), stats.pop("last_answer_at")
+    assert first <= last <= before
     assert stats == {
         "requests": {"POST /v1/jobs": 1, "GET /v1/jobs": 1, "GET /v1/jobs/{id}": 3,
                      "GET /v1/jobs/{id}/results": 2, "GET (unmatched)": 1},
@@ -28,10 +31,11 @@ def test_stats_count_requests_per_route_pattern(client: Any, sandbox: SandboxSer
         "webhook_attempts": 0, "webhook_deliveries": 0, "webhook_failures": 0,
         "credits_balance": sandbox.credits_balance(),
     }
-    assert sandbox.stats() == stats
+    assert {k: v for k, v in sandbox.stats().items() if not k.endswith("_at")} == stats
     reset = client.post("/_sandbox/reset-stats")
     assert reset.status_code == 200
     assert reset.json()["requests"] == {}
+    assert reset.json()["first_request_at"] is None
     sandbox.reset_stats()
     assert sandbox.stats()["requests"] == {}
 

@@ -1,5 +1,6 @@
-"""Concurrent result pages: order, exact rows under faults, the shared rate gate, and a
-bounded window. No assertion depends on timing."""
+"""Concurrent result pages of one job: order, exact rows under faults, the shared rate
+gate, and a bounded window. No assertion depends on timing. (Pages across jobs, the
+window's size and the gate's pacing: tests/tap/test_read_ahead.py.)"""
 
 from __future__ import annotations
 
@@ -12,13 +13,21 @@ from contextlib import redirect_stdout
 import pytest
 
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
+from tap_gtmcli.tap.page_pipeline import PagePipeline
 from tap_gtmcli.tap.rate_gate import RateGate
-from tap_gtmcli.tap.result_pages import ResultPage, ResultPages
+from tap_gtmcli.tap.result_pages import ResultPage
 from tap_gtmcli.tap.tap import TapGTMCLI
 from tests.tap.conftest import API_KEY, run_tap
 from tests.tap.test_errors import RESULTS_RULE, result_rows
 
 RESULTS = "GET /v1/jobs/{id}/results"
+PAGE_BYTES = 1000
+
+
+def one_job(send, window: int, expected_pages: int | None = None) -> PagePipeline[int]:
+    """A pipeline that reads the pages of a single job ("job") with a fixed window."""
+    return PagePipeline(prepare=lambda job, page: page, send=send, window=lambda: window,
+                        workers=window, max_waiting_bytes=1 << 30)
 
 
 class FakePages:
@@ -44,39 +53,39 @@ class FakePages:
         with self.lock:
             self.running -= 1
         rows = [{"row_number": (page - 1) * 10 + i + 1} for i in range(10)]
-        return ResultPage(page, rows, self.total_pages)
+        return ResultPage(page, rows, self.total_pages, byte_size=PAGE_BYTES)
 
 
 @pytest.mark.parametrize("window", [1, 3, 8])
 def test_pages_come_out_in_order_whatever_order_they_finish_in(window):
     fake = FakePages(total_pages=40)
-    pages = ResultPages(prepare=lambda page: page, send=fake.send, window=window)
-    numbers = [page.number for page in pages]
+    pages = one_job(fake.send, window)
+    numbers = [page.number for page in pages.pages("job")]
     assert numbers == list(range(1, 41))
     assert pages.requested == 40
     assert pages.peak_in_flight <= window
     assert fake.peak_running <= window
 
 
-def test_the_window_bounds_pages_held_while_the_reader_is_busy():
+def test_the_byte_cap_bounds_pages_held_while_the_reader_is_busy():
     fake = FakePages(total_pages=100, jitter=0)
-    pages = ResultPages(prepare=lambda page: page, send=fake.send, window=4,
-                        expected_pages=100)
-    reader = iter(pages)
+    pages = PagePipeline(prepare=lambda job, page: page, send=fake.send, window=lambda: 4,
+                         workers=4, max_waiting_bytes=3 * PAGE_BYTES)
+    reader = pages.pages("job", expected_pages=100)
     first = next(reader)
-    # The reader holds page 1 and reads no further: only the window is fetched ahead.
+    # The reader holds page 1 and reads no further: only the window and what the cap
+    # allows are fetched ahead, never the whole job.
     assert first.number == 1
-    assert pages.requested == 4  # pages 1..4; page 5 waits for the reader
-    assert pages.in_flight == 3
+    assert pages.requested <= 1 + 3 + 4  # page 1, the cap, what was in flight then
     assert [page.number for page in reader] == list(range(2, 101))
-    assert pages.peak_in_flight == 4
+    assert pages.peak_in_flight <= 4
+    assert pages.peak_waiting_bytes <= (3 + 4) * PAGE_BYTES
 
 
 def test_the_last_page_comes_from_the_answers_not_the_estimate():
     fake = FakePages(total_pages=3, jitter=0)
-    pages = ResultPages(prepare=lambda page: page, send=fake.send, window=8,
-                        expected_pages=6)
-    assert [page.number for page in pages] == [1, 2, 3]
+    pages = one_job(fake.send, 8)
+    assert [page.number for page in pages.pages("job", expected_pages=6)] == [1, 2, 3]
 
 
 def test_a_failed_page_stops_the_job_and_raises_in_the_reader():
@@ -85,10 +94,10 @@ def test_a_failed_page_stops_the_job_and_raises_in_the_reader():
             raise LookupError("page 3 failed")
         return ResultPage(page, [{"row_number": page}], 10)
 
-    pages = ResultPages(prepare=lambda page: page, send=send, window=4, expected_pages=10)
+    pages = one_job(send, 4)
     seen = []
     with pytest.raises(LookupError, match="page 3 failed"):
-        seen.extend(page.number for page in pages)
+        seen.extend(page.number for page in pages.pages("job", expected_pages=10))
     assert seen == [1, 2]
 
 
@@ -97,12 +106,13 @@ def test_the_gate_spaces_requests_once_it_knows_the_limit():
     waits: list[float] = []
     gate = RateGate(clock=lambda: now[0], wall_clock=lambda: now[0], wait=waits.append)
     gate.wait_turn()
-    gate.observe(200, {"X-RateLimit-Limit": "50", "X-RateLimit-Remaining": "49"})
+    gate.observe(200, {"X-RateLimit-Limit": "50", "X-RateLimit-Remaining": "49",
+                       "X-RateLimit-Reset": "1001"})
     for _ in range(3):
         gate.wait_turn()
-    assert len(waits) == 2
-    assert all(wait == pytest.approx(1 / 45) for wait in waits[:1])
-    assert waits[1] == pytest.approx(2 / 45)
+    # 49 requests left for the one second left, and a window of at least one second
+    # paced at 96% of its 50: 1/48 s apart (the first goes at once).
+    assert waits == [pytest.approx(1 / 48), pytest.approx(2 / 48)]
 
 
 def test_a_429_holds_every_other_worker_for_retry_after_exactly():

@@ -1,0 +1,244 @@
+"""Result pages of many jobs, requested ahead across job boundaries and handed to the
+reader strictly in job order, then page order.
+
+A run's usual shape is many small jobs: one page each, read one after another, is a
+full round trip per job with nothing else in flight. Here the jobs to read are planned
+up front (in the order they will be emitted) and their pages go out in that same order
+while earlier jobs are still being written:
+
+- A page of a later job is never requested before every page planned so far of an
+  earlier one; pages a job turns out to have beyond its estimate are requested next.
+- The reader takes one job at a time, its pages in order. A failed page surfaces only
+  when the reader reaches it, so every job before it is written (and its STATE after
+  it) exactly as if nothing had been read ahead.
+- At most `window()` requests are in flight. Pages fetched and waiting for their turn
+  are capped in bytes: no request goes out while they fill the cap. Pages in flight
+  are bounded by the window, not the cap: when the network is the slow part few pages
+  wait, and when the writer is, the cap stops the pile-up. The reader's next page is
+  never held back by the cap, so a large page cannot stall the run.
+- Requests are prepared and submitted only in the reading thread; workers only send.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from tap_gtmcli.tap.result_pages import ResultPage
+
+Request = TypeVar("Request")
+
+
+@dataclass(eq=False)
+class _Job:
+    key: str
+    expected_pages: int
+    #: From the answers' `total_pages`, once one came back.
+    last_page: int | None = None
+    next_to_send: int = 1
+    pages: dict[int, Future[ResultPage]] = field(default_factory=dict)
+
+    @property
+    def wanted(self) -> int:
+        return self.last_page if self.last_page is not None else self.expected_pages
+
+    @property
+    def unsent(self) -> int:
+        return max(0, self.wanted - self.next_to_send + 1)
+
+
+class PagePipeline(Generic[Request]):
+    """Pages of planned jobs, fetched ahead by a pool of workers, read job after job."""
+
+    def __init__(
+        self,
+        *,
+        prepare: Callable[[str, int], Request],
+        send: Callable[[Request], ResultPage],
+        window: Callable[[], int],
+        workers: int,
+        max_waiting_bytes: int,
+        on_bound: Callable[[], None] = lambda: None,
+        on_demand: Callable[[int], None] = lambda requests_left: None,
+    ) -> None:
+        self._prepare = prepare
+        self._send = send
+        self._window = window
+        self._workers = max(1, workers)
+        self.max_waiting_bytes = max_waiting_bytes
+        self._on_bound = on_bound
+        self._on_demand = on_demand
+        self._changed = threading.Condition()
+        self._plan: list[_Job] = []
+        self._by_key: dict[str, _Job] = {}
+        self._reading = 0  # index in the plan of the job being read
+        self._in_flight = 0
+        self._waiting_bytes = 0
+        self._sizes: dict[Future[ResultPage], int] = {}
+        self._unsent = 0  # pages planned and not yet requested
+        self._pool: ThreadPoolExecutor | None = None
+        self.requested = 0
+        self.peak_in_flight = 0
+        self.peak_waiting_bytes = 0
+
+    def plan(self, jobs: Sequence[tuple[str, int | None]]) -> None:
+        """Add jobs to read, in reading order, each with its expected page count."""
+        with self._changed:
+            for key, expected in jobs:
+                if key not in self._by_key:
+                    self._add(key, expected)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not answered yet."""
+        return self._in_flight
+
+    @property
+    def waiting_bytes(self) -> int:
+        """Bytes of pages answered and not yet handed to the reader."""
+        return self._waiting_bytes
+
+    def pages(self, key: str, expected_pages: int | None = None) -> Iterator[ResultPage]:
+        """The pages of job `key`, in order; jobs planned before it are dropped."""
+        job = self._start_reading(key, expected_pages)
+        number = 1
+        try:
+            while True:
+                future = self._wait_for(job, number)
+                if future is None:
+                    return
+                page = future.result()
+                self._hand_over(job, number)
+                # No `total_pages` means a single page, as the paginator reads it.
+                last_page = page.total_pages if page.total_pages is not None else number
+                self._set_last_page(job, last_page)
+                if number > last_page or not page.row_count:
+                    return  # past the end, or an empty page: nothing further to read
+                yield page
+                number += 1
+        finally:
+            self._finish(job)
+
+    def close(self) -> None:
+        """Drop every page not read yet; workers inside a retry are not waited for."""
+        with self._changed:
+            for job in self._plan[self._reading:]:
+                self._drop(job)
+            self._plan.clear()
+            self._by_key.clear()
+            self._reading = 0
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- the reading thread -------------------------------------------------------
+
+    def _start_reading(self, key: str, expected_pages: int | None) -> _Job:
+        with self._changed:
+            job = self._by_key.get(key)
+            if job is None:
+                # Not planned (or read already): read it now, before anything planned.
+                job = _Job(key, max(1, expected_pages or 1))
+                self._by_key[key] = job
+                self._plan.insert(self._reading, job)
+                self._unsent += job.unsent
+            while self._plan[self._reading] is not job:
+                skipped = self._plan[self._reading]  # planned but never asked for
+                self._drop(skipped)
+                self._by_key.pop(skipped.key, None)
+                self._reading += 1
+            return job
+
+    def _wait_for(self, job: _Job, number: int) -> Future[ResultPage] | None:
+        with self._changed:
+            while True:
+                self._send_more(job, number)
+                future = job.pages.get(number)
+                if future is None and number > job.wanted:
+                    return None
+                if future is not None and future.done():
+                    return future
+                self._changed.wait()
+
+    def _hand_over(self, job: _Job, number: int) -> None:
+        with self._changed:
+            # Not kept past its turn: a job's pages would otherwise stay until its end.
+            future = job.pages.pop(number)
+            self._waiting_bytes -= self._sizes.pop(future, 0)
+
+    def _finish(self, job: _Job) -> None:
+        with self._changed:
+            self._drop(job)
+            if self._reading < len(self._plan) and self._plan[self._reading] is job:
+                self._reading += 1
+            self._by_key.pop(job.key, None)
+
+    def _send_more(self, reading: _Job, number: int) -> None:
+        """Submit the next pages in plan order while the window and byte cap allow."""
+        index = self._reading
+        while index < len(self._plan):
+            job = self._plan[index]
+            if not job.unsent:
+                index += 1
+                continue
+            page = job.next_to_send
+            if not (job is reading and page == number) and self._over_byte_cap():
+                break  # the writer is the slow part: a wider window would not help
+            if self._in_flight >= self._window():
+                self._on_bound()
+                break
+            job.pages[page] = self._submit(job, page)
+            job.next_to_send += 1
+            self._unsent -= 1
+        self._on_demand(self._unsent + self._in_flight)
+
+    def _over_byte_cap(self) -> bool:
+        return self._waiting_bytes >= self.max_waiting_bytes
+
+    def _submit(self, job: _Job, page: int) -> Future[ResultPage]:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="gtmcli-page")
+        request = self._prepare(job.key, page)
+        future = self._pool.submit(self._send, request)
+        self._in_flight += 1
+        self.requested += 1
+        self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
+        future.add_done_callback(lambda done: self._answered(job, page, done))
+        return future
+
+    def _drop(self, job: _Job) -> None:
+        pages, job.pages = job.pages, {}
+        for future in pages.values():
+            future.cancel()
+            self._waiting_bytes -= self._sizes.pop(future, 0)
+        self._unsent -= job.unsent
+        job.next_to_send = job.wanted + 1
+
+    def _set_last_page(self, job: _Job, last_page: int) -> None:
+        before = job.unsent
+        job.last_page = last_page
+        self._unsent += job.unsent - before
+
+    def _add(self, key: str, expected_pages: int | None) -> None:
+        job = _Job(key, max(1, expected_pages or 1))
+        self._by_key[key] = job
+        self._plan.append(job)
+        self._unsent += job.unsent
+
+    # --- the workers ----------------------------------------------------------------
+
+    def _answered(self, job: _Job, number: int, future: Future[ResultPage]) -> None:
+        with self._changed:
+            self._in_flight -= 1  # answered, failed, or cancelled before it was sent
+            page = None if future.cancelled() or future.exception() else future.result()
+            if page is not None and job.pages.get(number) is future:  # not dropped
+                self._sizes[future] = page.byte_size
+                self._waiting_bytes += page.byte_size
+                self.peak_waiting_bytes = max(self.peak_waiting_bytes, self._waiting_bytes)
+                if page.total_pages is not None and page.total_pages > job.wanted:
+                    # More pages than the job's total promised: they go out next.
+                    self._set_last_page(job, page.total_pages)
+            self._changed.notify_all()

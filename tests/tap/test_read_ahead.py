@@ -1,0 +1,442 @@
+"""Reading results as fast as the API allows, with injected clocks: the in-flight window
+(rate x latency with a limit, AIMD without), the window-agnostic rate gate against a
+simulated fixed-window server, and result pages read ahead across jobs (order, failures,
+byte cap). No assertion depends on the machine's timing."""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.utils import formatdate
+
+import pytest
+
+from tap_gtmcli.api.retry import parse_retry_after
+from tap_gtmcli.tap.in_flight_window import (
+    INITIAL_WINDOW,
+    LIMITED_CAP,
+    POLITE_CAP,
+    InFlightWindow,
+    Outcome,
+)
+from tap_gtmcli.tap.page_pipeline import PagePipeline
+from tap_gtmcli.tap.rate_gate import RateGate
+from tap_gtmcli.tap.result_pages import ResultPage
+from tests.tap.conftest import run_tap
+
+RESULTS = "GET /v1/jobs/{id}/results"
+PAGE_BYTES = 1000
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# --- the in-flight window -----------------------------------------------------------
+
+
+def feed(window: InFlightWindow, clock: FakeClock, latency: Callable[[int], float],
+         rounds: int, outcome: Callable[[int], Outcome] = lambda _: Outcome.ANSWERED,
+         ) -> list[int]:
+    """Run `rounds` rounds of a server whose latency depends on the requests in flight."""
+    sizes = []
+    for round_number in range(rounds):
+        size = window.size
+        sizes.append(size)
+        window.bound()  # there is always more to fetch than the window holds
+        for _ in range(size):
+            clock.now += latency(size) / size
+            window.record(latency(size), outcome(round_number))
+    return sizes
+
+
+def test_with_a_limit_the_window_is_rate_times_latency_and_follows_latency():
+    clock = FakeClock()
+    rate: list[float | None] = [50.0]
+    window = InFlightWindow(allowed_rate=lambda: rate[0], clock=clock)
+    assert window.size == INITIAL_WINDOW  # no latency measured yet
+    for latency, expected in [(0.3, 20), (0.8, 51), (0.1, 8)]:
+        for _ in range(80):
+            window.record(latency, Outcome.ANSWERED)
+        # Little's law, 25% headroom and one more: ceil(50 x latency x 1.25) + 1.
+        assert window.size == expected
+    rate[0] = 200.0
+    for _ in range(80):
+        window.record(0.8, Outcome.ANSWERED)
+    assert window.size == LIMITED_CAP
+    assert InFlightWindow(allowed_rate=lambda: 200.0, upper=10, clock=clock).upper == 10
+
+
+def test_without_a_limit_the_window_grows_while_throughput_grows():
+    clock = FakeClock()
+    window = InFlightWindow(allowed_rate=lambda: None, clock=clock)
+    # A server that answers in 100 ms up to 12 requests at once and queues the rest.
+    sizes = feed(window, clock, lambda size: 0.1 * max(1.0, size / 12), rounds=40)
+    assert sizes[:2] == [8, 16]  # slow start: throughput doubled with the window
+    assert max(sizes) <= POLITE_CAP
+    # Once the server queues, latency rises and the window settles above its capacity
+    # (throughput is at the top) without running to the cap.
+    assert 12 <= sizes[-1] < POLITE_CAP
+
+
+def test_without_a_limit_and_a_fast_server_the_window_reaches_the_politeness_cap():
+    clock = FakeClock()
+    window = InFlightWindow(allowed_rate=lambda: None, clock=clock)
+    sizes = feed(window, clock, lambda size: 0.3, rounds=12)
+    assert sizes[:3] == [8, 16, 32]
+    assert sizes[-1] == POLITE_CAP
+    capped = InFlightWindow(allowed_rate=lambda: None, upper=6, clock=clock)
+    assert max(feed(capped, clock, lambda size: 0.3, rounds=12)) == 6
+
+
+def test_errors_halve_the_window_once_per_round_then_it_grows_again():
+    clock = FakeClock()
+    window = InFlightWindow(allowed_rate=lambda: None, clock=clock)
+    sizes = feed(window, clock, lambda size: 0.3, rounds=3)
+    assert sizes == [8, 16, 32]
+    # A round where every answer is a 429 (or 5xx, or a timeout): halved once, not 32x.
+    throttled = feed(window, clock, lambda size: 0.3, rounds=1,
+                     outcome=lambda _: Outcome.THROTTLED)
+    assert throttled == [32]
+    assert window.size == 16
+    feed(window, clock, lambda size: 0.3, rounds=1, outcome=lambda _: Outcome.FAILED)
+    assert window.size == 8
+    # No slow start after a loss: one more per round while latency stays at its floor.
+    assert feed(window, clock, lambda size: 0.3, rounds=4) == [8, 9, 10, 11]
+
+
+def test_the_window_grows_only_when_it_was_the_bound():
+    clock = FakeClock()
+    window = InFlightWindow(allowed_rate=lambda: None, clock=clock)
+    for _ in range(100):
+        clock.now += 0.1
+        window.record(0.1, Outcome.ANSWERED)  # never bound: little to fetch
+    assert window.size == INITIAL_WINDOW
+
+
+# --- the rate gate against a fixed-window server ----------------------------------------
+
+
+@dataclass
+class WindowServer:
+    """Counts requests in fixed windows at arrival, as GTMCLI and the sandbox do."""
+
+    limit: int
+    window_seconds: int
+    counts: dict[int, int] = field(default_factory=dict)
+    refused: int = 0
+
+    def answer(self, at: float) -> tuple[int, dict[str, str], float]:
+        window = math.floor(at / self.window_seconds)
+        used = self.counts.get(window, 0)
+        allowed = used < self.limit
+        if allowed:
+            used += 1
+            self.counts[window] = used
+        else:
+            self.refused += 1
+        reset = (window + 1) * self.window_seconds
+        headers = {"X-RateLimit-Limit": str(self.limit),
+                   "X-RateLimit-Remaining": str(self.limit - used),
+                   "X-RateLimit-Reset": str(reset)}
+        return (200 if allowed else 429), headers, math.ceil(reset - at)
+
+
+def simulate(server: WindowServer, *, requests: int, workers: int, upstream: float,
+             downstream: float, start: float) -> tuple[float, int]:
+    """Workers sending `requests` through one gate; (seconds taken, requests sent).
+
+    As in the tap, one request (the job list) is answered before the others start."""
+    clock = FakeClock(start)
+    gate = RateGate(clock=clock, wall_clock=clock, wait=lambda seconds: None)
+    events: list[tuple[float, int, str, int, int]] = []
+    order = 0
+    left = requests
+    sent = 0
+    pending: dict[int, tuple[int, dict[str, str], float]] = {}
+
+    def push(at: float, kind: str, worker: int, ticket: int = -1) -> None:
+        nonlocal order
+        order += 1
+        heapq.heappush(events, (at, order, kind, worker, ticket))
+
+    def book(worker: int) -> None:
+        gate.expect(left + workers)
+        ticket, delay = gate.reserve(worker=worker)
+        push(clock.now + delay, "start", worker, ticket)
+
+    push(start, "next", 0)
+    while events:
+        clock.now, _, kind, worker, ticket = heapq.heappop(events)
+        if kind == "next" and left > 0:
+            left -= 1
+            book(worker)
+        elif kind == "start":
+            delay = gate.recheck(ticket, worker=worker)
+            if delay > 0:
+                push(clock.now + delay, "start", worker, ticket)
+            else:
+                sent += 1
+                push(clock.now + upstream, "arrive", worker, ticket)
+        elif kind == "arrive":
+            pending[ticket] = server.answer(clock.now)
+            push(clock.now + downstream, "answer", worker, ticket)
+        elif kind == "answer":
+            status, headers, retry_after = pending.pop(ticket)
+            gate.observe(status, headers, retry_after if status == 429 else None,
+                         ticket=ticket, worker=worker)
+            if status == 429:
+                push(clock.now + retry_after, "retry", worker)
+            else:
+                push(clock.now, "next", worker)
+            if ticket == 0:
+                for other in range(1, workers):
+                    push(clock.now, "next", other)
+        elif kind == "retry":
+            book(worker)
+    return clock.now - start, sent
+
+
+@pytest.mark.parametrize("latency", [0.1, 0.3, 0.8])
+@pytest.mark.parametrize("upstream_share", [0.5, 1.0])
+def test_a_one_second_window_is_used_without_a_429_storm(latency, upstream_share):
+    server = WindowServer(limit=50, window_seconds=1)
+    workers = math.ceil(50 * latency * 1.25) + 1  # what the in-flight window would hold
+    seconds, sent = simulate(server, requests=400, workers=workers,
+                             upstream=latency * upstream_share,
+                             downstream=latency * (1 - upstream_share), start=1000.3)
+    assert server.refused == 0
+    assert sent == sum(server.counts.values()) == 400
+    # Share of the budget in the windows the run covered from start to end (the first
+    # and last are partial): at least 85% used.
+    counts = [count for _, count in sorted(server.counts.items())]
+    assert sum(counts[1:-1]) >= 0.85 * 50 * len(counts[1:-1])
+    assert seconds <= 400 / 50 + 2 * latency + 1.0  # + the first window's unused part
+
+
+@pytest.mark.parametrize("workers", [2, 4, 8])
+def test_a_sixty_second_window_is_spread_then_the_rest_goes_at_the_next_window(workers):
+    server = WindowServer(limit=120, window_seconds=60)
+    start = 960.5  # just after a window opened: the next one opens at 1020
+    seconds, _ = simulate(server, requests=151, workers=workers, upstream=0.15,
+                          downstream=0.15, start=start)
+    assert server.refused == 0
+    assert sum(server.counts.values()) == 151
+    assert server.counts[16] >= 110  # most of the budget of the first window used
+    ideal = 1020 - start
+    assert seconds <= 1.2 * ideal
+    # Spread, not burst: the first window's 120 requests took most of its 59.5 s.
+    assert seconds >= ideal
+
+
+def test_without_limit_headers_the_gate_does_not_pace():
+    clock = FakeClock()
+    waits: list[float] = []
+    gate = RateGate(clock=clock, wall_clock=clock, wait=waits.append)
+    for _ in range(100):
+        gate.wait_turn()
+        gate.observe(200, {})
+    assert waits == []
+    assert gate.allowed_rate() is None
+
+
+def test_a_spent_window_holds_every_worker_until_reset_whatever_its_length():
+    clock = FakeClock(1000.0)
+    gate = RateGate(clock=clock, wall_clock=clock, wait=lambda seconds: None)
+    gate.observe(200, {"X-RateLimit-Limit": "60", "X-RateLimit-Remaining": "0",
+                       "X-RateLimit-Reset": "1042"}, ticket=0, worker=1)
+    delays = [gate.reserve(worker=worker)[1] for worker in range(2, 6)]
+    assert delays[0] == pytest.approx(42.0)
+    assert all(delay >= 42.0 for delay in delays)
+
+
+def test_a_429_holds_every_worker_including_starts_booked_before_it():
+    clock = FakeClock(1000.0)
+    gate = RateGate(clock=clock, wall_clock=clock, wait=lambda seconds: None)
+    first, _ = gate.reserve(worker=1)
+    gate.observe(200, {"X-RateLimit-Limit": "120", "X-RateLimit-Remaining": "100",
+                       "X-RateLimit-Reset": "1060"}, ticket=first, worker=1)
+    gate.expect(1000)  # more to do than the window allows: starts are spread
+    booked = [gate.reserve(worker=worker) for worker in range(2, 6)]
+    assert [delay for _, delay in booked][1:] == pytest.approx([0.6, 1.2, 1.8])
+    retry_after = parse_retry_after(formatdate(1012, usegmt=True), now=1000.0)
+    assert retry_after == 12.0
+    gate.observe(429, {}, retry_after, ticket=booked[0][0], worker=2)
+    # The worker that was told backs off by its own retry policy, not by the gate.
+    assert gate.reserve(worker=2)[1] < 12.0
+    # Starts booked before the 429 are held too when their moment comes.
+    for ticket, delay in booked[1:]:
+        clock.now = 1000.0 + delay
+        assert clock.now + gate.recheck(ticket, worker=ticket + 10) >= 1012.0
+    assert clock.now + gate.reserve(worker=9)[1] >= 1012.0
+
+
+# --- result pages read ahead across jobs ------------------------------------------------
+
+
+class FakeJobs:
+    """`send` for the pipeline: each job's pages, answered after a random pause."""
+
+    def __init__(self, pages_per_job: dict[str, int], jitter: float = 0.003, seed: int = 3,
+                 failing: frozenset[tuple[str, int]] = frozenset()) -> None:
+        self.pages_per_job = pages_per_job
+        self.random = random.Random(seed)
+        self.jitter = jitter
+        self.failing = failing
+        self.lock = threading.Lock()
+        self.sent: list[tuple[str, int]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def prepare(self, job: str, page: int) -> tuple[str, int]:
+        self.sent.append((job, page))  # the reading thread prepares, in order
+        return job, page
+
+    def send(self, request: tuple[str, int]) -> ResultPage:
+        job, page = request
+        with self.lock:
+            pause = self.random.uniform(0, self.jitter)
+        time.sleep(pause)
+        self.gate.wait()
+        if (job, page) in self.failing:
+            raise LookupError(f"{job} page {page} failed")
+        total = self.pages_per_job[job]
+        rows = [{"job": job, "row_number": (page - 1) * 10 + i + 1} for i in range(10)]
+        return ResultPage(page, rows if page <= total else [], total, byte_size=PAGE_BYTES)
+
+    def pipeline(self, window: int, max_waiting_bytes: int = 1 << 30) -> PagePipeline:
+        return PagePipeline(prepare=self.prepare, send=self.send, window=lambda: window,
+                            workers=window, max_waiting_bytes=max_waiting_bytes)
+
+
+def read_all(pipeline: PagePipeline, jobs: list[str]) -> list[tuple[str, int]]:
+    return [(job, page.number) for job in jobs for page in pipeline.pages(job)]
+
+
+def test_pages_come_out_in_job_then_page_order_whatever_order_they_finish_in():
+    pages = {f"job{n:02}": 1 + n % 4 for n in range(30)}
+    fake = FakeJobs(pages)
+    pipeline = fake.pipeline(window=8)
+    jobs = list(pages)
+    pipeline.plan([(job, count) for job, count in pages.items()])
+    expected = [(job, page) for job in jobs for page in range(1, pages[job] + 1)]
+    assert read_all(pipeline, jobs) == expected
+    assert fake.sent == expected  # requested in the same order, each once
+    assert pipeline.peak_in_flight <= 8
+    pipeline.close()
+
+
+def test_later_jobs_are_requested_while_the_first_is_still_awaited():
+    pages = {f"job{n}": 1 for n in range(6)}
+    fake = FakeJobs(pages, jitter=0)
+    fake.gate.clear()  # no answer comes back until released
+    pipeline = fake.pipeline(window=4)
+    pipeline.plan([(job, 1) for job in pages])
+    reader = pipeline.pages("job0")
+    got: list[ResultPage] = []
+    thread = threading.Thread(target=lambda: got.append(next(reader)))
+    thread.start()
+    while pipeline.in_flight < 4:
+        time.sleep(0.001)
+    # One-page jobs: the window is filled with the pages of the next jobs, not idle.
+    assert fake.sent == [("job0", 1), ("job1", 1), ("job2", 1), ("job3", 1)]
+    fake.gate.set()
+    thread.join()
+    assert got[0].number == 1
+    assert read_all(pipeline, list(pages)[1:]) == [(f"job{n}", 1) for n in range(1, 6)]
+    pipeline.close()
+
+
+def test_more_pages_than_the_estimate_are_read_and_fewer_stop_the_job():
+    fake = FakeJobs({"a": 3, "b": 1, "c": 2})
+    pipeline = fake.pipeline(window=6)
+    # "a" was estimated at one page, "b" at three: the answers' total_pages decide.
+    pipeline.plan([("a", 1), ("b", 3), ("c", None)])
+    assert read_all(pipeline, ["a", "b", "c"]) == [
+        ("a", 1), ("a", 2), ("a", 3), ("b", 1), ("c", 1), ("c", 2)]
+    pipeline.close()
+
+
+def test_a_failed_page_surfaces_at_its_turn_and_later_jobs_still_read():
+    fake = FakeJobs({"a": 2, "b": 3, "c": 1}, failing=frozenset({("b", 2)}))
+    pipeline = fake.pipeline(window=6)
+    pipeline.plan([("a", 2), ("b", 3), ("c", 1)])
+    assert [page.number for page in pipeline.pages("a")] == [1, 2]
+    seen = []
+    with pytest.raises(LookupError, match="b page 2 failed"):
+        seen.extend(page.number for page in pipeline.pages("b"))
+    assert seen == [1]
+    assert [page.number for page in pipeline.pages("c")] == [1]
+    pipeline.close()
+
+
+def test_jobs_planned_but_not_asked_for_are_dropped_and_unplanned_ones_read():
+    fake = FakeJobs({"a": 1, "b": 2, "c": 1, "z": 2})
+    pipeline = fake.pipeline(window=2)
+    pipeline.plan([("a", 1), ("b", 2), ("c", 1)])
+    assert [page.number for page in pipeline.pages("c")] == [1]
+    assert [page.number for page in pipeline.pages("z", 2)] == [1, 2]
+    pipeline.close()
+
+
+def test_the_byte_cap_holds_across_jobs_while_the_reader_is_slow():
+    pages = {f"job{n:02}": 3 for n in range(40)}
+    fake = FakeJobs(pages, jitter=0.001)
+    pipeline = fake.pipeline(window=4, max_waiting_bytes=10 * PAGE_BYTES)
+    pipeline.plan([(job, 3) for job in pages])
+    read = []
+    for job in pages:
+        for page in pipeline.pages(job):
+            read.append((job, page.number))
+            time.sleep(0.002)  # the reader is the slow part: pages pile up ahead
+    assert len(read) == 120
+    # No request goes out once the cap is full: at most the cap, plus the pages that
+    # were already in flight then (the window).
+    assert 10 * PAGE_BYTES <= pipeline.peak_waiting_bytes <= (10 + 4) * PAGE_BYTES
+    assert pipeline.waiting_bytes == 0
+    pipeline.close()
+
+
+# --- the tap over many jobs -------------------------------------------------------------
+
+
+def test_many_small_jobs_keep_order_state_after_each_job_and_exact_requests(
+    sandbox, tap_config, tmp_path
+):
+    job_ids = []
+    for _ in range(25):
+        job_ids += sandbox.seed_jobs("find", 120)
+        sandbox.advance_clock(1)
+    sandbox.reset_stats()
+    run = run_tap(tmp_path, {**tap_config, "results_per_page": 50})
+    assert run.returncode == 0, run.stderr
+    assert "gtm_live_tap_test_secret" not in run.stdout + run.stderr
+    # Per job, oldest first: its rows in order, its record, then a STATE naming it.
+    kinds = []
+    for message in run.messages:
+        if message["type"] == "RECORD":
+            record = message["record"]
+            kinds.append(("job", record["id"]) if message["stream"] == "jobs"
+                         else ("row", record["job_id"], record["row_number"]))
+        elif message["type"] == "STATE":
+            bookmarks = message["value"]["bookmarks"]["jobs"]
+            kinds.append(("state", bookmarks.get("newest_ids", [None])[-1]))
+    expected = []
+    for job_id in job_ids:
+        # The SDK syncs a job's children before it writes the job's own record.
+        expected += [*[("row", job_id, n) for n in range(1, 121)], ("job", job_id),
+                     ("state", job_id)]
+    # (A STATE may be repeated, at the end of the stream; each job has one after it.)
+    deduplicated = [kind for index, kind in enumerate(kinds)
+                    if kind != ("state", None) and (index == 0 or kind != kinds[index - 1])]
+    assert deduplicated == expected
+    assert sandbox.stats()["requests"] == {"GET /v1/jobs": 1, RESULTS: 25 * 3}
