@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import dagster as dg
 
@@ -85,7 +86,7 @@ def finished_jobs_sensor(
 
 def _first_page_of_jobs(
     project: ProjectFile, extractor: str, environ: Mapping[str, str]
-) -> dict:
+) -> dict[str, Any]:
     """One GET /v1/jobs with the extractor's URL and key."""
     environment = environment_name(project, environ)
     api_url = project.extractor_setting(extractor, "api_url", environment, environ)

@@ -39,7 +39,9 @@ def meltano_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-class MeltanoCLI(dg.ConfigurableResource):
+# The ignore below: Dagster documents plain subclassing; its type parameter is the value a
+# resource yields, which for a plain resource is the resource itself.
+class MeltanoCLI(dg.ConfigurableResource):  # type: ignore[type-arg]
     """`meltano` of one project: by default this repository with its `.venv-meltano`."""
 
     project_dir: str = str(default_project_dir())

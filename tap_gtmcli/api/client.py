@@ -101,7 +101,7 @@ class GTMCLIClient:
         """Release the connection pool."""
         self.session.close()
 
-    def _send_once(self, method: str, path: str, **kwargs: Any) -> dict:
+    def _send_once(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         response = self.session.request(
             method, f"{self.api_url}{path}", timeout=self.timeout, **kwargs
         )
@@ -126,7 +126,7 @@ class GTMCLIClient:
         *,
         can_retry: Callable[[BaseException], bool] = lambda _error: True,
         **kwargs: Any,
-    ) -> dict:
+    ) -> dict[str, Any]:
         """Send a request, retrying transient failures that `can_retry` allows."""
 
         def wait_before_retry(details: Details) -> None:
@@ -168,7 +168,7 @@ class GTMCLIClient:
         webhook_url: str | None = None,
         *,
         body_bytes: bytes | None = None,
-    ) -> dict:
+    ) -> dict[str, Any]:
         """POST /v1/jobs once, retrying only failures that certainly created nothing.
 
         Creation has no idempotency key, so a timeout or a 5xx after sending raises
@@ -202,20 +202,20 @@ class GTMCLIClient:
 
         return self.request_json("POST", "/v1/jobs", can_retry=certainly_not_created, **payload)
 
-    def get_job(self, job_id: str) -> dict:
+    def get_job(self, job_id: str) -> dict[str, Any]:
         """GET /v1/jobs/{id}."""
         return self.request_json("GET", f"/v1/jobs/{job_id}")
 
-    def list_jobs(self) -> Iterator[dict]:
+    def list_jobs(self) -> Iterator[dict[str, Any]]:
         """GET /v1/jobs, newest first, following pagination when the answer has it."""
         for body in iterate_pages(self.list_jobs_page):
             yield from body.get("jobs") or []
 
-    def list_jobs_page(self, page: int = 1) -> dict:
+    def list_jobs_page(self, page: int = 1) -> dict[str, Any]:
         """One answer of GET /v1/jobs (the whole list when the API does not paginate)."""
         return self.request_json("GET", "/v1/jobs", params={"page": page})
 
-    def get_results_page(self, job_id: str, page: int, per_page: int) -> dict:
+    def get_results_page(self, job_id: str, page: int, per_page: int) -> dict[str, Any]:
         """One page of GET /v1/jobs/{id}/results."""
         return self.request_json(
             "GET", f"/v1/jobs/{job_id}/results", params={"page": page, "per_page": per_page}

@@ -81,13 +81,13 @@ def describe(error: ValidationError) -> list[str]:
     return [f"{where}: {what}"]
 
 
-def config_errors(schema: dict, config: dict) -> list[str]:
+def config_errors(schema: dict[str, Any], config: dict[str, Any]) -> list[str]:
     """Every error of `config` against `schema`, value-free; defaults are filled in."""
     validator = JSONSchemaValidator(schema)
     return [message for error in validator.iter_errors(config) for message in describe(error)]
 
 
-def secret_values(schema: dict, config: Mapping[str, Any]) -> Iterator[str]:
+def secret_values(schema: dict[str, Any], config: Mapping[str, Any]) -> Iterator[str]:
     """Every string held by a setting the schema marks secret (a list's items too)."""
     for name, spec in (schema.get("properties") or {}).items():
         if isinstance(spec, dict) and (spec.get("secret") or spec.get("writeOnly")):

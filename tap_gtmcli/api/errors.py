@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from http import HTTPStatus
+from typing import Any
 from urllib.parse import urlparse
 from weakref import WeakKeyDictionary
 
@@ -116,8 +117,9 @@ def error_code(response: requests.Response) -> str:
         body = json.loads(response.content)
     except ValueError:
         return "non-JSON body"
-    if isinstance(body, dict) and isinstance(body.get("error"), str):
-        return body["error"][:80]
+    code = body.get("error") if isinstance(body, dict) else None
+    if isinstance(code, str):
+        return code[:80]
     return "no error code"
 
 
@@ -135,7 +137,7 @@ def raise_for_response(response: requests.Response, retry_after: float | None = 
     raise error_class(f"{message}: {hint}" if hint else message, status)
 
 
-_decoded_bodies: WeakKeyDictionary[requests.Response, dict] = WeakKeyDictionary()
+_decoded_bodies: WeakKeyDictionary[requests.Response, dict[str, Any]] = WeakKeyDictionary()
 _JSON_OBJECT = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
@@ -158,7 +160,7 @@ def check_json_object(response: requests.Response) -> None:
         raise _malformed(response, error) from error
 
 
-def decode_json(response: requests.Response) -> dict:
+def decode_json(response: requests.Response) -> dict[str, Any]:
     """The JSON object of a 2xx answer; a truncated or non-JSON body is retriable.
 
     Decoded once per response: validation, paging and parsing all read the same dict.

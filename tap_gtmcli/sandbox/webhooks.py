@@ -173,7 +173,8 @@ class WebhookDispatcher:
         try:
             with _OPENER.open(request, timeout=self._timeout) as response:
                 response.read()
-                return 200 <= response.status < 300
+                status: int = response.status
+                return 200 <= status < 300
         except urllib.error.HTTPError as error:
             error.close()
             logger.debug("webhook receiver answered %s", error.code)

@@ -13,6 +13,7 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 from singer_sdk.contrib.msgspec import decoder, encoder
@@ -53,7 +54,7 @@ def extend_schema(schema: Any) -> Any:
     return {**schema, "properties": extended_properties}
 
 
-def enrichment_fields(row: dict, job_id: str) -> dict[str, Any]:
+def enrichment_fields(row: dict[str, Any], job_id: str) -> dict[str, Any]:
     """The `gtmcli_*` values of one result row."""
 
     def text(name: str) -> str | None:
@@ -118,7 +119,7 @@ class RecordSpool:
         self._db.executemany("INSERT INTO results VALUES (?, ?, ?)", chunk)
         self._db.execute("COMMIT")
 
-    def enriched(self, batch: int) -> Iterator[dict]:
+    def enriched(self, batch: int) -> Iterator[dict[str, Any]]:
         """The batch's RECORD messages in arrival order, each with its fields added."""
         self._write_pending()
         cursor = self._db.execute(
@@ -160,7 +161,7 @@ class JobWaiter:
         self._sleep = sleep
         self._clock = clock
 
-    def wait(self, job_id: str) -> dict:
+    def wait(self, job_id: str) -> dict[str, Any]:
         """Poll until the job completes; raise `EnrichmentFailedError` if it fails or times out."""
         job = poll_until(
             lambda: self._call(job_id, "checking", lambda: self.client.get_job(job_id)),
@@ -196,7 +197,7 @@ class JobWaiter:
             body = self._call(
                 job_id,
                 "reading results of",
-                lambda p=page: self.client.get_results_page(job_id, p, RESULTS_PER_PAGE),  # type: ignore[misc]
+                partial(self.client.get_results_page, job_id, page, RESULTS_PER_PAGE),
             )
             rows = body.get("results")
             if not isinstance(rows, list) or not rows:
@@ -226,7 +227,7 @@ class JobWaiter:
             raise EnrichmentFailedError(msg)
 
     @staticmethod
-    def _call(job_id: str, doing: str, call: Callable[[], dict]) -> dict:
+    def _call(job_id: str, doing: str, call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         try:
             return call()
         except (GTMCLIFatalError, GTMCLIRetriableError, GTMCLIRetriesExhaustedError) as error:

@@ -43,7 +43,7 @@ class FieldPath:
     setting: str
     name: str
 
-    def read(self, record: dict) -> tuple[str | None, str | None]:
+    def read(self, record: dict[str, Any]) -> tuple[str | None, str | None]:
         """(the stripped value, None) or (None, the reason it is unusable)."""
         value = record.get(self.name, _MISSING)
         if value is _MISSING and "." in self.name:
@@ -139,7 +139,7 @@ class ItemExtractor:
             return f"{email_problem} and {found}"
         return found
 
-    def _finder_item(self, record: dict) -> Item | str:
+    def _finder_item(self, record: dict[str, Any]) -> Item | str:
         values: list[str] = []
         for field in self.finder_fields:
             value, problem = field.read(record)

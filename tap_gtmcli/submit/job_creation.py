@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import Any
 
 import backoff
 import msgspec
@@ -170,7 +171,7 @@ class JobSubmitter:
         attempts = self.max_resubmissions + 1
         sent = False
 
-        def create_or_adopt() -> dict:
+        def create_or_adopt() -> dict[str, Any]:
             nonlocal sent
             if sent and self._failed:
                 # Stopped (a signal, or close on a failure path): send no POST again.
@@ -255,7 +256,7 @@ class JobSubmitter:
 
     def _look_for_created_job(
         self, job_type: str, item_count: int, error: GTMCLIAmbiguousCreateError
-    ) -> dict | None:
+    ) -> dict[str, Any] | None:
         """The job an ambiguous create made, looking again while it may still appear."""
         grace = 0.0 if error.api_answered else self.grace_seconds
         return poll_until(
@@ -269,12 +270,14 @@ class JobSubmitter:
 
     def _earliest_created_at(self, started_at: float) -> float:
         """The earliest `created_at` a job made by a call started at `started_at` can show."""
-        offset = getattr(self.client, "server_clock_offset", None)
+        offset: float | None = getattr(self.client, "server_clock_offset", None)
         if offset is None:
             return started_at - CLOCK_SKEW_SECONDS
         return started_at + offset - CREATED_AT_RESOLUTION
 
-    def _find_created_job(self, job_type: str, item_count: int, started_at: float) -> dict | None:
+    def _find_created_job(
+        self, job_type: str, item_count: int, started_at: float
+    ) -> dict[str, Any] | None:
         """The job an ambiguous create made, if GTMCLI lists one that can only be it.
 
         Every job listed and not adopted is remembered as not ours: it existed before

@@ -57,7 +57,7 @@ class GTMCLIMapper(KeySafeConfig, InlineMapper):
     def __init__(
         self,
         *,
-        config: dict | None = None,
+        config: dict[str, Any] | None = None,
         parse_env_config: bool = False,
         validate_config: bool = True,
         output: IO[bytes] | None = None,
@@ -84,23 +84,23 @@ class GTMCLIMapper(KeySafeConfig, InlineMapper):
     # The SDK routes each message to its `map_*` method with the message's dict; the
     # reader keeps the raw line being routed, so a passthrough writes those exact bytes.
 
-    def map_schema_message(self, message_dict: dict) -> Iterable[Message]:
+    def map_schema_message(self, message_dict: dict[str, Any]) -> Iterable[Message]:
         """Pass the SCHEMA on (extended with `gtmcli_*` fields in enrich mode)."""
         return self.submitter.schema(message_dict, self.message_reader.line)
 
-    def map_record_message(self, message_dict: dict) -> Iterable[Message]:
+    def map_record_message(self, message_dict: dict[str, Any]) -> Iterable[Message]:
         """Pass the record on and batch it for GTMCLI."""
         return self.submitter.record(message_dict, self.message_reader.line)
 
-    def map_state_message(self, message_dict: dict) -> Iterable[Message]:
+    def map_state_message(self, message_dict: dict[str, Any]) -> Iterable[Message]:
         """Hold the STATE until the records before it are submitted."""
         return self.submitter.state(message_dict, self.message_reader.line)
 
-    def map_activate_version_message(self, message_dict: dict) -> Iterable[Message]:
+    def map_activate_version_message(self, message_dict: dict[str, Any]) -> Iterable[Message]:
         """Pass ACTIVATE_VERSION on."""
         return self.submitter.activate_version(message_dict, self.message_reader.line)
 
-    def map_batch_message(self, message_dict: dict) -> Iterable[Message]:
+    def map_batch_message(self, message_dict: dict[str, Any]) -> Iterable[Message]:
         """Pass BATCH manifests on: their records are not in the stream to submit."""
         self.logger.warning("Passing a BATCH message on without submitting its records")
         return self.submitter.passthrough(message_dict, self.message_reader.line)

@@ -45,7 +45,7 @@ from tap_gtmcli.submit.state_gate import StateGate
 LEDGER_STREAM = "gtmcli_submissions"
 REJECTED_STREAM = "gtmcli_rejected"
 
-LEDGER_SCHEMA: dict = {
+LEDGER_SCHEMA: dict[str, Any] = {
     "type": "SCHEMA",
     "stream": LEDGER_STREAM,
     "key_properties": ["job_id"],
@@ -63,7 +63,7 @@ LEDGER_SCHEMA: dict = {
         "required": ["job_id", "job_type", "item_count", "source_stream", "batch_sha256"],
     },
 }
-REJECTED_SCHEMA: dict = {
+REJECTED_SCHEMA: dict[str, Any] = {
     "type": "SCHEMA",
     "stream": REJECTED_STREAM,
     "key_properties": [],
@@ -122,7 +122,7 @@ class GTMCLISubmitter:
 
     # One method per Singer message type.
 
-    def schema(self, message: dict, line: bytes | None = None) -> Messages:
+    def schema(self, message: dict[str, Any], line: bytes | None = None) -> Messages:
         """Pass a SCHEMA on; in enrich mode extend it, after flushing the stream's batches."""
         self._seq += 1
         stream = message.get("stream")
@@ -133,7 +133,7 @@ class GTMCLISubmitter:
         extended = {**message, "schema": extend_schema(message.get("schema"))}
         return chain(flushed, (RawMessage(extended),))
 
-    def record(self, message: dict, line: bytes | None = None) -> Messages:
+    def record(self, message: dict[str, Any], line: bytes | None = None) -> Messages:
         """Batch an acted-on record (or reject it); pass the others on."""
         self._seq += 1
         stream = message.get("stream")
@@ -171,7 +171,7 @@ class GTMCLISubmitter:
         return self._batch(stream, item.job_type, item.key, line, None)
 
     def _batch(
-        self, stream: str, job_type: str, key: ItemKey, line: bytes, message: dict | None
+        self, stream: str, job_type: str, key: ItemKey, line: bytes, message: dict[str, Any] | None
     ) -> Messages | None:
         """Add an item to its batch: the record passes on (or is spooled), a full batch goes."""
         batch, position = self.batches.add(stream, job_type, key, self._seq)
@@ -189,7 +189,7 @@ class GTMCLISubmitter:
             return chain(passed, self._flush([batch]))
         return passed
 
-    def state(self, message: dict, line: bytes | None = None) -> Messages:
+    def state(self, message: dict[str, Any], line: bytes | None = None) -> Messages:
         """Pass a STATE on when nothing is pending, else hold it."""
         self._seq += 1
         if self.batches.oldest_seq() is None:
@@ -197,7 +197,7 @@ class GTMCLISubmitter:
         self.gate.hold(self._seq, RawMessage(message, line), self.batches.newest_seq())
         return ()
 
-    def activate_version(self, message: dict, line: bytes | None = None) -> Messages:
+    def activate_version(self, message: dict[str, Any], line: bytes | None = None) -> Messages:
         """Pass an ACTIVATE_VERSION on; in enrich mode after the stream's waiting records."""
         self._seq += 1
         stream = message.get("stream")
@@ -206,7 +206,7 @@ class GTMCLISubmitter:
             return (passed,)
         return chain(self._flush(self.batches.of_stream(str(stream))), (passed,))
 
-    def passthrough(self, message: dict, line: bytes | None = None) -> Messages:
+    def passthrough(self, message: dict[str, Any], line: bytes | None = None) -> Messages:
         """Pass any other message on unchanged."""
         self._seq += 1
         return (RawMessage(message, line),)
@@ -271,7 +271,7 @@ class GTMCLISubmitter:
             self._acts_on_stream[stream] = acts
         return acts
 
-    def _announce(self, schema: dict) -> tuple[RawMessage, ...]:
+    def _announce(self, schema: dict[str, Any]) -> tuple[RawMessage, ...]:
         """A stream's SCHEMA the first time one of its records is emitted."""
         if schema["stream"] in self._announced:
             return ()
@@ -279,7 +279,7 @@ class GTMCLISubmitter:
         return (RawMessage(schema),)
 
     def _reject(
-        self, stream: str, message: dict, reason: str, line: bytes | None = None
+        self, stream: str, message: dict[str, Any], reason: str, line: bytes | None = None
     ) -> Messages:
         self.rejections[reason] += 1
         record = message.get("record")
@@ -325,11 +325,12 @@ class GTMCLISubmitter:
         assert self.spool is not None
         batch, sent = guarded.batch, guarded.to_send
         fetched: Iterator[tuple[int, dict[str, Any]]] = iter(())
-        emails = None
+        emails: list[str] | None = None
         if sent.positions:
             self.waiter.wait(job.job_id)
-            emails = list(sent.positions) if sent.job_type == "validate" else None
-            fetched = self.waiter.result_rows(job.job_id, job.job_type, emails, len(sent))  # type: ignore[arg-type]
+            if sent.job_type == "validate":  # validate items are keyed by their email
+                emails = [key for key in sent.positions if isinstance(key, str)]
+            fetched = self.waiter.result_rows(job.job_id, job.job_type, emails, len(sent))
         guard = self.jobs.guard
         keep = guard.keep_results if guard is not None else _keep_nothing
         rows = enriched_rows(guarded, fetched, encoder.encode, keep, decoder.decode)
@@ -343,10 +344,10 @@ def _keep_nothing(_results: list[tuple[bytes, bytes]]) -> None:
     """Without an index, fetched results are not kept."""
 
 
-def _ledger_message(job: SubmittedJob) -> dict:
+def _ledger_message(job: SubmittedJob) -> dict[str, Any]:
     return {"type": "RECORD", "stream": LEDGER_STREAM, "record": job.ledger_record()}
 
 
-def _ledger_messages(schemas: list[dict], job: SubmittedJob) -> list[dict]:
+def _ledger_messages(schemas: list[dict[str, Any]], job: SubmittedJob) -> list[dict[str, Any]]:
     """The ledger SCHEMA (first job only) and row of a job created in the background."""
     return [*schemas, _ledger_message(job)]

@@ -78,6 +78,8 @@ class RawMessage(Message):
     line: bytes | None = None
 
     def __post_init__(self) -> None:
+        # The SDK types `type` as its SingerMessageType enum; raw lines keep the str,
+        # which the enum (a str subclass) compares equal to.
         self.type = self.body.get("type")  # type: ignore[assignment]
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,7 +95,7 @@ class PendingMessage(Message):
     render: Callable[[Any], list[dict[str, Any]]]
 
     def __post_init__(self) -> None:
-        self.type = "RECORD"  # type: ignore[assignment]
+        self.type = "RECORD"  # type: ignore[assignment]  # str, as RawMessage's
 
     def resolve(self) -> list[RawMessage]:
         """Wait for the call; raise its error, else return the messages it yields."""
@@ -115,6 +117,7 @@ class BufferedMsgSpecWriter(MsgSpecWriter):
         # so a reader that sees `_held` empty may write without the lock.
         self._lock = threading.RLock()
 
+    # The SDK's writer returns str; this one writes bytes straight to the binary stream.
     def serialize_message(self, message: Message) -> bytes:  # type: ignore[override]
         """A message as its own JSON line."""
         return serialize_line(message.to_dict())
@@ -271,7 +274,7 @@ class SingerLineReader(GenericSingerReader[str]):
         self.on_bad_line = on_bad_line
         self.line: bytes = b""
 
-    def deserialize_json(self, line: str | bytes) -> dict:
+    def deserialize_json(self, line: str | bytes) -> dict[str, Any]:
         """Decode one whole line (numbers as `Decimal`, as the SDK reader does)."""
         result = decoder.decode(line)
         if not isinstance(result, dict):
@@ -282,7 +285,7 @@ class SingerLineReader(GenericSingerReader[str]):
     def process_lines(
         self,
         file_input: IO[str] | None,
-        callbacks: dict[str, Callable[[dict], None]],
+        callbacks: dict[str, Callable[[dict[str, Any]], None]],
     ) -> Counter[str]:
         """Route every line; return the count of each message type."""
         stats: Counter[str] = Counter()
@@ -337,7 +340,7 @@ class SingerLineReader(GenericSingerReader[str]):
 
 def _binary_lines(file_input: IO[str] | IO[bytes]) -> Iterable[bytes]:
     """The lines of a text or binary stream as bytes, reading text streams' buffers."""
-    buffer = getattr(file_input, "buffer", None)
+    buffer: Iterable[bytes] | None = getattr(file_input, "buffer", None)
     if buffer is not None:
         return buffer
     return (line.encode() if isinstance(line, str) else line for line in file_input)

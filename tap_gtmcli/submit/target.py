@@ -35,7 +35,7 @@ class TargetGTMCLI(GTMCLIMapper):
     """Submits records to GTMCLI; writes only the confirmed STATE to stdout."""
 
     name = "target-gtmcli"
-    config_jsonschema: ClassVar[dict] = th.PropertiesList(
+    config_jsonschema: ClassVar[dict[str, Any]] = th.PropertiesList(
         *SUBMIT_SETTINGS.wrapped.values(), LEDGER_PATH_SETTING
     ).to_dict()
 

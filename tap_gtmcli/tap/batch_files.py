@@ -174,7 +174,10 @@ def spool_for(
     def open_file(name: str) -> AbstractContextManager[IO[bytes]]:
         # Not StorageTarget.open: its fsspec transaction is shared by the filesystem, and
         # closing one stream's file would close the other stream's open file with it.
-        return root_fs.open(f"{root_path.rstrip('/')}/{name}", "wb")
+        opened: AbstractContextManager[IO[bytes]] = root_fs.open(
+            f"{root_path.rstrip('/')}/{name}", "wb"
+        )
+        return opened
 
     return BatchSpool(
         batch_size=batch_config.batch_size, open_file=open_file, file_url=storage.get_url,

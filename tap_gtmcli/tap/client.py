@@ -55,6 +55,8 @@ class _WholeBodyAdapter(HTTPAdapter):
     CPU time."""
 
     @override
+    # requests types HTTPAdapter.send with a looser signature than its subclasses may
+    # declare; the arguments are passed through unchanged.
     def send(  # type: ignore[override]
         self, request: requests.PreparedRequest, stream: bool = False, **kwargs: Any
     ) -> requests.Response:
@@ -235,7 +237,7 @@ class GTMCLIStream(RESTStream[int]):
         return TotalPagesPaginator()
 
     @override
-    def parse_response(self, response: requests.Response) -> Iterable[dict]:
+    def parse_response(self, response: requests.Response) -> Iterable[dict[str, Any]]:
         rows = decode_json(response).get(self.records_key) or []
         return [row for row in rows if isinstance(row, dict)]
 

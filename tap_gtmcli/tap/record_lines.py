@@ -57,6 +57,7 @@ class RecordLineBuilder:
         # Values stay raw: this decode only proves that every row is an object of
         # known fields, which costs a fraction of building dicts.
         self._known_rows = msgspec.json.Decoder(
+            # A struct type made at run time cannot be named statically, hence the ignore.
             msgspec.defstruct("KnownRows", [("results", list[known_row], [])])  # type: ignore[valid-type]
         )
         self._envelope = msgspec.json.Decoder(_RawPage)

@@ -53,7 +53,9 @@ class JobsStream(GTMCLIStream):
     records_key = "jobs"
 
     @override
-    def get_url_params(self, context: Context | None, next_page_token: int | None) -> dict:
+    def get_url_params(
+        self, context: Context | None, next_page_token: int | None
+    ) -> dict[str, Any]:
         # The documented list takes no parameters; ask for page 2+ only when paged.
         return {"page": next_page_token} if next_page_token and next_page_token > 1 else {}
 
@@ -200,7 +202,9 @@ class JobResultsStream(GTMCLIStream):
                    MAX_RESULTS_PER_PAGE)
 
     @override
-    def get_url_params(self, context: Context | None, next_page_token: int | None) -> dict:
+    def get_url_params(
+        self, context: Context | None, next_page_token: int | None
+    ) -> dict[str, Any]:
         return {"page": next_page_token or 1, "per_page": self.per_page}
 
     @override
