@@ -62,7 +62,7 @@ def finished_jobs_sensor(
             return dg.SkipReason(f"a {job.name} run is queued or in progress; "
                                  "looking again next tick")
         try:
-            body = _first_page_of_jobs(project, extractor, os.environ)
+            body = _first_page_of_jobs(project, extractor, project.environ(os.environ))
         except GTMCLIRetriesExhaustedError as error:
             # The message names the request and the status, never the key.
             return dg.SkipReason(f"{error}; trying again next tick")

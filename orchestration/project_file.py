@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,12 @@ class ProjectFile:
     raw: Mapping[str, Any]
     jobs: tuple[MeltanoJob, ...]
     schedules: tuple[MeltanoSchedule, ...]
+    #: The project's `.env`, which Meltano reads under the process environment.
+    dotenv: Mapping[str, str] = field(default_factory=dict)
+
+    def environ(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """Variables as Meltano sees them: the process environment over `.env`."""
+        return {**self.dotenv, **environ}
 
     @property
     def extractors(self) -> frozenset[str]:
@@ -172,7 +178,24 @@ def load_project_file(root: Path) -> ProjectFile:
             )
         schedules.append(MeltanoSchedule(name, entry["job"],
                                          schedule_cron(name, entry.get("interval"))))
-    return ProjectFile(raw, tuple(jobs), tuple(schedules))
+    return ProjectFile(raw, tuple(jobs), tuple(schedules), read_dotenv(root / ".env"))
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """`NAME=value` lines of a `.env` file (comments, blanks and `export ` allowed)."""
+    if not path.is_file():
+        return {}
+    values: dict[str, str] = {}
+    for raw_line in path.read_text(encoding="utf-8").splitlines():
+        line = raw_line.strip().removeprefix("export ").strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        name, value = line.split("=", 1)
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[name.strip()] = value
+    return values
 
 
 def default_project_dir(environ: Mapping[str, str] = os.environ) -> Path:

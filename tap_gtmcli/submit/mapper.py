@@ -159,7 +159,11 @@ class GTMCLIMapper(KeySafeConfig, InlineMapper):
         stopped mid-input (or mid-way through its failure exit, after logging the error)
         read as a success. Nothing past the last STATE written is confirmed; a create
         already running finishes as the interpreter exits, and none starts after it."""
-        self.submitter.jobs.stop_creating()
+        # The SDK installs this handler before the submitter exists (opening the index
+        # can take seconds): a signal then has no create to stop.
+        submitter = getattr(self, "submitter", None)
+        if submitter is not None:
+            submitter.jobs.stop_creating()
         self.logger.error(
             "Stopped by signal %d: nothing after the last STATE written is confirmed", signum
         )

@@ -92,7 +92,8 @@ class ResubmitGuard:
     ) -> ResubmitGuard | None:
         """The guard the settings ask for (None when `resubmit_after_days` is 0).
 
-        Opening checks the index and prunes what fell out of the window, so a corrupt
+        Opening checks the index and prunes what fell out of the longest window any run
+        of it used (never a shorter one: the index may be shared), so a corrupt
         or unreadable index stops the run before anything is read or submitted.
         """
         if settings.resubmit_after_days == 0:
@@ -106,7 +107,11 @@ class ResubmitGuard:
             clock=clock,
         )
         try:
-            index.start(since=guard.window_start())
+            longest_days = index.longest_window(guard.window_days)
+            index.start(
+                since=guard.window_start(),
+                prune_before=int(clock()) - longest_days * SECONDS_PER_DAY,
+            )
         except SubmissionIndexError:
             index.close()
             raise
@@ -172,9 +177,17 @@ class ResubmitGuard:
 
     def confirm(self, guarded: GuardedBatch, job: SubmittedJob) -> None:
         """GTMCLI confirmed the job: its items count as submitted from now."""
-        self.index.record(
-            guarded.digests, job_id=job.job_id, job_type=job.job_type, now=int(self._clock())
-        )
+        try:
+            self.index.record(
+                guarded.digests, job_id=job.job_id, job_type=job.job_type,
+                now=int(self._clock()),
+            )
+        except SubmissionIndexError as error:
+            msg = (
+                f"GTMCLI created {job.job_id} ({len(guarded.digests)} items), but {error} "
+                "A rerun from the last STATE sends those items again."
+            )
+            raise SubmissionIndexError(msg) from error
 
     def release(self, guarded: GuardedBatch) -> None:
         """The create failed: free the claims (a lost connection frees them anyway)."""

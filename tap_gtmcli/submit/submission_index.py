@@ -104,9 +104,18 @@ class SubmissionIndex(ABC):
         """The create of claimed items failed: let anyone submit them again."""
 
     @abstractmethod
-    def start(self, *, since: int) -> None:
-        """Forget entries submitted before `since` (they would be sent again anyway), and
-        check that the rest can be read."""
+    def longest_window(self, days: int) -> int:
+        """Note this run's window; the longest window (days) any run of this index used.
+
+        Entries are kept that long: a run with a shorter window sharing the index (the
+        mapper and the target do by default, workers do through PostgreSQL) must not
+        delete history that a longer window still counts as submitted.
+        """
+
+    @abstractmethod
+    def start(self, *, since: int, prune_before: int | None = None) -> None:
+        """Forget entries submitted before `prune_before` (default `since`; no run needs
+        them), check that the rest can be read, and count items from `since` on."""
 
     @abstractmethod
     def size_bytes(self) -> int:
@@ -117,9 +126,13 @@ class SubmissionIndex(ABC):
         """Release the file or connection."""
 
     def _error(self, doing: str, error: Exception) -> SubmissionIndexError:
+        consequence = (
+            "The run stops before the STATE of the items it could not record"
+            if doing == "written" else "Nothing was submitted with it"
+        )
         msg = (
-            f"The submission index {self.location} could not be {doing}: {error}. Nothing "
-            "was submitted with it. Fix or move it away (submission_index names it); "
+            f"The submission index {self.location} could not be {doing}: {error}. "
+            f"{consequence}. Fix or move it away (submission_index names it); "
             "without it, items are submitted again once."
         )
         return SubmissionIndexError(msg)
@@ -143,6 +156,10 @@ class SQLiteIndex(SubmissionIndex):
             job_id TEXT NOT NULL,
             job_type TEXT NOT NULL,
             digests BLOB NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS windows (
+            name TEXT PRIMARY KEY,
+            days INTEGER NOT NULL
         );
         CREATE TABLE IF NOT EXISTS results (
             digest BLOB PRIMARY KEY,
@@ -178,12 +195,28 @@ class SQLiteIndex(SubmissionIndex):
         #: Digest prefixes of the window read at the start, and of what this run recorded.
         self._seen: set[int] = set()
 
-    def start(self, *, since: int) -> None:
-        """Delete what fell out of the window, then read the window's digests."""
+    def longest_window(self, days: int) -> int:
+        """See `SubmissionIndex.longest_window`."""
         try:
             with self._transaction():
-                self._db.execute("DELETE FROM jobs WHERE submitted_at < ?", (since,))
-                self._db.execute("DELETE FROM results WHERE submitted_at < ?", (since,))
+                self._db.execute(
+                    "INSERT INTO windows VALUES ('longest', ?) ON CONFLICT (name) "
+                    "DO UPDATE SET days = max(days, excluded.days)", (days,),
+                )
+                (longest,) = self._db.execute(
+                    "SELECT days FROM windows WHERE name = 'longest'"
+                ).fetchone()
+        except sqlite3.Error as error:
+            raise self._error("read", error) from error
+        return int(longest)
+
+    def start(self, *, since: int, prune_before: int | None = None) -> None:
+        """Delete what fell out of the longest window, then read the window's digests."""
+        try:
+            with self._transaction():
+                oldest = since if prune_before is None else prune_before
+                self._db.execute("DELETE FROM jobs WHERE submitted_at < ?", (oldest,))
+                self._db.execute("DELETE FROM results WHERE submitted_at < ?", (oldest,))
             for (digests,) in self._db.execute(
                 "SELECT digests FROM jobs WHERE submitted_at >= ?", (since,)
             ):
@@ -297,6 +330,10 @@ class PostgresIndex(SubmissionIndex):
                 "job_id text, job_type text, result bytea, "
                 "claimed_by integer, claimed_session timestamptz)"
             )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS gtmcli_submission_index_windows ("
+                "name text PRIMARY KEY, days integer NOT NULL)"
+            )
             self._session = self._db.execute(
                 "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
             ).fetchone()
@@ -378,12 +415,25 @@ class PostgresIndex(SubmissionIndex):
         except self._errors as error:
             raise self._error("written", error) from error
 
-    def start(self, *, since: int) -> None:
-        """Delete entries (and dead claims) older than `since`."""
+    def longest_window(self, days: int) -> int:
+        """See `SubmissionIndex.longest_window`."""
+        try:
+            row = self._db.execute(
+                "INSERT INTO gtmcli_submission_index_windows AS w VALUES ('longest', %s) "
+                "ON CONFLICT (name) DO UPDATE SET days = GREATEST(w.days, EXCLUDED.days) "
+                "RETURNING days",
+                (days,),
+            ).fetchone()
+        except self._errors as error:
+            raise self._error("read", error) from error
+        return int(row[0])
+
+    def start(self, *, since: int, prune_before: int | None = None) -> None:
+        """Delete entries (and dead claims) older than `prune_before` (default `since`)."""
         try:
             self._db.execute(
                 "DELETE FROM gtmcli_submission_index WHERE submitted_at < %s",
-                (since,),
+                (since if prune_before is None else prune_before,),
             )
         except self._errors as error:
             raise self._error("written", error) from error

@@ -102,7 +102,10 @@ class GTMCLIStream(RESTStream[int]):
     @property
     def rate_gate(self) -> RateGate:
         """The tap's one gate that spaces requests under the plan's rate limit."""
-        return _RATE_GATES.setdefault(self._tap, RateGate())
+        gate = _RATE_GATES.get(self._tap)
+        if gate is None:  # built once per tap: it is read about twice per request
+            gate = _RATE_GATES.setdefault(self._tap, RateGate())
+        return gate
 
     @property
     def in_flight_window(self) -> InFlightWindow:

@@ -185,6 +185,31 @@ def test_items_are_submitted_again_past_the_window(sandbox: Any, tmp_path: Path)
     assert_key_absent(inside, past)
 
 
+def test_a_shorter_window_never_prunes_what_a_longer_one_still_counts(
+    sandbox: Any, tmp_path: Path
+) -> None:
+    """The mapper and the target share the default index, workers share a PostgreSQL one:
+    a run with a 1-day window must not delete the 30-day history of the others."""
+    index = str(tmp_path / "i.sqlite")
+    now = 1_900_000_000.0
+    messages = contacts(20)
+    run_with_clock(sandbox, messages, lambda: now, submission_index=index)
+    before = job_ids(sandbox)
+    # Ten days later a 1-day run sends everything again (its own window is over) ...
+    run_with_clock(sandbox, contacts(1), lambda: now + 10 * DAY,
+                   submission_index=index, resubmit_after_days=1)
+    resent = job_ids(sandbox) - before
+    assert len(resent) == 1
+    # ... and the next 30-day run still knows the other 19 items from day 0.
+    again = run_with_clock(sandbox, messages, lambda: now + 10 * DAY + 60,
+                           submission_index=index)
+    assert job_ids(sandbox) - before == resent
+    assert of_stream(again, LEDGER_STREAM)[0]["record"]["skipped_item_count"] == 20
+    with sqlite3.connect(index) as db:
+        assert db.execute("SELECT days FROM windows").fetchall() == [(30,)]
+    assert_key_absent(again)
+
+
 def test_resubmit_after_days_zero_sends_everything_every_run(sandbox: Any, tmp_path: Path) -> None:
     config = sandbox_config(sandbox, resubmit_after_days=0,
                             submission_index=str(tmp_path / "never-made" / "i.sqlite"))

@@ -108,6 +108,26 @@ environments:
         setting("tap-y", "api_url", "dev", {})
 
 
+def test_the_project_dotenv_is_read_under_the_process_environment(tmp_path: Path):
+    (tmp_path / "meltano.yml").write_text("""
+plugins:
+  extractors:
+  - name: tap-x
+    settings: [{name: api_key}]
+""")
+    (tmp_path / ".env").write_text(
+        "# keys\nexport TAP_X_API_KEY='from-dotenv'\nOTHER=\"quoted value\"\n\nnot a line\n"
+    )
+    project = load_project_file(tmp_path)
+    assert project.dotenv == {"TAP_X_API_KEY": "from-dotenv", "OTHER": "quoted value"}
+    assert project.extractor_setting("tap-x", "api_key", None, project.environ({})) == (
+        "from-dotenv"
+    )
+    assert project.extractor_setting(
+        "tap-x", "api_key", None, project.environ({"TAP_X_API_KEY": "from-env"})
+    ) == "from-env"
+
+
 def _job(job_id: str, status: str, completed_at: str | None) -> dict[str, object]:
     return {"id": job_id, "status": status, "created_at": "2026-01-01T00:00:00Z",
             "completed_at": completed_at}
