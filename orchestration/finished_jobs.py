@@ -15,9 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tap_gtmcli.api.client import FINISHED_STATUSES
 from tap_gtmcli.api.timestamps import parse_timestamp
-
-FINISHED_STATUSES = frozenset({"completed", "failed"})
 
 
 @dataclass(frozen=True)

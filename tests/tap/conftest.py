@@ -41,17 +41,26 @@ class TapRun:
         return self.states[-1] if self.states else None
 
 
+def tap_command(
+    tmp_path: Path, config: dict[str, Any], state: dict[str, Any] | None = None,
+    prefix: str = "",
+) -> list[str]:
+    """`tap-gtmcli --config ... [--state ...]`, the files written under `tmp_path`."""
+    config_path = tmp_path / f"{prefix}config.json"
+    config_path.write_text(json.dumps(config))
+    command = [TAP, "--config", str(config_path)]
+    if state is not None:
+        state_path = tmp_path / f"{prefix}state.json"
+        state_path.write_text(json.dumps(state))
+        command += ["--state", str(state_path)]
+    return command
+
+
 def run_tap(
     tmp_path: Path, config: dict[str, Any], state: dict[str, Any] | None = None, timeout: float = 120
 ) -> TapRun:
     """Run `tap-gtmcli` as a user would, and parse its Singer output."""
-    config_path = tmp_path / "config.json"
-    config_path.write_text(json.dumps(config))
-    command = [TAP, "--config", str(config_path)]
-    if state is not None:
-        state_path = tmp_path / "state.json"
-        state_path.write_text(json.dumps(state))
-        command += ["--state", str(state_path)]
+    command = tap_command(tmp_path, config, state)
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     messages = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]

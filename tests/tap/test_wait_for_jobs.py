@@ -21,7 +21,7 @@ import pytest
 
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 from tap_gtmcli.tap.job_waiter import PollSchedule
-from tests.tap.conftest import API_KEY, TAP, TapRun, run_tap
+from tests.tap.conftest import API_KEY, TapRun, run_tap, tap_command
 
 START_DELAY = 3600.0
 RATE = 2000.0
@@ -89,13 +89,7 @@ def run_tap_watched(
     timeout: float = 120,
 ) -> TapRun:
     """Run the console script, handing each message to `watch` as it arrives."""
-    config_path = tmp_path / "watched-config.json"
-    config_path.write_text(json.dumps(config))
-    command = [TAP, "--config", str(config_path)]
-    if state is not None:
-        state_path = tmp_path / "watched-state.json"
-        state_path.write_text(json.dumps(state))
-        command += ["--state", str(state_path)]
+    command = tap_command(tmp_path, config, state, prefix="watched-")
     stderr_path = tmp_path / "watched-stderr.log"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     messages: list[dict[str, Any]] = []
