@@ -115,12 +115,18 @@ def dlt_config(url: str) -> dict:
     }
 
 
-def dlt_client(url: str, count_file: str) -> None:
-    """Iterate rest_api's job_results resource (no pipeline, no destination); count rows."""
+def dlt_client(url: str, count_file: str, *, parallelized: bool = False) -> None:
+    """Iterate rest_api's job_results resource (no pipeline, no destination); count rows.
+
+    `parallelized` sets the child resource's own option (bench_read_ahead's fair peer).
+    """
     os.environ["RUNTIME__DLTHUB_TELEMETRY"] = "false"
     from dlt.sources.rest_api import rest_api_source  # noqa: PLC0415 (only in DLT_VENV)
 
-    source = rest_api_source(dlt_config(url), name="gtmcli")
+    config = dlt_config(url)
+    if parallelized:
+        config["resources"][1]["parallelized"] = True
+    source = rest_api_source(config, name="gtmcli")
     count = 0
     for item in source.with_resources("job_results"):
         count += len(item) if isinstance(item, list) else 1

@@ -68,7 +68,7 @@ from bench_extract import (
     WORK,
     clean_env,
     commit,
-    dlt_config,
+    dlt_client,
     machine,
 )
 from results_file import write_section  # sibling scripts, not a package
@@ -146,17 +146,8 @@ def concurrent_client(url: str, count_file: str) -> None:
 
 
 def dlt_parallel_client(url: str, count_file: str) -> None:
-    """rest_api's job_results child, parallelized, iterated; rows counted."""
-    os.environ["RUNTIME__DLTHUB_TELEMETRY"] = "false"
-    from dlt.sources.rest_api import rest_api_source  # noqa: PLC0415 (only in DLT_VENV)
-
-    config = dlt_config(url)
-    config["resources"][1]["parallelized"] = True
-    source = rest_api_source(config, name="gtmcli")
-    count = 0
-    for item in source.with_resources("job_results"):
-        count += len(item) if isinstance(item, list) else 1
-    Path(count_file).write_text(str(count))
+    """dlt's rest_api with its child resource `parallelized`; count rows."""
+    dlt_client(url, count_file, parallelized=True)
 
 
 # --- the sandbox --------------------------------------------------------------------------
