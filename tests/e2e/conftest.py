@@ -42,10 +42,16 @@ class Pipelines:
     sandbox: SandboxProcess
     workdir: Path
 
-    def run(self, *arguments: str, log_name: str, env: dict[str, str] | None = None) -> MeltanoRun:
-        """`meltano run ...` against the sandbox; a failure shows the end of its log."""
+    def run(self, *arguments: str, log_name: str, env: dict[str, str] | None = None,
+            on_progress: Callable[[str], None] | None = None) -> MeltanoRun:
+        """`meltano run ...` against the sandbox; a failure shows the end of its log.
+
+        `on_progress` gets each progress line (PROGRESS_PATTERN) the moment Meltano
+        prints it; the log file itself is written in blocks.
+        """
         try:
-            return self.project.run(["run", *arguments], log_name=log_name, env=env)
+            return self.project.run(["run", *arguments], log_name=log_name, env=env,
+                                    on_progress=on_progress)
         except StepFailedError as error:
             log = error.log_path.read_text() if error.log_path else ""
             errors = [line for line in log.splitlines() if "[error" in line][:20]

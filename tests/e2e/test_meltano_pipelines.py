@@ -6,7 +6,6 @@ import csv
 import json
 import re
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -145,14 +144,10 @@ def test_enrich_mapping_lands_enriched_contacts(
     assert {job_id for *_, job_id in enriched.values()} == {row[0] for row in submissions}
 
 
-def start_jobs_once_waiting(sandbox: SandboxProcess, log_path: Path, line: str) -> None:
-    """Push the sandbox clock an hour on once `line` shows in the run's log (or after a
-    minute without it, so that a tap that does not wait fails the test, not hangs it)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if log_path.exists() and line in log_path.read_text(errors="replace"):
-            break
-        time.sleep(0.2)
+def start_jobs_once_waiting(sandbox: SandboxProcess, waiting: threading.Event) -> None:
+    """Push the sandbox clock an hour on once the run says it waits (or after a minute
+    without it, so that a tap that does not wait fails the test, not hangs it)."""
+    waiting.wait(timeout=60)
     requests.post(f"{sandbox.url}/_sandbox/clock", json={"advance": 3600}, timeout=30,
                   headers={"Authorization": f"Bearer {sandbox.api_key}"}).raise_for_status()
 
@@ -161,7 +156,6 @@ def test_validate_and_collect_lands_the_results_of_its_own_submission_in_one_run
     pipelines: Pipelines, duckdb_query: Callable[[Path, str], list[list[Any]]],
 ) -> None:
     warehouse = pipelines.workdir / "duckdb-collect.duckdb"
-    log_path = pipelines.project.log_dir / "validate-and-collect.log"
     # A sandbox of its own whose jobs start only when its clock is pushed an hour on:
     # that happens once tap-gtmcli logs that it waits, so it surely found the job open.
     sandbox = SandboxProcess(pipelines.workdir / "collect-sandbox.db",
@@ -169,14 +163,21 @@ def test_validate_and_collect_lands_the_results_of_its_own_submission_in_one_run
                              api_key=TEST_API_KEY,  # the key the e2e plugins are given
                              extra_args=("--start-delay", "3600", "--processing-rate", "1000"))
     url = sandbox.start()
-    starter = threading.Thread(target=start_jobs_once_waiting,
-                               args=(sandbox, log_path, "waiting up to"), daemon=True)
+    waiting = threading.Event()
+    starter = threading.Thread(target=start_jobs_once_waiting, args=(sandbox, waiting),
+                               daemon=True)
+
+    def on_progress(line: str) -> None:
+        # Read from the run's output as it is printed (the log file is written in blocks).
+        if "waiting up to" in line:
+            waiting.set()
+
     try:
         starter.start()
         # A state of its own too, so the contacts are submitted whatever ran before.
         run = pipelines.run(
             "--state-id-suffix", "collect", "gtmcli-validate-and-collect",
-            log_name="validate-and-collect",
+            log_name="validate-and-collect", on_progress=on_progress,
             env={"TARGET_DUCKDB_FILEPATH": str(warehouse), "TAP_GTMCLI_API_URL": url,
                  "MAPPER_GTMCLI_API_URL": url},
         )
