@@ -7,6 +7,13 @@
   earlier test submitted. In-process runs get a data directory of their own per test;
   console scripts started with a copy of the environment taken at import time share the
   session's, which is emptied before each test.
+- The suite runs in two pytest-xdist workers (`-n 2 --dist loadgroup`, pyproject.toml):
+  it mostly waits on subprocesses and sandboxes. Each worker is a process with its own
+  session fixtures (data directory, key scan, sandboxes). The tests that run Meltano
+  (e2e and Dagster) run in one worker, one after another (MELTANO_TESTS below); Meltano
+  and its plugins are installed under a lock all the same (tests/e2e `installing`).
+  Figures a test measured go through `print_figures`, which shows them whichever worker
+  ran the test.
 """
 
 from __future__ import annotations
@@ -15,8 +22,9 @@ import atexit
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +36,59 @@ _SESSION_DATA_HOME = tempfile.mkdtemp(prefix="gtmcli-tests-data-")
 atexit.register(shutil.rmtree, _SESSION_DATA_HOME, ignore_errors=True)
 os.environ["XDG_DATA_HOME"] = _SESSION_DATA_HOME
 os.environ.pop("MELTANO_PROJECT_ROOT", None)
+
+
+#: Tests that run in one worker, one after another, in file order: every test that runs
+#: Meltano (tests/e2e, tests/orchestration). Concurrent Meltano runs of one plugin in one
+#: project share `.meltano/run/<plugin>/` (the catalog, state and config files each run
+#: writes and its plugin reads, the config with the key); one worker also keeps one
+#: sandbox with its submitted contacts, one PostgreSQL server, one migrated system database.
+MELTANO_TESTS = ("tests/e2e/", "tests/orchestration/")
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # before pytest-xdist's own
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadgroup`, with MELTANO_TESTS as one group.
+
+    By path, in the controller: pytest-xdist 3.8 reads `xdist_group` marks by rewriting
+    node ids, which pytest 9.2 no longer honours (pytest-xdist issue 1386).
+    """
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class MeltanoInOneWorker(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.startswith(MELTANO_TESTS):
+                return "meltano"
+            return str(super()._split_scope(nodeid))
+
+    return MeltanoInOneWorker(config, log)
+
+
+#: The user property that carries a test's figures to the controller process.
+FIGURES = "figures"
+_figures: list[str] = []
+
+
+@pytest.fixture
+def print_figures(record_property: Callable[[str, object], None]) -> Callable[[str], None]:
+    """Shows a line of figures a test measured in the suite's output, after the test
+    summary, whichever worker ran it (a worker's own prints never reach the terminal)."""
+    return lambda line: record_property(FIGURES, line)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call":
+        _figures.extend(f"{report.nodeid}: {value}" for name, value in report.user_properties
+                        if name == FIGURES)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _figures:
+        terminalreporter.write_sep("=", "figures measured by tests")
+        for line in _figures:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(autouse=True)

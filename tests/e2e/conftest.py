@@ -7,6 +7,7 @@ database and state, warehouses, logs, the sandbox's jobs) goes to a temporary di
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,19 @@ class Pipelines:
         return {job["id"]: job for job in jobs}, rows
 
 
+@contextmanager
+def installing(project: MeltanoProject) -> Iterator[None]:
+    """Held while Meltano and the plugins are checked and installed: the pytest-xdist
+    workers share the project's `.venv-meltano/` and `.meltano/`, and the first one to
+    get here builds them while the others wait (an exclusive flock on the project root)."""
+    handle = os.open(project.root, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)  # releases the lock
+
+
 @pytest.fixture(scope="session")
 def e2e_dir() -> Iterator[Path]:
     """A temporary directory for the whole e2e session."""
@@ -103,8 +118,9 @@ def meltano_project(e2e_dir: Path) -> Iterator[MeltanoProject]:
                e2e_dir / "logs")
     for directory in scanned:
         key_scan.watch_tree(directory, since=started)
-    project.ensure_meltano()
-    project.install(E2E_PLUGINS)
+    with installing(project):
+        project.ensure_meltano()
+        project.install(E2E_PLUGINS)
     yield project
     key_scan.assert_clean()
     for directory in scanned:

@@ -24,7 +24,7 @@ from tap_gtmcli.api.retry import RetryPolicy
 from tap_gtmcli.demo.meltano_project import MeltanoProject
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 from tests import key_scan
-from tests.e2e.conftest import PostgresServer, duckdb_query, postgres_server
+from tests.e2e.conftest import PostgresServer, duckdb_query, installing, postgres_server
 from tests.reliability.conftest import API_KEY, assert_no_secret
 
 __all__ = ["duckdb_query", "postgres_server"]  # e2e fixtures, used here by name
@@ -95,9 +95,10 @@ def orchestration_dir() -> Iterator[Path]:
 def meltano_project(orchestration_dir: Path) -> MeltanoProject:
     """The project's Meltano, with the plugins these tests run (installed if missing)."""
     project = MeltanoProject(log_dir=orchestration_dir / "logs")
-    project.ensure_meltano()
-    if not all(project.plugin_python(kind, name).exists() for kind, name in PLUGIN_VENVS):
-        project.install([name for _, name in PLUGIN_VENVS])
+    with installing(project):
+        project.ensure_meltano()
+        if not all(project.plugin_python(kind, name).exists() for kind, name in PLUGIN_VENVS):
+            project.install([name for _, name in PLUGIN_VENVS])
     return project
 
 

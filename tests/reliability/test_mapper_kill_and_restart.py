@@ -98,7 +98,7 @@ def one_trial(tmp_path: Path, trial: int, kill_after: int, messages: list[dict])
     }
 
 
-def test_sigkill_at_20_points_never_loses_an_item(tmp_path, capsys):
+def test_sigkill_at_20_points_never_loses_an_item(tmp_path, print_figures):
     messages = contacts_input(RECORDS, STATE_EVERY)
     kill_points = sorted(random.Random(20261129).sample(range(1, RECORDS), TRIALS))
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -112,14 +112,13 @@ def test_sigkill_at_20_points_never_loses_an_item(tmp_path, capsys):
         # STATE that went downstream are submitted again.
         assert result["twice"] <= 2 * BATCH, result
     twice = [result["twice"] for result in results]
-    with capsys.disabled():
-        print(
-            f"\nmapper kill-and-resume: {TRIALS} trials over {RECORDS} records "
-            f"(batch_size {BATCH}, STATE every {STATE_EVERY}), items lost 0 in every trial, "
-            f"items submitted twice total {sum(twice)} (min {min(twice)} / max {max(twice)}); "
-            "per trial (killed after records -> resumed from position: twice): "
-            + ", ".join(f"{r['kill_after']}->{r['resumed_from']}: {r['twice']}" for r in results)
-        )
+    print_figures(
+        f"mapper kill-and-resume: {TRIALS} trials over {RECORDS} records "
+        f"(batch_size {BATCH}, STATE every {STATE_EVERY}), items lost 0 in every trial, "
+        f"items submitted twice total {sum(twice)} (min {min(twice)} / max {max(twice)}); "
+        "per trial (killed after records -> resumed from position: twice): "
+        + ", ".join(f"{r['kill_after']}->{r['resumed_from']}: {r['twice']}" for r in results)
+    )
 
 
 # --------------------------------------------------------------------- sandbox restart

@@ -98,7 +98,7 @@ def kill_after_messages(count: int) -> Callable[[dict[str, Any]], bool]:
 
 
 @pytest.mark.parametrize("mode", ["RECORD", "BATCH"])
-def test_sigkill_at_many_points_loses_no_row(sandbox, seeded, tmp_path, capsys, mode):
+def test_sigkill_at_many_points_loses_no_row(sandbox, seeded, tmp_path, print_figures, mode):
     config: dict[str, Any] = {"api_key": API_KEY, "api_url": sandbox.url, "results_per_page": 200}
     if mode == "BATCH":
         config["batch_config"] = {
@@ -138,9 +138,8 @@ def test_sigkill_at_many_points_loses_no_row(sandbox, seeded, tmp_path, capsys, 
     for path in (tmp_path / "batches").glob("*.gz"):
         assert API_KEY.encode() not in gzip.decompress(path.read_bytes()), path.name
 
-    with capsys.disabled():
-        print(
-            f"\nkill-and-resume ({mode}): {len(kills)} trials, 0 rows lost, duplicate rows "
-            f"per trial min {min(duplicates_per_trial)} / max {max(duplicates_per_trial)} "
-            f"/ total {sum(duplicates_per_trial)} of {len(truth)} rows"
-        )
+    print_figures(
+        f"kill-and-resume ({mode}): {len(kills)} trials, 0 rows lost, duplicate rows "
+        f"per trial min {min(duplicates_per_trial)} / max {max(duplicates_per_trial)} "
+        f"/ total {sum(duplicates_per_trial)} of {len(truth)} rows"
+    )
