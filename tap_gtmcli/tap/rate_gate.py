@@ -64,6 +64,8 @@ DELAY_SAMPLES = 200
 #: up that long between its booked start and GTMCLI counting it (thread wake-up, network
 #: jitter); more when the answers' latency varies more.
 JITTER = 0.01
+#: Starts kept before any answer told of a limit (with none, nothing needs the ledger).
+FIRST_STARTS = 64
 #: Starts the ledger keeps at most (it forgets those whose windows are past anyway).
 LEDGER_SIZE = 20_000
 
@@ -330,7 +332,10 @@ class RateGate:
         """When request `ticket`, free to go at `at`, starts, and the gap after it."""
         info = self._info
         if info is None:
-            self._ledger(ticket, at)  # its answer tells how long GTMCLI takes to count it
+            if len(self._starts) < FIRST_STARTS:
+                # Until an answer tells of a limit: their answers will tell how long
+                # GTMCLI takes to count a request, should they tell of one.
+                self._ledger(ticket, at)
             return at, 0.0
         budget = info.remaining - (ticket - info.ticket - 1)  # all started since count
         if info.reset_at is None:
