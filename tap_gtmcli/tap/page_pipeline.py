@@ -17,6 +17,10 @@ while earlier jobs are still being written:
   wait, and when the writer is, the cap stops the pile-up. The reader's next page is
   never held back by the cap, so a large page cannot stall the run.
 - Requests are prepared and submitted only in the reading thread; workers only send.
+- `close()` drops every page not read and sets the stop handed to each request it sent:
+  a worker inside a retry sends no further try and sleeps out no backoff, so a run that
+  fails or stops is not kept alive by retries nobody waits for. A reader still waiting
+  for a page when another thread closes the pipeline gets `GTMCLICancelledError`.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from tap_gtmcli.api.errors import GTMCLICancelledError
 from tap_gtmcli.tap.result_pages import ResultPage
 
 Request = TypeVar("Request")
@@ -40,6 +45,8 @@ class _Job:
     last_page: int | None = None
     next_to_send: int = 1
     pages: dict[int, Future[ResultPage]] = field(default_factory=dict)
+    #: Dropped by `close()`: a reader still waiting for its pages is told so.
+    closed: bool = False
 
     @property
     def wanted(self) -> int:
@@ -57,7 +64,7 @@ class PagePipeline(Generic[Request]):
         self,
         *,
         prepare: Callable[[str, int], Request],
-        send: Callable[[Request], ResultPage],
+        send: Callable[[Request, threading.Event], ResultPage],
         window: Callable[[], int],
         workers: int,
         max_waiting_bytes: int,
@@ -80,6 +87,8 @@ class PagePipeline(Generic[Request]):
         self._sizes: dict[Future[ResultPage], int] = {}
         self._unsent = 0  # pages planned and not yet requested
         self._pool: ThreadPoolExecutor | None = None
+        #: Handed to every request sent, set by `close()`: each worker stops retrying.
+        self._stop = threading.Event()
         self.requested = 0
         self.peak_in_flight = 0
         self.peak_waiting_bytes = 0
@@ -123,14 +132,23 @@ class PagePipeline(Generic[Request]):
             self._finish(job)
 
     def close(self) -> None:
-        """Drop every page not read yet; workers inside a retry are not waited for."""
+        """Drop every page not read yet and stop the workers: one inside a retry sends
+        no further try and sleeps out no backoff (nor a hold at the rate gate).
+
+        Returns at once, without waiting for a request on the wire to be answered.
+        Jobs planned or read afterwards start afresh, with a stop of their own.
+        """
         with self._changed:
+            self._stop.set()
+            self._stop = threading.Event()
             for job in self._plan[self._reading:]:
                 self._drop(job)
+                job.closed = True
             self._plan.clear()
             self._by_key.clear()
             self._reading = 0
             pool, self._pool = self._pool, None
+            self._changed.notify_all()
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
 
@@ -155,6 +173,10 @@ class PagePipeline(Generic[Request]):
     def _wait_for(self, job: _Job, number: int) -> Future[ResultPage] | None:
         with self._changed:
             while True:
+                if job.closed:
+                    raise GTMCLICancelledError(
+                        f"result pages of job {job.key} not read: the read-ahead was closed"
+                    )
                 self._send_more(job, number)
                 future = job.pages.get(number)
                 if future is None and number > job.wanted:
@@ -202,7 +224,7 @@ class PagePipeline(Generic[Request]):
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="gtmcli-page")
         request = self._prepare(job.key, page)
-        future = self._pool.submit(self._send, request)
+        future = self._pool.submit(self._send, request, self._stop)
         self._in_flight += 1
         self.requested += 1
         self.peak_in_flight = max(self.peak_in_flight, self._in_flight)

@@ -43,7 +43,7 @@ class FakePages:
         self.release = threading.Event()
         self.release.set()
 
-    def send(self, page: int) -> ResultPage:
+    def send(self, page: int, stop: threading.Event) -> ResultPage:
         with self.lock:
             self.running += 1
             self.peak_running = max(self.peak_running, self.running)
@@ -89,7 +89,7 @@ def test_the_last_page_comes_from_the_answers_not_the_estimate():
 
 
 def test_a_failed_page_stops_the_job_and_raises_in_the_reader():
-    def send(page: int) -> ResultPage:
+    def send(page: int, stop: threading.Event) -> ResultPage:
         if page == 3:
             raise LookupError("page 3 failed")
         return ResultPage(page, [{"row_number": page}], 10)
@@ -145,7 +145,8 @@ def test_remaining_zero_holds_until_the_window_resets():
 
 def sync_in_process(config: dict, monkeypatch) -> tuple[list[float], str]:
     sleeps: list[float] = []
-    monkeypatch.setattr("backoff._sync.time.sleep", sleeps.append)
+    monkeypatch.setattr("tap_gtmcli.tap.client.sleep_unless_stopped",
+                        lambda seconds, _stop, _what: sleeps.append(seconds))
     out = io.StringIO()
     with redirect_stdout(out):
         TapGTMCLI(config=config).sync_all()
