@@ -307,8 +307,9 @@ class JobResultsStream(GTMCLIStream):
                 requested_page=page, per_page=self.per_page, extracted_at=extracted_at,
             )
             if spliced is not None:
+                # Sized by what waits for its turn: the lines, not the answer they came from.
                 return ResultPage(spliced.page, [], spliced.total_pages, spliced.lines,
-                                  spliced.row_count, len(response.content))
+                                  spliced.row_count, len(spliced.lines))
         parsed = dataclasses.replace(
             parse_results_page(decode_json(response), page, self.per_page),
             byte_size=len(response.content),
@@ -320,7 +321,8 @@ class JobResultsStream(GTMCLIStream):
         if not self.writes_pages_directly:
             return parsed
         lines = self.record_line_builder.encode_rows(parsed.rows, extracted_at)
-        return dataclasses.replace(parsed, record_lines=lines)
+        # Only the lines are written: the rows need not wait beside them.
+        return dataclasses.replace(parsed, rows=[], record_lines=lines, byte_size=len(lines))
 
     @cached_property
     def record_line_builder(self) -> RecordLineBuilder:

@@ -82,6 +82,28 @@ def test_the_byte_cap_bounds_pages_held_while_the_reader_is_busy():
     assert pages.peak_waiting_bytes <= (3 + 4) * PAGE_BYTES
 
 
+def test_pages_in_flight_count_against_the_cap_while_the_writer_is_the_slow_part():
+    fake = FakePages(total_pages=100, jitter=0)
+    pages = PagePipeline(prepare=lambda job, page: page, send=fake.send, window=lambda: 4,
+                         workers=4, max_waiting_bytes=2 * PAGE_BYTES)
+    reader = pages.pages("job", expected_pages=100)
+    assert next(reader).number == 1  # the reader waited: the window went out
+    while pages.in_flight:  # every page sent so far answered
+        time.sleep(0.001)
+    sent = pages.requested
+    assert pages.waiting_bytes == (sent - 1) * PAGE_BYTES >= 2 * PAGE_BYTES  # cap full
+    fake.release.clear()  # from now on, requests stay in flight
+    try:
+        # The reader takes the pages waiting for it, each there when asked for.
+        assert [next(reader).number for _ in range(2, sent + 1)] == list(range(2, sent + 1))
+        # Asking for the last of them (1 waiting, 0 in flight), one request went out,
+        # not the window's four: it will wait as well (1 waiting + 1 in flight = the cap).
+        assert pages.requested == sent + 1
+    finally:
+        fake.release.set()  # (a worker left waiting would keep the test process alive)
+    assert [page.number for page in reader] == list(range(sent + 1, 101))
+
+
 def test_the_last_page_comes_from_the_answers_not_the_estimate():
     fake = FakePages(total_pages=3, jitter=0)
     pages = one_job(fake.send, 8)

@@ -593,3 +593,16 @@ def test_stopping_the_read_ahead_releases_a_worker_held_by_the_rate_gate(
     assert [type(e) for e in watched.worker_raised] == [GTMCLICancelledError]
     assert "rate gate" in str(watched.worker_raised[0])
     assert sandbox.stats()["requests"].get(RESULTS, 0) == 0  # never sent
+
+
+def test_a_page_waiting_for_its_turn_counts_the_bytes_it_holds(sandbox, tap_config):
+    """The byte cap counts the RECORD lines a page holds, not the (smaller) answer."""
+    job_id = sandbox.seed_jobs("validate", 300)[0]
+    stream = TapGTMCLI(config=tap_config).streams["job_results"]
+    context = {"job_id": job_id, "job_type": "validate", "total": 300}
+    request = stream.prepare_page_request(context, 1)
+    page = stream.fetch_page(1, request, context)
+    assert page.row_count == 300 and page.record_lines is not None
+    assert page.byte_size == len(page.record_lines)
+    answer = stream.send_with_retries(stream.prepare_page_request(context, 1), context)
+    assert page.byte_size > len(answer.content)
