@@ -7,18 +7,25 @@ own example is a per-minute window, and job endpoints may send none of these. Th
 never assumes a window length:
 
 - No limit headers at all: the gate does not pace (the in-flight window does the rest).
-- The first window seen, of unknown length: the requests it still allows are spread
-  over the time it has left, every request started since the answer that told us
-  `Remaining` counted against it too (GTMCLI will count it).
-- Once the length is known (two `Reset`s in a row, or the first window's time left in
-  whole seconds until then), each window's limit is spread evenly over its length,
-  a little under it (STEADY_SHARE, lowered by each 429). Counting requests in flight
-  against the told window instead would stall a slow link, since GTMCLI counts each
-  request when it arrives, often in the next window; even spacing keeps every window
-  within its limit wherever its boundary falls.
-- When all the run still has to request fits in what the window allows, nothing is
-  spread: it goes at once.
-- A window that is spent (`Remaining: 0`) holds every worker until its `Reset`.
+- GTMCLI counts a request when it arrives, which on a slow link is often in a later
+  window than the one the client saw when it sent it. So the gate keeps a ledger of its
+  own starts and places each in the window it will arrive in: it learns the delay from
+  start to count from the answers (a request is counted before it is answered, and
+  inside the window its answer's `Reset` closes), as a range, and a start whose range
+  straddles a window boundary counts against both windows.
+- A window is full when our starts placed in it, or what GTMCLI last told of it
+  (`Limit - Remaining`, plus our starts after the one it answered), reach its quota: the
+  whole limit once the delay is known within a tenth of the window (the slack for jitter
+  is in the delay's range), a little under it while it is still being learned (that
+  slack takes the starts aimed across a boundary to learn it), and less after each 429.
+  A request that would arrive in a full window starts so that it arrives in the next
+  one; so a window that is spent (`Remaining: 0`) holds every worker until its `Reset`.
+  While the delay is being learned, starts booked ahead look again for an earlier moment.
+- Within a window, the requests it still allows are spread over the time it has left
+  (the first window seen included, however much of it is left); when all the run still
+  has to request fits in what the window allows, nothing is spread: it goes at once.
+- The window's length comes from two `Reset`s in a row; until then, from the first
+  window's time left in whole seconds (the shortest length it can have).
 - A 429 holds every other worker for `Retry-After` exactly (seconds or an HTTP date,
   parsed by the caller), or until `Reset`: a second worker would otherwise spend its own
   request learning the same thing. The worker told to wait backs off by its retry policy.
@@ -30,19 +37,37 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 #: How long everyone waits after a 429 or `Remaining: 0` that names no moment to resume
 #: (no `Retry-After`, no `Reset`): long enough to stop a storm, short enough to find out.
 UNNAMED_HOLD = 1.0
-#: Share of a window's limit its even spacing aims at: requests reach the server with
-#: some jitter (a loaded machine delays a thread by tens of milliseconds), and a 429
-#: holds everyone for its whole Retry-After, so a little slack is cheaper than a 429.
-STEADY_SHARE = 0.96
+#: Share of a window's limit the gate uses once it knows within KNOWN_DELAY when GTMCLI
+#: counts a request: all of it, the slack for jitter being in that range (JITTER).
+STEADY_SHARE = 1.0
+#: Share used while that delay is still being learned: the rest of each window is slack
+#: for the starts sent to find out (one whose range of arrival spans a boundary).
+LEARNING_SHARE = 0.96
+#: The delay is known once its range is this narrow, as a share of the window's length.
+KNOWN_DELAY = 0.1
+#: While it is being learned, a start booked ahead looks again this often for an earlier
+#: moment (what was learned meanwhile can show its window has room sooner).
+LEARNING_RECHECK = 0.05
 #: Each 429 all the same takes this much off the share, down to MIN_SHARE.
 SHARE_AFTER_429 = 0.9
 MIN_SHARE = 0.75
+#: Answers the start-to-count delay is learned from: recent ones, so it follows the link.
+DELAY_SAMPLES = 200
+#: Seconds added at least on each side of the learned delay range: a request can be held
+#: up that long between its booked start and GTMCLI counting it (thread wake-up, network
+#: jitter); more when the answers' latency varies more.
+JITTER = 0.01
+#: Starts kept before any answer told of a limit (with none, nothing needs the ledger).
+FIRST_STARTS = 64
+#: Starts the ledger keeps at most (it forgets those whose windows are past anyway).
+LEDGER_SIZE = 20_000
 
 
 def _number(value: str | None) -> float | None:
@@ -53,8 +78,8 @@ def _number(value: str | None) -> float | None:
 
 
 @dataclass(frozen=True)
-class _WindowInfo:
-    """What the newest answer said about the window, and which request it answered."""
+class _Told:
+    """What an answer said about its window, and which request it answered."""
 
     ticket: int
     observed_at: float
@@ -62,6 +87,49 @@ class _WindowInfo:
     remaining: int
     #: On the gate's own clock (the header is wall-clock Unix seconds).
     reset_at: float | None
+
+
+@dataclass
+class _Start:
+    """A request start in the ledger."""
+
+    at: float
+    answered: bool = False
+    #: The Reset (on the gate's clock) of the window that counted it, once answered.
+    counted_by: float | None = None
+
+
+class _CountDelay:
+    """How long after its start GTMCLI counts a request: a range learned from answers."""
+
+    def __init__(self) -> None:
+        self._samples: deque[tuple[float, float]] = deque(maxlen=DELAY_SAMPLES)
+        self._latencies: deque[float] = deque(maxlen=DELAY_SAMPLES)
+        self._bounds = (0.0, 0.0)
+
+    def learn(self, *, started: float, answered: float, reset_at: float,
+              window_seconds: float | None) -> None:
+        # Counted before it was answered, and before the Reset of the window counting it.
+        latest = max(0.0, min(answered, reset_at) - started)
+        # ... and not before that window opened (once its length is known).
+        earliest = max(0.0, reset_at - window_seconds - started) if window_seconds else 0.0
+        self._samples.append((earliest, latest))
+        self._latencies.append(answered - started)
+        # The tightest bounds the answers allow. Each answer bounds its own delay; over
+        # many, the largest `earliest` and the smallest `latest` close in on the delay,
+        # and cross when delays vary: then they span that variation. Widened by how much
+        # the answers' latency varies (a loaded link or server delays some requests).
+        earliest = max(sample[0] for sample in self._samples)
+        latest = min(sample[1] for sample in self._samples)
+        latencies = sorted(self._latencies)
+        spread = latencies[int(len(latencies) * 0.95)] - latencies[int(len(latencies) * 0.05)]
+        margin = max(JITTER, spread)
+        self._bounds = (max(0.0, min(earliest, latest) - margin),
+                        max(earliest, latest) + margin)
+
+    def bounds(self) -> tuple[float, float]:
+        """(soonest, latest) delay from start to count; (0, 0) before any answer."""
+        return self._bounds
 
 
 class RateGate:
@@ -85,7 +153,13 @@ class RateGate:
         self._next_start = 0.0
         self._held_until = 0.0
         self._held_by: int | None = None
-        self._info: _WindowInfo | None = None
+        #: The newest answer's news, and the newest per window (by its Reset).
+        self._info: _Told | None = None
+        self._told: dict[float, _Told] = {}
+        #: Every start booked while a limit is known, in booking order: ticket -> its
+        #: start, and once answered the Reset of the window that counted it.
+        self._starts: dict[int, _Start] = {}
+        self._delay = _CountDelay()
         self._last_reset_wall: float | None = None
         self._demand: int | None = None
         #: Counts 429s and spent windows, so that booked starts know to look again.
@@ -105,13 +179,17 @@ class RateGate:
         """Requests per second the plan allows now; None when nothing needs pacing."""
         with self._lock:
             info = self._info
-            if info is None or info.limit is None or info.reset_at is None:
+            length = self._length()
+            if info is None or info.limit is None or info.reset_at is None or not length:
                 return None
-            if self._demand is not None and self._demand <= info.remaining:
+            now = self._clock()
+            window = self._window_of(now + self._delay.bounds()[1])
+            left = self._quota(info) - self._used(window, info)
+            if self._demand is not None and self._demand <= left:
                 return None
-            if self.window_seconds:
-                return info.limit / self.window_seconds
-            return max(info.remaining, 1) / max(info.reset_at - info.observed_at, 1e-3)
+            # The long-run pace, or faster while the window being filled has room left.
+            time_left = self._window_start(window + 1) - (now + self._delay.bounds()[1])
+            return max(self._quota(info) / length, max(left, 0) / max(time_left, 1e-3))
 
     def reserve(self, worker: int | None = None) -> tuple[int, float]:
         """Book the next request start: its ticket, and the seconds to wait before it."""
@@ -126,33 +204,40 @@ class RateGate:
             if self._booked_news.get(ticket) == self._news:
                 self._booked_news.pop(ticket, None)
                 return 0.0
-            return self._book(ticket, worker)
+            booked = self._starts.pop(ticket, None)  # booked again below
+            return self._book(ticket, worker, rebooking=booked.at if booked else 0.0)
+
+    def sooner(self, ticket: int, left: float, worker: int | None = None) -> float:
+        """Seconds left before a start booked ahead (at most `left`): while the gate is
+        still learning when GTMCLI counts requests, what it learned since booking can
+        show the start's window has room sooner."""
+        with self._lock:
+            booked = self._starts.get(ticket)
+            if booked is None or not self._learning() or self._booked_news.get(ticket) != \
+                    self._news:
+                return left
+            next_start, news = self._next_start, self._booked_news.get(ticket)
+            del self._starts[ticket]
+            again = self._book(ticket, worker, rebooking=self._clock())
+            if again < left:
+                return again
+            # No sooner: the booking stands as it was.
+            self._starts[ticket], self._next_start = booked, next_start
+            if news is not None:
+                self._booked_news[ticket] = news
+            return left
 
     def wait_turn(self) -> None:
         """Block until this thread may start a request."""
         ticket, delay = self.reserve()
         self._local.ticket = ticket
         while delay > 0:
+            if delay > LEARNING_RECHECK and self._learning():
+                self._wait(LEARNING_RECHECK)
+                delay = self.sooner(ticket, delay - LEARNING_RECHECK)
+                continue
             self._wait(delay)
             delay = self.recheck(ticket)
-
-    def _book(self, ticket: int, worker: int | None) -> float:
-        worker = threading.get_ident() if worker is None else worker
-        now = self._clock()
-        start = max(now, self._next_start)
-        if worker != self._held_by:
-            start = max(start, self._held_until)
-        elif start >= self._held_until:
-            self._held_by = None
-        start, spacing = self._schedule(ticket, start)
-        self._next_start = start + spacing
-        if start > now:
-            # A start booked ahead is checked again when it comes: a 429 or a spent
-            # window in between must hold it too.
-            self._booked_news[ticket] = self._news
-        else:
-            self._booked_news.pop(ticket, None)
-        return start - now
 
     def observe(
         self,
@@ -173,18 +258,33 @@ class RateGate:
             if ticket is None:
                 ticket = getattr(self._local, "ticket", self._tickets - 1)
             reset_at = None if reset_wall is None else now + reset_wall - self._wall_clock()
-            if reset_wall is not None:
+            if reset_wall is not None and reset_at is not None:
                 self._learn_window_length(reset_wall)
-                if self._first_window_guess is None and reset_at is not None:
+                if self._first_window_guess is None:
                     # A window is at least as long as the time it had left when first
                     # seen: in whole seconds, the shortest length it can have.
                     self._first_window_guess = float(max(1, math.ceil(reset_at - now)))
-            if remaining is not None and (self._info is None or ticket >= self._info.ticket):
-                self._news += remaining <= 0
-                self._info = _WindowInfo(
-                    ticket, now, int(limit) if limit and limit > 0 else None,
-                    int(remaining), reset_at,
-                )
+                started = self._starts.get(ticket)
+                if started is not None and status != 429:
+                    self._delay.learn(started=started.at, answered=now, reset_at=reset_at,
+                                      window_seconds=self.window_seconds)
+                    started.counted_by = reset_at
+            if status == 429:
+                self._starts.pop(ticket, None)  # refused: it used none of the window
+            elif ticket in self._starts:
+                self._starts[ticket].answered = True
+            if remaining is not None:
+                told = _Told(ticket, now, int(limit) if limit and limit > 0 else None,
+                             int(remaining), reset_at)
+                if self._info is None or ticket >= self._info.ticket:
+                    self._info = told
+                    if remaining <= 0 and not self._foreseen(told):
+                        self._news += 1  # starts booked into that window must move
+                if reset_wall is not None:
+                    known = self._told.get(reset_wall)
+                    if known is None or ticket >= known.ticket:
+                        self._told[reset_wall] = told
+                    self._forget(now)
             if status < 400 and worker == self._held_by:
                 # The retry of the request that was told to wait went through: the
                 # window is open again for everyone.
@@ -204,6 +304,170 @@ class RateGate:
                     self._held_until = until
                     self._held_by = worker
 
+    # --- booking ------------------------------------------------------------------------
+
+    def _book(self, ticket: int, worker: int | None, rebooking: float | None = None) -> float:
+        """Book a start; `rebooking`: the start it had, kept if the news allow it."""
+        worker = threading.get_ident() if worker is None else worker
+        now = self._clock()
+        start = max(now, self._next_start if rebooking is None else rebooking)
+        if worker != self._held_by:
+            start = max(start, self._held_until)
+        elif start >= self._held_until:
+            self._held_by = None
+        start, spacing = self._schedule(ticket, start)
+        if rebooking is None:
+            self._next_start = start + spacing
+        else:  # the starts after it are booked already
+            self._next_start = max(self._next_start, start)
+        if start > now:
+            # A start booked ahead is checked again when it comes: a 429 or a spent
+            # window in between must hold it too.
+            self._booked_news[ticket] = self._news
+        else:
+            self._booked_news.pop(ticket, None)
+        return start - now
+
+    def _schedule(self, ticket: int, at: float) -> tuple[float, float]:
+        """When request `ticket`, free to go at `at`, starts, and the gap after it."""
+        info = self._info
+        if info is None:
+            if len(self._starts) < FIRST_STARTS:
+                # Until an answer tells of a limit: their answers will tell how long
+                # GTMCLI takes to count a request, should they tell of one.
+                self._ledger(ticket, at)
+            return at, 0.0
+        budget = info.remaining - (ticket - info.ticket - 1)  # all started since count
+        if info.reset_at is None:
+            # A limit with no Reset: no window to place starts in; go while it lasts.
+            if budget > 0:
+                return at, 0.0
+            return max(at, info.observed_at + UNNAMED_HOLD), 0.0
+        if info.limit is None:
+            # No limit told: only the told window is known; after it nothing is paced.
+            if at >= info.reset_at:
+                return at, 0.0
+            if budget <= 0:
+                return info.reset_at, 0.0
+            return at, (info.reset_at - at) / budget
+        soonest, latest = self._delay.bounds()
+        quota = self._quota(info)
+        for _ in range(1000):  # each turn moves on by at least part of a window
+            first = self._window_of(at + soonest)
+            last = self._window_of(at + latest)
+            if first == last:
+                if self._used(first, info) < quota:
+                    break
+                # Full: aim at the boundary after it, the start's range of arrival
+                # centred on it, so that the answer tells which side it fell.
+                at = max(at, self._window_start(first + 1) - (soonest + latest) / 2)
+                continue
+            # It may arrive on either side of a boundary: the earlier window's last few
+            # requests above the quota (its slack) take it; else it waits to be past.
+            if (self._used(first, info) < (info.limit or quota)
+                    and all(self._used(window, info) < quota
+                            for window in range(first + 1, last + 1))):
+                break
+            at = max(at, self._window_start(first + 1) - soonest)
+        self._ledger(ticket, at)
+        window = self._window_of(at + latest)
+        left = self._quota(info) - self._used(window, info) + 1  # this one included
+        if self._demand is not None:
+            # What the run still has to start: its demand counts every request it has
+            # sent and not seen answered, and those started already are in the ledger.
+            started = sum(1 for start in self._starts.values() if not start.answered)
+            if self._demand - started + 1 <= left:
+                return at, 0.0  # all that is left fits in this window: no need to spread
+        time_left = self._window_start(window + 1) - (at + latest)
+        return at, max(time_left, 0.0) / max(left, 1)
+
+    def _ledger(self, ticket: int, at: float) -> None:
+        self._starts[ticket] = _Start(at)
+        if len(self._starts) > LEDGER_SIZE:
+            self._starts.pop(next(iter(self._starts)))
+
+    # --- windows ------------------------------------------------------------------------
+
+    def _length(self) -> float | None:
+        return self.window_seconds or self._first_window_guess
+
+    def _anchor(self) -> float:
+        """A window boundary on the gate's clock: the newest answer's Reset."""
+        assert self._info is not None
+        assert self._info.reset_at is not None
+        return self._info.reset_at
+
+    def _window_of(self, moment: float) -> int:
+        """The window (numbered from the anchor's) that a request counted at `moment` is in."""
+        length = self._length()
+        if not length:
+            return 0
+        return math.floor((moment - self._anchor()) / length)
+
+    def _window_closed_by(self, reset_at: float) -> int:
+        """The window whose end is `reset_at` (a Reset told, on the gate's clock)."""
+        length = self._length()
+        if not length:
+            return -1
+        return round((reset_at - self._anchor()) / length) - 1
+
+    def _window_start(self, window: int) -> float:
+        length = self._length() or 0.0
+        return self._anchor() + window * length
+
+    def _learning(self) -> bool:
+        """Whether the delay from start to count is still known only roughly."""
+        if self._info is None or self._info.reset_at is None or self._info.limit is None:
+            return False  # nothing to place: no window told
+        soonest, latest = self._delay.bounds()
+        length = self._length()
+        return not (length and latest > 0 and latest - soonest <= KNOWN_DELAY * length)
+
+    def _quota(self, info: _Told) -> int:
+        share = min(self._share, LEARNING_SHARE) if self._learning() else self._share
+        return max(1, math.floor((info.limit or 1) * share))
+
+    def _foreseen(self, told: _Told) -> bool:
+        """Whether our own starts placed in a window told spent fill it already."""
+        if told.reset_at is None or told.limit is None or not self._length():
+            return False
+        return len(self._ours(self._window_closed_by(told.reset_at))) >= told.limit
+
+    def _ours(self, window: int) -> list[int]:
+        """The tickets of our starts placed in `window` (a start may be in two)."""
+        begins, ends = self._window_start(window), self._window_start(window + 1)
+        soonest, latest = self._delay.bounds()
+        return [ticket for ticket, start in self._starts.items()
+                if (self._window_closed_by(start.counted_by) == window
+                    if start.counted_by is not None
+                    else start.at + soonest < ends and start.at + latest >= begins)]
+
+    def _used(self, window: int, info: _Told) -> int:
+        """How much of `window` is taken: by our starts placed in it, or as GTMCLI told."""
+        ours = self._ours(window)
+        used = len(ours)
+        for told in self._told.values():
+            if told.reset_at is None or self._window_closed_by(told.reset_at) != window:
+                continue
+            limit = told.limit if told.limit is not None else info.limit
+            if limit is not None:
+                after = sum(1 for ticket in ours if ticket > told.ticket)
+                used = max(used, limit - told.remaining + after)
+        return used
+
+    def _forget(self, now: float) -> None:
+        """Drop starts and news of windows long past."""
+        length = self._length() or 1.0
+        horizon = now - 2 * length - self._delay.bounds()[1]
+        for reset_wall in [key for key, told in self._told.items()
+                           if told.reset_at is not None and told.reset_at < horizon]:
+            del self._told[reset_wall]
+        while self._starts:
+            ticket, start = next(iter(self._starts.items()))
+            if start.at >= horizon:
+                break
+            del self._starts[ticket]
+
     def _learn_window_length(self, reset_wall: float) -> None:
         last = self._last_reset_wall
         if last is not None and reset_wall > last:
@@ -213,43 +477,3 @@ class RateGate:
                 self.window_seconds, step)
         if last is None or reset_wall > last:
             self._last_reset_wall = reset_wall
-
-    def _schedule(self, ticket: int, at: float) -> tuple[float, float]:
-        """When request `ticket`, free to go at `at`, starts, and the gap after it."""
-        info = self._info
-        if info is None:
-            return at, 0.0
-        since = ticket - info.ticket - 1  # started after the answer we know of
-        budget = info.remaining - since
-        if info.reset_at is None:
-            if budget > 0:
-                return at, 0.0
-            return max(at, info.observed_at + UNNAMED_HOLD), 0.0
-        length = self.window_seconds or self._first_window_guess
-        if info.remaining <= 0 and at < info.reset_at:
-            at = info.reset_at  # GTMCLI says this window is spent
-        if self._demand is not None and self._demand <= self._left_in_window(info, since, at):
-            return at, 0.0  # all that is left fits in this window: no need to wait
-        if not info.limit or not length:
-            return at, self._spread(info.reset_at - at, budget) if at < info.reset_at else 0.0
-        # Even spacing over the window's length (see the module's rules for why).
-        spacing = length / (info.limit * self._share)
-        if self.window_seconds is None and at < info.reset_at and budget > 0:
-            # Until two Resets show the length, the first window's remaining requests
-            # are also spread over the time it has left.
-            spacing = max(spacing, (info.reset_at - at) / budget)
-        return at, spacing
-
-    @staticmethod
-    def _left_in_window(info: _WindowInfo, since: int, at: float) -> int:
-        """Requests the window holding `at` still allows, counting all started since."""
-        if info.reset_at is not None and at < info.reset_at:
-            return info.remaining - since
-        if info.limit is None:
-            return 0
-        # The requests beyond the told window's budget count against the next one.
-        return info.limit - max(0, since - max(info.remaining, 0))
-
-    @staticmethod
-    def _spread(time_left: float, budget: int) -> float:
-        return max(time_left, 0.0) / max(budget, 1)

@@ -26,7 +26,7 @@ from tap_gtmcli.tap.in_flight_window import (
     Outcome,
 )
 from tap_gtmcli.tap.page_pipeline import PagePipeline
-from tap_gtmcli.tap.rate_gate import RateGate
+from tap_gtmcli.tap.rate_gate import JITTER, RateGate
 from tap_gtmcli.tap.result_pages import ResultPage
 from tap_gtmcli.tap.tap import TapGTMCLI
 from tests.tap.conftest import run_tap
@@ -153,17 +153,29 @@ class WindowServer:
         return (200 if allowed else 429), headers, math.ceil(reset - at)
 
 
-def simulate(server: WindowServer, *, requests: int, workers: int, upstream: float,
-             downstream: float, start: float) -> tuple[float, int]:
-    """Workers sending `requests` through one gate; (seconds taken, requests sent).
+@dataclass
+class Simulated:
+    seconds: float  # first request sent to last answer
+    span: float  # first request counted to last answer, as the sandbox's stats measure
+    sent: int
+    gate: RateGate
 
-    As in the tap, one request (the job list) is answered before the others start."""
+
+def simulate(server: WindowServer, *, requests: int, workers: int, upstream: float,
+             downstream: float, start: float, jitter: float = 0.0) -> Simulated:
+    """Workers sending `requests` through one gate.
+
+    As in the tap, one request (the job list) is answered before the others start. Each
+    request reaches the server `upstream` seconds after it starts, plus up to `jitter`
+    (seeded: the same every run), and is answered `downstream` seconds later."""
     clock = FakeClock(start)
     gate = RateGate(clock=clock, wall_clock=clock, wait=lambda seconds: None)
+    delays = random.Random(11)
     events: list[tuple[float, int, str, int, int]] = []
     order = 0
     left = requests
     sent = 0
+    first_counted: float | None = None
     pending: dict[int, tuple[int, dict[str, str], float]] = {}
 
     def push(at: float, kind: str, worker: int, ticket: int = -1) -> None:
@@ -188,8 +200,10 @@ def simulate(server: WindowServer, *, requests: int, workers: int, upstream: flo
                 push(clock.now + delay, "start", worker, ticket)
             else:
                 sent += 1
-                push(clock.now + upstream, "arrive", worker, ticket)
+                push(clock.now + upstream + delays.uniform(0, jitter), "arrive", worker,
+                     ticket)
         elif kind == "arrive":
+            first_counted = clock.now if first_counted is None else first_counted
             pending[ticket] = server.answer(clock.now)
             push(clock.now + downstream, "answer", worker, ticket)
         elif kind == "answer":
@@ -205,39 +219,58 @@ def simulate(server: WindowServer, *, requests: int, workers: int, upstream: flo
                     push(clock.now, "next", other)
         elif kind == "retry":
             book(worker)
-    return clock.now - start, sent
+    assert first_counted is not None
+    return Simulated(clock.now - start, clock.now - first_counted, sent, gate)
 
 
 @pytest.mark.parametrize("latency", [0.1, 0.3, 0.8])
 @pytest.mark.parametrize("upstream_share", [0.5, 1.0])
-def test_a_one_second_window_is_used_without_a_429_storm(latency, upstream_share):
+@pytest.mark.parametrize("requests", [301, 401])
+def test_a_one_second_window_is_used_without_a_429_storm(latency, upstream_share, requests):
     server = WindowServer(limit=50, window_seconds=1)
     workers = math.ceil(50 * latency * 1.25) + 1  # what the in-flight window would hold
-    seconds, sent = simulate(server, requests=400, workers=workers,
-                             upstream=latency * upstream_share,
-                             downstream=latency * (1 - upstream_share), start=1000.3)
+    run = simulate(server, requests=requests, workers=workers,
+                   upstream=latency * upstream_share,
+                   downstream=latency * (1 - upstream_share), start=1000.3)
     assert server.refused == 0
-    assert sent == sum(server.counts.values()) == 400
-    # Share of the budget in the windows the run covered from start to end (the first
-    # and last are partial): at least 85% used.
+    assert run.sent == sum(server.counts.values()) == requests
+    # The share of the budget the issue measures: the requests' worth of windows over
+    # the time from the first request counted to the last answer.
+    assert (requests / 50) / run.span >= 0.85
+    # Every window the run covered is nearly full, but the first (it holds the job list
+    # alone while its answer travels) and the last two (what is left over).
     counts = [count for _, count in sorted(server.counts.items())]
-    assert sum(counts[1:-1]) >= 0.85 * 50 * len(counts[1:-1])
-    assert seconds <= 400 / 50 + 2 * latency + 1.0  # + the first window's unused part
+    assert all(count >= 45 for count in counts[1:-2]), counts
+
+
+@pytest.mark.parametrize("latency", [0.3, 0.8])
+def test_the_gate_learns_when_requests_are_counted_and_then_uses_the_whole_limit(latency):
+    # GTMCLI counts a request when it arrives: here the whole latency before it (as the
+    # sandbox's --latency-ms does), with up to 20 ms of jitter on the way.
+    server = WindowServer(limit=50, window_seconds=1)
+    run = simulate(server, requests=601, workers=64, upstream=latency, downstream=0.0,
+                   start=1000.7, jitter=0.02)
+    soonest, latest = run.gate._delay.bounds()
+    assert soonest <= latency < latest  # the delays seen lie in the range learned
+    assert latest - soonest <= 0.1  # known: the gate uses the whole limit
+    assert server.refused <= 0.02 * 601
+    counts = [count for _, count in sorted(server.counts.items())]
+    assert counts[4:-2] and all(count == 50 for count in counts[4:-2]), counts
 
 
 @pytest.mark.parametrize("workers", [2, 4, 8])
 def test_a_sixty_second_window_is_spread_then_the_rest_goes_at_the_next_window(workers):
     server = WindowServer(limit=120, window_seconds=60)
     start = 960.5  # just after a window opened: the next one opens at 1020
-    seconds, _ = simulate(server, requests=151, workers=workers, upstream=0.15,
-                          downstream=0.15, start=start)
+    run = simulate(server, requests=151, workers=workers, upstream=0.15,
+                   downstream=0.15, start=start)
     assert server.refused == 0
     assert sum(server.counts.values()) == 151
     assert server.counts[16] >= 110  # most of the budget of the first window used
     ideal = 1020 - start
-    assert seconds <= 1.2 * ideal
+    assert run.seconds <= 1.2 * ideal
     # Spread, not burst: the first window's 120 requests took most of its 59.5 s.
-    assert seconds >= ideal
+    assert run.seconds >= ideal
 
 
 def test_without_limit_headers_the_gate_does_not_pace():
@@ -269,7 +302,10 @@ def test_a_429_holds_every_worker_including_starts_booked_before_it():
                        "X-RateLimit-Reset": "1060"}, ticket=first, worker=1)
     gate.expect(1000)  # more to do than the window allows: starts are spread
     booked = [gate.reserve(worker=worker) for worker in range(2, 6)]
-    assert [delay for _, delay in booked][1:] == pytest.approx([0.6, 1.2, 1.8])
+    # 100 left of 120, spread over the 60 s left (less the jitter margin).
+    spacing = (60 - JITTER) / 100
+    assert [delay for _, delay in booked][1:] == pytest.approx(
+        [spacing, 2 * spacing, 3 * spacing])
     retry_after = parse_retry_after(formatdate(1012, usegmt=True), now=1000.0)
     assert retry_after == 12.0
     gate.observe(429, {}, retry_after, ticket=booked[0][0], worker=2)
