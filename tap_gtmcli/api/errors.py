@@ -85,6 +85,11 @@ class GTMCLIRetriesExhaustedError(Exception):
     """Every allowed attempt failed with a transient error."""
 
 
+class GTMCLICancelledError(Exception):
+    """A request whose answer is no longer wanted: the run is stopping. Raised instead
+    of sending another try or sleeping out a backoff; it says why nothing more came."""
+
+
 class SubmissionFailedError(Exception):
     """A batch could not be submitted; the run must stop without releasing its STATE."""
 

@@ -1,15 +1,17 @@
 """When to try a request again: `Retry-After` exactly when the API gives it, else
 exponential backoff with full jitter.
 
-Shared by the tap (through the SDK's backoff decorator) and the mapper's client; every
-retry and polling loop runs on `backoff`.
+Shared by the tap's streams and the mapper's client; every retry and polling loop runs
+on `backoff`, sleeping in its `on_backoff` handler (see SLEEP_IN_ON_BACKOFF) so that a
+test can record the waits and a stopping run can cut them short.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
@@ -18,7 +20,7 @@ import backoff
 import requests
 from backoff.types import Details
 
-from tap_gtmcli.api.errors import GTMCLIRetriableError
+from tap_gtmcli.api.errors import GTMCLICancelledError, GTMCLIRetriableError
 
 Answer = TypeVar("Answer")
 
@@ -81,13 +83,21 @@ class RetryPolicy:
         # Full jitter: spreads the retries of many workers instead of synchronising them.
         return random.uniform(0, ceiling)
 
-    def wait_generator(self) -> Generator[float, BaseException | None, None]:
-        """A generator in the protocol of `backoff`: primed with None, then sent errors."""
-        error = yield 0.0
-        retry_number = 0
-        while True:
-            retry_number += 1
-            error = yield self.wait_seconds(retry_number, error)
+
+def raise_if_stopped(stop: threading.Event | None, what: str) -> None:
+    """Raise `GTMCLICancelledError` naming `what` when `stop` is set."""
+    if stop is not None and stop.is_set():
+        raise GTMCLICancelledError(f"{what} not sent: the run is stopping")
+
+
+def sleep_unless_stopped(seconds: float, stop: threading.Event | None, what: str) -> None:
+    """Sleep `seconds` before another try of `what`; with a `stop`, wake the moment it is
+    set and raise `GTMCLICancelledError` instead of trying again."""
+    if stop is None:
+        time.sleep(seconds)
+        return
+    stop.wait(seconds)
+    raise_if_stopped(stop, what)
 
 
 def growing_pauses(first: float, factor: float, longest: float) -> Iterator[float]:

@@ -5,18 +5,22 @@ BATCH mode, that every stream of a tap shares one spool of files)."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from datetime import datetime, timezone
 from functools import cached_property
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
+import backoff
 import requests
+from backoff.types import Details
 from requests.adapters import HTTPAdapter
 from singer_sdk import RESTStream, SchemaDirectory, StreamSchema, Tap
 from singer_sdk.authenticators import BearerTokenAuthenticator
+from singer_sdk.exceptions import RetriableAPIError
 from singer_sdk.helpers._batch import BaseBatchFileEncoding, BatchConfig
 from singer_sdk.helpers.conform import TypeConformanceLevel
 from singer_sdk.helpers.types import Context, Record
@@ -30,7 +34,14 @@ from tap_gtmcli.api.errors import (
     decode_json,
     raise_for_response,
 )
-from tap_gtmcli.api.retry import TRANSIENT_EXCEPTIONS, RetryPolicy, parse_retry_after
+from tap_gtmcli.api.retry import (
+    SLEEP_IN_ON_BACKOFF,
+    TRANSIENT_EXCEPTIONS,
+    RetryPolicy,
+    parse_retry_after,
+    raise_if_stopped,
+    sleep_unless_stopped,
+)
 from tap_gtmcli.tap import schemas
 from tap_gtmcli.tap.batch_files import BatchSpool, spool_for
 from tap_gtmcli.tap.in_flight_window import InFlightWindow, Outcome
@@ -40,6 +51,7 @@ from tap_gtmcli.tap.rate_gate import RateGate
 SCHEMAS = SchemaDirectory(resources.files(schemas))
 EXTRA_FIELDS = "additional_fields"
 WHOLE_BODY_CHUNK = 4 * 1024 * 1024
+Answer = TypeVar("Answer")
 
 #: One gate and one in-flight window per tap: the limit is per key, so every stream and
 #: worker shares them.
@@ -47,6 +59,20 @@ _RATE_GATES: WeakKeyDictionary[Tap, RateGate] = WeakKeyDictionary()
 _WINDOWS: WeakKeyDictionary[Tap, InFlightWindow] = WeakKeyDictionary()
 #: One spool per tap in BATCH mode: a flush must announce the files of every stream.
 _BATCH_SPOOLS: WeakKeyDictionary[Tap, BatchSpool] = WeakKeyDictionary()
+#: The stop of the request each thread is trying, for the rate gate's waits: the gate
+#: takes one `wait` callable for every thread, not a stop per request.
+_TRYING = threading.local()
+_NEVER_SET = threading.Event()
+
+
+def _wait_at_gate(seconds: float) -> None:
+    """The rate gate's wait: cut short, and the request not sent, once its stop is set."""
+    stop: threading.Event | None = getattr(_TRYING, "stop", None)
+    if stop is None:
+        _NEVER_SET.wait(seconds)
+        return
+    stop.wait(seconds)
+    raise_if_stopped(stop, "a request held by the rate gate")
 
 
 class _WholeBodyAdapter(HTTPAdapter):
@@ -104,7 +130,7 @@ class GTMCLIStream(RESTStream[int]):
         """The tap's one gate that spaces requests under the plan's rate limit."""
         gate = _RATE_GATES.get(self._tap)
         if gate is None:  # built once per tap: it is read about twice per request
-            gate = _RATE_GATES.setdefault(self._tap, RateGate())
+            gate = _RATE_GATES.setdefault(self._tap, RateGate(wait=_wait_at_gate))
         return gate
 
     @property
@@ -158,28 +184,61 @@ class GTMCLIStream(RESTStream[int]):
         finally:
             self.in_flight_window.record(time.monotonic() - started, outcome)
 
-    @cached_property
-    def send_with_retries(self) -> Any:
-        """`_request` under the retry policy; safe to call from several threads."""
-        return self.request_decorator(self._request)
+    def send_with_retries(
+        self,
+        request: requests.PreparedRequest,
+        context: Context | None,
+        stop: threading.Event | None = None,
+    ) -> requests.Response:
+        """Send `request` under the retry policy; safe to call from several threads.
+
+        Once `stop` is set, no further try is sent and no wait (a backoff, a hold at the
+        rate gate) is slept out: `GTMCLICancelledError` is raised instead.
+        """
+        return self.retrying(self._request, stop)(request, context)
+
+    @override
+    def request_decorator(
+        self, func: Callable[[requests.PreparedRequest, Context | None], requests.Response]
+    ) -> Callable[[requests.PreparedRequest, Context | None], requests.Response]:
+        # The SDK's decorator lets `backoff` sleep with time.sleep, which nothing can cut
+        # short; the job list, read through the SDK's request_records, retries here too.
+        return self.retrying(func)
+
+    def retrying(
+        self, func: Callable[..., Answer], stop: threading.Event | None = None
+    ) -> Callable[..., Answer]:
+        """`func` tried again on transient failures: after `Retry-After` exactly when the
+        API gives one, else after exponential backoff with full jitter, `max_retries`
+        times at most. A set `stop` ends the loop with `GTMCLICancelledError`."""
+        what = f"GET {self.path}"
+
+        def attempt(*args: Any, **kwargs: Any) -> Answer:
+            raise_if_stopped(stop, what)
+            _TRYING.stop = stop
+            try:
+                return func(*args, **kwargs)
+            finally:
+                _TRYING.stop = None
+
+        def wait_before_retry(details: Details) -> None:
+            wait = self.retry_policy.wait_seconds(details["tries"], details.get("exception"))
+            self.backoff_handler({**details, "wait": wait})
+            sleep_unless_stopped(wait, stop, what)
+
+        retried: tuple[type[Exception], ...] = (*TRANSIENT_EXCEPTIONS, RetriableAPIError)
+        return backoff.on_exception(
+            **SLEEP_IN_ON_BACKOFF,
+            exception=retried,
+            max_tries=self.retry_policy.max_tries,
+            on_backoff=wait_before_retry,
+            logger=None,
+        )(attempt)
 
     @cached_property
     def retry_policy(self) -> RetryPolicy:
         """Retries from the `max_retries` setting."""
         return RetryPolicy(max_retries=int(self.config.get("max_retries", 5)))
-
-    @override
-    def backoff_wait_generator(self) -> Generator[float, Any, None]:
-        # Retry-After is honoured exactly; otherwise exponential backoff with full jitter.
-        return self.retry_policy.wait_generator()
-
-    @override
-    def backoff_jitter(self, value: float) -> float:
-        return value  # the policy has already jittered what needs jitter
-
-    @override
-    def backoff_max_tries(self) -> int:
-        return self.retry_policy.max_tries
 
     @override
     def backoff_handler(self, details: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -246,7 +247,8 @@ class JobResultsStream(GTMCLIStream):
         ])
 
     def stop_reading_ahead(self) -> None:
-        """Drop pages requested ahead and not read; stop the workers."""
+        """Drop pages requested ahead and not read; stop the workers, even those waiting
+        to retry (see PagePipeline.close)."""
         self.page_pipeline.close()
         self._contexts.clear()
 
@@ -262,7 +264,7 @@ class JobResultsStream(GTMCLIStream):
         megabytes = self.config.get("max_read_ahead_mb") or DEFAULT_READ_AHEAD_MB
         return PagePipeline(
             prepare=lambda job_id, page: self._page_request(self._contexts[job_id], page),
-            send=lambda request: self.fetch_page(*request),
+            send=lambda request, stop: self.fetch_page(*request, stop=stop),
             window=lambda: window.size,
             workers=window.upper,
             max_waiting_bytes=int(megabytes * 1024 * 1024),
@@ -292,10 +294,12 @@ class JobResultsStream(GTMCLIStream):
         )
 
     def fetch_page(
-        self, page: int, request: requests.PreparedRequest, context: Context
+        self, page: int, request: requests.PreparedRequest, context: Context,
+        stop: threading.Event | None = None,
     ) -> ResultPage:
-        """Send one page request under the retry policy and parse it (in a worker)."""
-        response = self.send_with_retries(request, context)
+        """Send one page request under the retry policy and parse it (in a worker); once
+        `stop` is set, no further try is sent (see `send_with_retries`)."""
+        response = self.send_with_retries(request, context, stop)
         extracted_at = datetime.now(timezone.utc).isoformat()
         if self.writes_pages_directly:
             spliced = self.record_line_builder.build(
@@ -303,8 +307,9 @@ class JobResultsStream(GTMCLIStream):
                 requested_page=page, per_page=self.per_page, extracted_at=extracted_at,
             )
             if spliced is not None:
+                # Sized by what waits for its turn: the lines, not the answer they came from.
                 return ResultPage(spliced.page, [], spliced.total_pages, spliced.lines,
-                                  spliced.row_count, len(response.content))
+                                  spliced.row_count, len(spliced.lines))
         parsed = dataclasses.replace(
             parse_results_page(decode_json(response), page, self.per_page),
             byte_size=len(response.content),
@@ -316,7 +321,8 @@ class JobResultsStream(GTMCLIStream):
         if not self.writes_pages_directly:
             return parsed
         lines = self.record_line_builder.encode_rows(parsed.rows, extracted_at)
-        return dataclasses.replace(parsed, record_lines=lines)
+        # Only the lines are written: the rows need not wait beside them.
+        return dataclasses.replace(parsed, rows=[], record_lines=lines, byte_size=len(lines))
 
     @cached_property
     def record_line_builder(self) -> RecordLineBuilder:

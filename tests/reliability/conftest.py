@@ -373,7 +373,8 @@ def run_tap_in_process(
     from tap_gtmcli.tap.tap import TapGTMCLI
 
     sleeps: list[float] = []
-    monkeypatch.setattr("backoff._sync.time.sleep", sleeps.append)
+    monkeypatch.setattr("tap_gtmcli.tap.client.sleep_unless_stopped",
+                        lambda seconds, _stop, _what: sleeps.append(seconds))
     out = io.StringIO()
     capture = _Capture()
     root = logging.getLogger()

@@ -87,6 +87,34 @@ def test_exhausted_retries_mid_extraction_fail_naming_endpoint_then_rerun_is_exa
         assert_no_secret(first.stderr, first.messages, rerun.messages, rerun.stderr)
 
 
+def test_a_job_failing_for_good_ends_the_run_without_waiting_out_other_retries(tmp_path):
+    """Pages of later jobs, read ahead, are answered 503 with Retry-After: 600 while the
+    oldest job's results fail for good: the run fails at once, naming that job, and
+    sends no retry of the other pages (their workers stop sleeping when it fails)."""
+    with fast_sandbox() as server:
+        failing = server.seed_jobs("validate", 300)[0]
+        server.advance_clock(1)
+        later = server.seed_jobs("validate", 300, jobs=3)
+        rules = [{"method": "GET", "path_prefix": f"/v1/jobs/{job_id}/results",
+                  "status": 503, "retry_after": "600", "count": 2} for job_id in later]
+        # The failing job's two tries are 2 s apart: the later pages, sent beside its
+        # first, are answered by then and their workers sleeping out 600 s.
+        server.add_fault_rules([{"method": "GET", "path_prefix": f"/v1/jobs/{failing}/results",
+                                 "status": 503, "retry_after": "2", "count": 2}, *rules])
+        # timeout: a guard against a hang only; a run that waited would take 600 s.
+        run = run_tap_cli(tap_settings(server, max_retries=1, results_per_page=500), tmp_path,
+                          timeout=60)
+        assert run.returncode != 0
+        assert f"GET /v1/jobs/{failing}/results answered 503" in run.stderr, run.stderr[-2000:]
+        assert "in 600.00 s" in run.stderr  # a later page's worker was sleeping it out
+        left = {rule["path_prefix"]: rule["count"] for rule in server.faults()["rules"]}
+        # Each later page was requested at most once: no retry after the run failed.
+        assert all(left[rule["path_prefix"]] >= 1 for rule in rules), left
+        assert server.stats()["requests"]["GET /v1/jobs/{id}/results"] <= 2 + len(later)
+        assert run.result_keys == []
+        assert_no_secret(run.stderr, run.messages)
+
+
 @pytest.mark.parametrize("body", ["drop_after", "truncated", "drop"])
 def test_answer_lost_after_the_server_worked_is_retried_exactly(monkeypatch, body):
     with fast_sandbox() as server:

@@ -27,7 +27,8 @@ def result_rows(output: str) -> list[dict]:
 def sync_in_process(config: dict, monkeypatch) -> tuple[list[float], str]:
     """Run the tap in this process, recording each backoff sleep instead of sleeping."""
     sleeps: list[float] = []
-    monkeypatch.setattr("backoff._sync.time.sleep", sleeps.append)
+    monkeypatch.setattr("tap_gtmcli.tap.client.sleep_unless_stopped",
+                        lambda seconds, _stop, _what: sleeps.append(seconds))
     out = io.StringIO()
     with redirect_stdout(out):
         TapGTMCLI(config=config).sync_all()

@@ -43,7 +43,7 @@ class FakePages:
         self.release = threading.Event()
         self.release.set()
 
-    def send(self, page: int) -> ResultPage:
+    def send(self, page: int, stop: threading.Event) -> ResultPage:
         with self.lock:
             self.running += 1
             self.peak_running = max(self.peak_running, self.running)
@@ -82,6 +82,28 @@ def test_the_byte_cap_bounds_pages_held_while_the_reader_is_busy():
     assert pages.peak_waiting_bytes <= (3 + 4) * PAGE_BYTES
 
 
+def test_pages_in_flight_count_against_the_cap_while_the_writer_is_the_slow_part():
+    fake = FakePages(total_pages=100, jitter=0)
+    pages = PagePipeline(prepare=lambda job, page: page, send=fake.send, window=lambda: 4,
+                         workers=4, max_waiting_bytes=2 * PAGE_BYTES)
+    reader = pages.pages("job", expected_pages=100)
+    assert next(reader).number == 1  # the reader waited: the window went out
+    while pages.in_flight:  # every page sent so far answered
+        time.sleep(0.001)
+    sent = pages.requested
+    assert pages.waiting_bytes == (sent - 1) * PAGE_BYTES >= 2 * PAGE_BYTES  # cap full
+    fake.release.clear()  # from now on, requests stay in flight
+    try:
+        # The reader takes the pages waiting for it, each there when asked for.
+        assert [next(reader).number for _ in range(2, sent + 1)] == list(range(2, sent + 1))
+        # Asking for the last of them (1 waiting, 0 in flight), one request went out,
+        # not the window's four: it will wait as well (1 waiting + 1 in flight = the cap).
+        assert pages.requested == sent + 1
+    finally:
+        fake.release.set()  # (a worker left waiting would keep the test process alive)
+    assert [page.number for page in reader] == list(range(sent + 1, 101))
+
+
 def test_the_last_page_comes_from_the_answers_not_the_estimate():
     fake = FakePages(total_pages=3, jitter=0)
     pages = one_job(fake.send, 8)
@@ -89,7 +111,7 @@ def test_the_last_page_comes_from_the_answers_not_the_estimate():
 
 
 def test_a_failed_page_stops_the_job_and_raises_in_the_reader():
-    def send(page: int) -> ResultPage:
+    def send(page: int, stop: threading.Event) -> ResultPage:
         if page == 3:
             raise LookupError("page 3 failed")
         return ResultPage(page, [{"row_number": page}], 10)
@@ -146,7 +168,8 @@ def test_remaining_zero_holds_until_the_window_resets():
 
 def sync_in_process(config: dict, monkeypatch) -> tuple[list[float], str]:
     sleeps: list[float] = []
-    monkeypatch.setattr("backoff._sync.time.sleep", sleeps.append)
+    monkeypatch.setattr("tap_gtmcli.tap.client.sleep_unless_stopped",
+                        lambda seconds, _stop, _what: sleeps.append(seconds))
     out = io.StringIO()
     with redirect_stdout(out):
         TapGTMCLI(config=config).sync_all()

@@ -16,6 +16,7 @@ from email.utils import formatdate
 
 import pytest
 
+from tap_gtmcli.api.errors import GTMCLICancelledError
 from tap_gtmcli.api.retry import parse_retry_after
 from tap_gtmcli.tap.in_flight_window import (
     INITIAL_WINDOW,
@@ -27,6 +28,7 @@ from tap_gtmcli.tap.in_flight_window import (
 from tap_gtmcli.tap.page_pipeline import PagePipeline
 from tap_gtmcli.tap.rate_gate import JITTER, RateGate
 from tap_gtmcli.tap.result_pages import ResultPage
+from tap_gtmcli.tap.tap import TapGTMCLI
 from tests.tap.conftest import run_tap
 
 RESULTS = "GET /v1/jobs/{id}/results"
@@ -337,7 +339,7 @@ class FakeJobs:
         self.sent.append((job, page))  # the reading thread prepares, in order
         return job, page
 
-    def send(self, request: tuple[str, int]) -> ResultPage:
+    def send(self, request: tuple[str, int], stop: threading.Event) -> ResultPage:
         job, page = request
         with self.lock:
             pause = self.random.uniform(0, self.jitter)
@@ -476,3 +478,167 @@ def test_many_small_jobs_keep_order_state_after_each_job_and_exact_requests(
                     if kind != ("state", None) and (index == 0 or kind != kinds[index - 1])]
     assert deduplicated == expected
     assert sandbox.stats()["requests"] == {"GET /v1/jobs": 1, RESULTS: 25 * 3}
+
+
+# --- closing the read-ahead while workers wait ------------------------------------------
+
+#: How long a test waits for a thread that should end at once: only a guard against a
+#: hang (the waits cut short below are 30 s), never a measure of speed.
+HANG_GUARD = 10.0
+
+
+def test_close_sets_the_stop_of_every_request_sent_and_wakes_a_waiting_reader():
+    stops: list[threading.Event] = []
+    woken: list[bool] = []
+
+    def send(request: tuple[str, int], stop: threading.Event) -> ResultPage:
+        stops.append(stop)
+        # A retry's wait: the answer only comes after 30 s, unless the stop is set.
+        woken.append(stop.wait(30))
+        raise GTMCLICancelledError("stopped")
+
+    pipeline = PagePipeline(prepare=lambda job, page: (job, page), send=send,
+                            window=lambda: 2, workers=2, max_waiting_bytes=1 << 20)
+    raised: list[BaseException] = []
+
+    def read_in_thread(job: str) -> threading.Thread:
+        def read() -> None:
+            try:
+                list(pipeline.pages(job))
+            except BaseException as error:  # what the reader got, checked below
+                raised.append(error)
+        thread = threading.Thread(target=read)
+        thread.start()
+        return thread
+
+    pipeline.plan([("a", 1), ("b", 1)])
+    reader = read_in_thread("a")
+    while len(stops) < 2:  # both pages sent, their workers waiting
+        time.sleep(0.001)
+    pipeline.close()
+    reader.join(HANG_GUARD)
+    assert not reader.is_alive()
+    assert [type(error) for error in raised] == [GTMCLICancelledError]
+    assert "job a" in str(raised[0])
+    while len(woken) < 2:
+        time.sleep(0.001)
+    assert woken == [True, True]  # woken by the stop, not after 30 s
+    assert stops[0] is stops[1]
+    # A job read after a close starts afresh, with a stop of its own.
+    pipeline.plan([("c", 1)])
+    later = read_in_thread("c")
+    while len(stops) < 3:
+        time.sleep(0.001)
+    assert stops[2] is not stops[0] and not stops[2].is_set()
+    pipeline.close()
+    later.join(HANG_GUARD)
+    assert not later.is_alive()
+    assert [type(error) for error in raised] == [GTMCLICancelledError] * 2
+
+
+class WatchedStream:
+    """The tap's job_results stream against the sandbox, telling when a page worker
+    starts a wait (its backoff, or a hold at the rate gate) and when it returns."""
+
+    def __init__(self, tap_config: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+        from tap_gtmcli.tap import client
+
+        self.waits: list[float] = []
+        self.waiting = threading.Event()
+        self.returned = threading.Event()
+        self.worker_raised: list[BaseException] = []
+        backoff_sleep, gate_wait = client.sleep_unless_stopped, client._wait_at_gate
+
+        def watched_sleep(seconds: float, stop: threading.Event | None, what: str) -> None:
+            self.waits.append(seconds)
+            self.waiting.set()
+            backoff_sleep(seconds, stop, what)
+
+        def watched_gate(seconds: float) -> None:
+            self.waits.append(seconds)
+            self.waiting.set()
+            gate_wait(seconds)
+
+        monkeypatch.setattr(client, "sleep_unless_stopped", watched_sleep)
+        monkeypatch.setattr(client, "_wait_at_gate", watched_gate)  # before the gate is built
+        self.stream = TapGTMCLI(config=tap_config).streams["job_results"]
+        fetch_page = self.stream.fetch_page
+
+        def watched_fetch(*args, **kwargs):  # type: ignore[no-untyped-def]
+            try:
+                return fetch_page(*args, **kwargs)
+            except BaseException as error:
+                self.worker_raised.append(error)
+                raise
+            finally:
+                self.returned.set()
+
+        self.stream.fetch_page = watched_fetch  # type: ignore[method-assign]
+        self.reader_raised: list[BaseException] = []
+
+    def start_reading(self, job_id: str) -> threading.Thread:
+        context = {"job_id": job_id, "job_type": "validate", "total": 10}
+        self.stream.read_ahead([context])
+
+        def read() -> None:
+            try:
+                list(self.stream.result_pages(context))
+            except BaseException as error:
+                self.reader_raised.append(error)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        return reader
+
+
+def test_stopping_the_read_ahead_cuts_short_a_worker_sleeping_out_retry_after(
+    sandbox, tap_config, monkeypatch
+):
+    job_id = sandbox.seed_jobs("validate", 10)[0]
+    sandbox.add_fault_rules([{"method": "GET", "path_prefix": f"/v1/jobs/{job_id}/results",
+                              "status": 503, "retry_after": "30", "count": 5}])
+    watched = WatchedStream(tap_config, monkeypatch)
+    reader = watched.start_reading(job_id)
+    assert watched.waiting.wait(HANG_GUARD)  # answered 503: sleeping out Retry-After: 30
+    assert watched.waits == [30.0]
+    watched.stream.stop_reading_ahead()  # the run stops (an error in a later job, ...)
+    assert watched.returned.wait(HANG_GUARD)
+    reader.join(HANG_GUARD)
+    assert not reader.is_alive()
+    assert [type(e) for e in watched.worker_raised] == [GTMCLICancelledError]
+    assert [type(e) for e in watched.reader_raised] == [GTMCLICancelledError]
+    assert watched.waits == [30.0]
+    # One request, the one answered 503: none after the stop.
+    assert sandbox.stats()["requests"][RESULTS] == 1
+
+
+def test_stopping_the_read_ahead_releases_a_worker_held_by_the_rate_gate(
+    sandbox, tap_config, monkeypatch
+):
+    job_id = sandbox.seed_jobs("validate", 10)[0]
+    watched = WatchedStream(tap_config, monkeypatch)
+    # Another worker was answered 429 with Retry-After: 30: every other one is held.
+    watched.stream.rate_gate.observe(429, {}, retry_after=30.0, worker=-1)
+    reader = watched.start_reading(job_id)
+    assert watched.waiting.wait(HANG_GUARD)
+    assert watched.waits == [pytest.approx(30.0, abs=5.0)]
+    watched.stream.stop_reading_ahead()
+    assert watched.returned.wait(HANG_GUARD)
+    reader.join(HANG_GUARD)
+    assert not reader.is_alive()
+    assert [type(e) for e in watched.worker_raised] == [GTMCLICancelledError]
+    assert "rate gate" in str(watched.worker_raised[0])
+    assert sandbox.stats()["requests"].get(RESULTS, 0) == 0  # never sent
+
+
+def test_a_page_waiting_for_its_turn_counts_the_bytes_it_holds(sandbox, tap_config):
+    """The byte cap counts the RECORD lines a page holds, not the (smaller) answer."""
+    job_id = sandbox.seed_jobs("validate", 300)[0]
+    stream = TapGTMCLI(config=tap_config).streams["job_results"]
+    context = {"job_id": job_id, "job_type": "validate", "total": 300}
+    request = stream.prepare_page_request(context, 1)
+    page = stream.fetch_page(1, request, context)
+    assert page.row_count == 300 and page.record_lines is not None
+    assert page.byte_size == len(page.record_lines)
+    answer = stream.send_with_retries(stream.prepare_page_request(context, 1), context)
+    assert page.byte_size > len(answer.content)
