@@ -339,9 +339,10 @@ def limited_cells(latencies: list[int], shapes: list[tuple[str, int, int]], runs
                 f"{'met' if used >= 0.85 and throttled <= 0.02 else 'NOT met'}")
             if dlt and jobs >= 400:
                 ratio = dlt.seconds / tap.seconds
-                # No client can beat the budget itself: the fastest possible run is the
-                # budget's seconds plus the tap's own time outside the API span.
-                ceiling = dlt.seconds / (budget + tap.seconds - tap.span)
+                # No client can beat the limit itself: with fixed windows the shortest
+                # possible span is one window less than the budget (its first and last
+                # windows partly used), plus the tap's own time outside the API span.
+                ceiling = dlt.seconds / (max(budget - 1, 0) + tap.seconds - tap.span)
                 verdict = "met" if ratio >= 2.5 else "NOT met" + (
                     f" (out of reach: the limit lets no client go faster than "
                     f"{ceiling:.2f}x dlt here)" if ceiling < 2.5 else "")
