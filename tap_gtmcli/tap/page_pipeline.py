@@ -239,7 +239,7 @@ class PagePipeline(Generic[Request]):
             if self._in_flight >= self._window():
                 self._on_bound()
                 break
-            job.pages[page] = self._submit(job, page)
+            self._submit(job, page)
             job.next_to_send += 1
             self._unsent -= 1
         self._on_demand(self._unsent + self._in_flight)
@@ -251,7 +251,7 @@ class PagePipeline(Generic[Request]):
             held += self._in_flight * self._answered_bytes // self._answered_pages
         return held >= self.max_waiting_bytes
 
-    def _submit(self, job: _Job, page: int) -> Future[ResultPage]:
+    def _submit(self, job: _Job, page: int) -> None:
         if self._pool is None:
             limit_malloc_arenas()
             self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="gtmcli-page")
@@ -260,8 +260,10 @@ class PagePipeline(Generic[Request]):
         self._in_flight += 1
         self.requested += 1
         self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
+        # Known as the job's page before its answer is taken in: an answer that came
+        # already runs the callback here, and would otherwise not count as waiting.
+        job.pages[page] = future
         future.add_done_callback(lambda done: self._answered(job, page, done))
-        return future
 
     def _drop(self, job: _Job) -> None:
         pages, job.pages = job.pages, {}

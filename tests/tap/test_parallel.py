@@ -88,7 +88,12 @@ def test_pages_in_flight_count_against_the_cap_while_the_writer_is_the_slow_part
                          workers=4, max_waiting_bytes=2 * PAGE_BYTES)
     reader = pages.pages("job", expected_pages=100)
     assert next(reader).number == 1  # the reader waited: the window went out
-    while pages.in_flight:  # every page sent so far answered
+    # Every page sent so far answered and counted as waiting (a worker lowers in_flight
+    # and adds its page's bytes under the pipeline's lock, which this thread does not
+    # take: it looks until both show, for 10 s at most).
+    deadline = time.monotonic() + 10
+    while (pages.in_flight or pages.waiting_bytes < (pages.requested - 1) * PAGE_BYTES) \
+            and time.monotonic() < deadline:
         time.sleep(0.001)
     sent = pages.requested
     assert pages.waiting_bytes == (sent - 1) * PAGE_BYTES >= 2 * PAGE_BYTES  # cap full
