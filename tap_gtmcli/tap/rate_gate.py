@@ -182,14 +182,15 @@ class RateGate:
             length = self._length()
             if info is None or info.limit is None or info.reset_at is None or not length:
                 return None
-            now = self._clock()
-            window = self._window_of(now + self._delay.bounds()[1])
-            left = self._quota(info) - self._used(window, info)
+            counted = self._clock() + self._delay.bounds()[1]  # a request sent now
+            window = self._window_of(counted)
+            quota = self._quota(info)
+            left = quota - self._used(window, info)
             if self._demand is not None and self._demand <= left:
                 return None
             # The long-run pace, or faster while the window being filled has room left.
-            time_left = self._window_start(window + 1) - (now + self._delay.bounds()[1])
-            return max(self._quota(info) / length, max(left, 0) / max(time_left, 1e-3))
+            time_left = self._window_start(window + 1) - counted
+            return max(quota / length, max(left, 0) / max(time_left, 1e-3))
 
     def reserve(self, worker: int | None = None) -> tuple[int, float]:
         """Book the next request start: its ticket, and the seconds to wait before it."""
@@ -213,18 +214,17 @@ class RateGate:
         show the start's window has room sooner."""
         with self._lock:
             booked = self._starts.get(ticket)
-            if booked is None or not self._learning() or self._booked_news.get(ticket) != \
-                    self._news:
+            news = self._news
+            if booked is None or not self._learning() or self._booked_news.get(ticket) != news:
                 return left
-            next_start, news = self._next_start, self._booked_news.get(ticket)
+            next_start = self._next_start
             del self._starts[ticket]
             again = self._book(ticket, worker, rebooking=self._clock())
             if again < left:
                 return again
             # No sooner: the booking stands as it was.
             self._starts[ticket], self._next_start = booked, next_start
-            if news is not None:
-                self._booked_news[ticket] = news
+            self._booked_news[ticket] = news
             return left
 
     def wait_turn(self) -> None:
@@ -371,7 +371,7 @@ class RateGate:
             at = max(at, self._window_start(first + 1) - soonest)
         self._ledger(ticket, at)
         window = self._window_of(at + latest)
-        left = self._quota(info) - self._used(window, info) + 1  # this one included
+        left = quota - self._used(window, info) + 1  # this one included
         if self._demand is not None:
             # What the run still has to start: its demand counts every request it has
             # sent and not seen answered, and those started already are in the ledger.
