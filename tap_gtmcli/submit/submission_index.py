@@ -314,6 +314,10 @@ class _Transaction:
         self._db.execute("COMMIT" if kind is None else "ROLLBACK")
 
 
+# Key of the advisory lock held while the index's tables are created ("gtmcli" in ASCII).
+SCHEMA_LOCK = 0x67746D636C69
+
+
 class PostgresIndex(SubmissionIndex):
     """The index in a PostgreSQL table shared by every worker that names it."""
 
@@ -324,16 +328,21 @@ class PostgresIndex(SubmissionIndex):
         self._errors: tuple[type[Exception], ...] = (psycopg.Error,)
         try:
             self._db: Any = psycopg.connect(url, autocommit=True, connect_timeout=30)
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS gtmcli_submission_index ("
-                "digest bytea PRIMARY KEY, submitted_at bigint NOT NULL, "
-                "job_id text, job_type text, result bytea, "
-                "claimed_by integer, claimed_session timestamptz)"
-            )
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS gtmcli_submission_index_windows ("
-                "name text PRIMARY KEY, days integer NOT NULL)"
-            )
+            with self._db.transaction():
+                # CREATE TABLE IF NOT EXISTS is not safe against itself: two workers
+                # opening a new database at once both try to create the row type, and
+                # one fails on pg_type's unique index. The lock takes them in turn.
+                self._db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS gtmcli_submission_index ("
+                    "digest bytea PRIMARY KEY, submitted_at bigint NOT NULL, "
+                    "job_id text, job_type text, result bytea, "
+                    "claimed_by integer, claimed_session timestamptz)"
+                )
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS gtmcli_submission_index_windows ("
+                    "name text PRIMARY KEY, days integer NOT NULL)"
+                )
             self._session = self._db.execute(
                 "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
             ).fetchone()

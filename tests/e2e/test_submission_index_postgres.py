@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ import pytest
 from tap_gtmcli.api.client import GTMCLIClient
 from tap_gtmcli.api.errors import SubmissionFailedError
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
-from tap_gtmcli.submit.submission_index import PostgresIndex
+from tap_gtmcli.submit.submission_index import SCHEMA_LOCK, PostgresIndex
 from tests.mapper.conftest import API_KEY as MAPPER_KEY
 from tests.mapper.conftest import FakeGTMCLI, run_mapper
 
@@ -167,6 +168,37 @@ def test_claims_of_a_live_worker_hold_and_of_a_dead_one_lapse(index_url: str) ->
             late.close()
     finally:
         other.close()
+
+
+def test_workers_opening_a_new_database_at_once_take_its_creation_in_turn(
+    index_url: str, postgres_server: PostgresServer
+) -> None:
+    # CI once saw two mappers race on CREATE TABLE IF NOT EXISTS in a new database:
+    # one failed on pg_type's unique index. Creation now waits for an advisory lock;
+    # holding that lock here lines every opener up behind it, and they all open.
+    import psycopg
+
+    database = index_url.rsplit("/", 1)[1]
+    openers = 6
+    with psycopg.connect(index_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK,))
+        with ThreadPoolExecutor(openers) as pool:
+            opening = [pool.submit(PostgresIndex, index_url) for _ in range(openers)]
+            waiting = 0
+            for _ in range(600):  # up to a minute for every opener to queue at the lock
+                waiting = int(postgres_server.query(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                    "AND NOT granted", database)[0][0])
+                if waiting == openers:
+                    break
+                threading.Event().wait(0.1)
+            assert waiting == openers
+            assert not any(future.done() for future in opening)
+            holder.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK,))
+            indexes = [future.result(timeout=60) for future in opening]
+    for index in indexes:
+        index.close()
+    assert index_counts(postgres_server, database) == [["0", "0"]]
 
 
 def test_the_url_password_stays_out_of_messages(postgres_server: PostgresServer) -> None:
