@@ -38,6 +38,11 @@ class SandboxHTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    #: Connections the kernel queues before they are accepted. socketserver's default, 5,
+    #: drops the SYNs of a client opening dozens of connections at once (a read-ahead
+    #: window): they are sent again a second later, as a hosted API would never make
+    #: them wait.
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], app: SandboxApp) -> None:
         super().__init__(address, SandboxRequestHandler)

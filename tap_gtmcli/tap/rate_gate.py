@@ -15,12 +15,18 @@ never assumes a window length:
   straddles a window boundary counts against both windows.
 - A window is full when our starts placed in it, or what GTMCLI last told of it
   (`Limit - Remaining`, plus our starts after the one it answered), reach its quota: the
-  whole limit once the delay is known within a tenth of the window (the slack for jitter
-  is in the delay's range), a little under it while it is still being learned (that
-  slack takes the starts aimed across a boundary to learn it), and less after each 429.
+  whole limit (the slack for jitter is in the delay's range); a little under it while a
+  delay that may last a window or more is still being learned (the slack takes the
+  starts that find out in which window they arrive); less after each 429.
   A request that would arrive in a full window starts so that it arrives in the next
   one; so a window that is spent (`Remaining: 0`) holds every worker until its `Reset`.
-  While the delay is being learned, starts booked ahead look again for an earlier moment.
+- The ledger keeps the moment each request actually started; how late starts go after
+  their booked moment widens the delay's range.
+- A start booked ahead looks again for an earlier moment whenever answers came in since
+  it last looked: what they taught can show that its window has room sooner. While the
+  delay is still a wide range, starts that may arrive in either of two windows count in
+  both; the answers that place them free the window they did not use, and the starts
+  booked behind them move up into it.
 - Within a window, the requests it still allows are spread over the time it has left
   (the first window seen included, however much of it is left); when all the run still
   has to request fits in what the window allows, nothing is spread: it goes at once.
@@ -44,26 +50,26 @@ from dataclasses import dataclass
 #: How long everyone waits after a 429 or `Remaining: 0` that names no moment to resume
 #: (no `Retry-After`, no `Reset`): long enough to stop a storm, short enough to find out.
 UNNAMED_HOLD = 1.0
-#: Share of a window's limit the gate uses once it knows within KNOWN_DELAY when GTMCLI
-#: counts a request: all of it, the slack for jitter being in that range (JITTER).
-STEADY_SHARE = 1.0
-#: Share used while that delay is still being learned: the rest of each window is slack
-#: for the starts sent to find out (one whose range of arrival spans a boundary).
+#: A start booked further ahead than this looks again this often for an earlier moment,
+#: when answers came in meanwhile (what they taught can show its window has room sooner).
+RECHECK = 0.05
+#: Share of the limit used while the delay from start to count is learned, when it may be
+#: a whole window or more (a request can then arrive in either of two windows, whenever
+#: it starts): the rest of each window takes the starts that find out which.
 LEARNING_SHARE = 0.96
 #: The delay is known once its range is this narrow, as a share of the window's length.
 KNOWN_DELAY = 0.1
-#: While it is being learned, a start booked ahead looks again this often for an earlier
-#: moment (what was learned meanwhile can show its window has room sooner).
-LEARNING_RECHECK = 0.05
+#: ... and needs learning only when it may be this long, as a share of the window.
+LONG_DELAY = 1.0
 #: Each 429 all the same takes this much off the share, down to MIN_SHARE.
 SHARE_AFTER_429 = 0.9
 MIN_SHARE = 0.75
 #: Answers the start-to-count delay is learned from: recent ones, so it follows the link.
 DELAY_SAMPLES = 200
-#: Seconds added at least on each side of the learned delay range: a request can be held
-#: up that long between its booked start and GTMCLI counting it (thread wake-up, network
-#: jitter); more when the answers' latency varies more.
-JITTER = 0.01
+#: Seconds added at least on each side of the learned delay range: the way to GTMCLI can
+#: take a request that much longer or shorter than the answers seen so far showed (a few
+#: tens of milliseconds on a busy link); more when recent starts went later than booked.
+JITTER = 0.025
 #: Starts kept before any answer told of a limit (with none, nothing needs the ledger).
 FIRST_STARTS = 64
 #: Starts the ledger keeps at most (it forgets those whose windows are past anyway).
@@ -87,6 +93,8 @@ class _Told:
     remaining: int
     #: On the gate's own clock (the header is wall-clock Unix seconds).
     reset_at: float | None
+    #: When the request it answered started (None: not in the ledger).
+    started_at: float | None = None
 
 
 @dataclass
@@ -104,8 +112,12 @@ class _CountDelay:
 
     def __init__(self) -> None:
         self._samples: deque[tuple[float, float]] = deque(maxlen=DELAY_SAMPLES)
-        self._latencies: deque[float] = deque(maxlen=DELAY_SAMPLES)
+        self._lateness: deque[float] = deque(maxlen=DELAY_SAMPLES)
         self._bounds = (0.0, 0.0)
+
+    def note_lateness(self, seconds: float) -> None:
+        """How much later than booked a request actually started (a thread wakes late)."""
+        self._lateness.append(seconds)
 
     def learn(self, *, started: float, answered: float, reset_at: float,
               window_seconds: float | None) -> None:
@@ -114,16 +126,17 @@ class _CountDelay:
         # ... and not before that window opened (once its length is known).
         earliest = max(0.0, reset_at - window_seconds - started) if window_seconds else 0.0
         self._samples.append((earliest, latest))
-        self._latencies.append(answered - started)
         # The tightest bounds the answers allow. Each answer bounds its own delay; over
         # many, the largest `earliest` and the smallest `latest` close in on the delay,
-        # and cross when delays vary: then they span that variation. Widened by how much
-        # the answers' latency varies (a loaded link or server delays some requests).
+        # and cross when delays vary (a loaded link delays some requests on the way):
+        # then they span that variation. A start booked ahead can also go late by as
+        # much as recent starts did; the range is widened by that, at least JITTER.
+        # (Not by how much the answers' latency varies: a server that is slow to build
+        # its answers has counted the requests already.)
         earliest = max(sample[0] for sample in self._samples)
         latest = min(sample[1] for sample in self._samples)
-        latencies = sorted(self._latencies)
-        spread = latencies[int(len(latencies) * 0.95)] - latencies[int(len(latencies) * 0.05)]
-        margin = max(JITTER, spread)
+        lateness = sorted(self._lateness)
+        margin = max(JITTER, lateness[int(len(lateness) * 0.95)] if lateness else 0.0)
         self._bounds = (max(0.0, min(earliest, latest) - margin),
                         max(earliest, latest) + margin)
 
@@ -165,10 +178,18 @@ class RateGate:
         #: Counts 429s and spent windows, so that booked starts know to look again.
         self._news = 0
         self._booked_news: dict[int, int] = {}
+        #: Counts answers, so that a start booked ahead looks again only after new ones.
+        self._answers = 0
+        self._looked: dict[int, int] = {}
         #: Seconds per window once two consecutive `Reset`s have shown it.
         self.window_seconds: float | None = None
         self._first_window_guess: float | None = None
-        self._share = STEADY_SHARE
+        #: The greatest common divisor of the steps between Resets (ms), and the most
+        #: time left in a window that an answer told.
+        self._steps: int | None = None
+        self._longest_left = 0.0
+        #: Share of the limit used: all of it, less after each 429.
+        self._share = 1.0
 
     def expect(self, requests_left: int | None) -> None:
         """Tell the gate how many requests the run still has to make (None: unknown)."""
@@ -209,14 +230,15 @@ class RateGate:
             return self._book(ticket, worker, rebooking=booked.at if booked else 0.0)
 
     def sooner(self, ticket: int, left: float, worker: int | None = None) -> float:
-        """Seconds left before a start booked ahead (at most `left`): while the gate is
-        still learning when GTMCLI counts requests, what it learned since booking can
-        show the start's window has room sooner."""
+        """Seconds left before a start booked ahead (at most `left`): what the answers
+        that came in since it last looked taught can show its window has room sooner."""
         with self._lock:
             booked = self._starts.get(ticket)
             news = self._news
-            if booked is None or not self._learning() or self._booked_news.get(ticket) != news:
+            if (booked is None or self._booked_news.get(ticket) != news
+                    or self._looked.get(ticket) == self._answers):
                 return left
+            self._looked[ticket] = self._answers
             next_start = self._next_start
             del self._starts[ticket]
             again = self._book(ticket, worker, rebooking=self._clock())
@@ -227,17 +249,47 @@ class RateGate:
             self._booked_news[ticket] = news
             return left
 
+    def looks_again(self, delay: float) -> bool:
+        """Whether a start `delay` seconds ahead looks again after RECHECK for a sooner
+        moment: when it is further ahead than that, placed by windows (not held after a
+        429), and answers are awaited that could show its window has room sooner."""
+        if delay <= RECHECK:
+            return False
+        with self._lock:
+            now = self._clock()
+            info = self._info
+            if (info is None or info.limit is None or info.reset_at is None
+                    or self._held_until >= now + delay):
+                return False
+            return any(not start.answered and start.at <= now
+                       for start in self._starts.values())
+
     def wait_turn(self) -> None:
         """Block until this thread may start a request."""
         ticket, delay = self.reserve()
         self._local.ticket = ticket
-        while delay > 0:
-            if delay > LEARNING_RECHECK and self._learning():
-                self._wait(LEARNING_RECHECK)
-                delay = self.sooner(ticket, delay - LEARNING_RECHECK)
-                continue
-            self._wait(delay)
-            delay = self.recheck(ticket)
+        try:
+            while delay > 0:
+                if self.looks_again(delay):
+                    self._wait(RECHECK)
+                    delay = self.sooner(ticket, delay - RECHECK)
+                    continue
+                self._wait(delay)
+                delay = self.recheck(ticket)
+        finally:
+            with self._lock:
+                self._looked.pop(ticket, None)
+        self.started(ticket)
+
+    def started(self, ticket: int) -> None:
+        """Note that the request booked as `ticket` starts now: the ledger keeps the
+        moment it actually starts, and how late that was."""
+        with self._lock:
+            start = self._starts.get(ticket)
+            if start is not None and not start.answered:
+                now = self._clock()
+                self._delay.note_lateness(max(0.0, now - start.at))
+                start.at = now
 
     def observe(
         self,
@@ -255,16 +307,17 @@ class RateGate:
         reset_wall = _number(headers.get("X-RateLimit-Reset"))
         with self._lock:
             now = self._clock()
+            self._answers += 1
             if ticket is None:
                 ticket = getattr(self._local, "ticket", self._tickets - 1)
             reset_at = None if reset_wall is None else now + reset_wall - self._wall_clock()
+            started = self._starts.get(ticket)
             if reset_wall is not None and reset_at is not None:
-                self._learn_window_length(reset_wall)
+                self._learn_window_length(reset_wall, reset_at - now)
                 if self._first_window_guess is None:
                     # A window is at least as long as the time it had left when first
                     # seen: in whole seconds, the shortest length it can have.
                     self._first_window_guess = float(max(1, math.ceil(reset_at - now)))
-                started = self._starts.get(ticket)
                 if started is not None and status != 429:
                     self._delay.learn(started=started.at, answered=now, reset_at=reset_at,
                                       window_seconds=self.window_seconds)
@@ -275,7 +328,8 @@ class RateGate:
                 self._starts[ticket].answered = True
             if remaining is not None:
                 told = _Told(ticket, now, int(limit) if limit and limit > 0 else None,
-                             int(remaining), reset_at)
+                             int(remaining), reset_at,
+                             started.at if started is not None else None)
                 if self._info is None or ticket >= self._info.ticket:
                     self._info = told
                     if remaining <= 0 and not self._foreseen(told):
@@ -415,17 +469,19 @@ class RateGate:
         length = self._length() or 0.0
         return self._anchor() + window * length
 
-    def _learning(self) -> bool:
-        """Whether the delay from start to count is still known only roughly."""
-        if self._info is None or self._info.reset_at is None or self._info.limit is None:
-            return False  # nothing to place: no window told
-        soonest, latest = self._delay.bounds()
-        length = self._length()
-        return not (length and latest > 0 and latest - soonest <= KNOWN_DELAY * length)
-
     def _quota(self, info: _Told) -> int:
         share = min(self._share, LEARNING_SHARE) if self._learning() else self._share
         return max(1, math.floor((info.limit or 1) * share))
+
+    def _learning(self) -> bool:
+        """Whether a request may take a window or more to be counted, and the delay is
+        still known only roughly. (A shorter one leaves room to place each start whole
+        inside a window, however rough its range.)"""
+        soonest, latest = self._delay.bounds()
+        length = self._length()
+        if not length or latest <= 0:
+            return False
+        return latest - soonest > KNOWN_DELAY * length and latest >= LONG_DELAY * length
 
     def _foreseen(self, told: _Told) -> bool:
         """Whether our own starts placed in a window told spent fill it already."""
@@ -451,9 +507,18 @@ class RateGate:
                 continue
             limit = told.limit if told.limit is not None else info.limit
             if limit is not None:
-                after = sum(1 for ticket in ours if ticket > told.ticket)
+                after = sum(1 for ticket in ours if self._after(ticket, told))
                 used = max(used, limit - told.remaining + after)
         return used
+
+    def _after(self, ticket: int, told: _Told) -> bool:
+        """Whether our start `ticket` was counted after the request `told` answered:
+        requests are counted in the order they start (one at the same moment is taken to
+        be after), and a start booked ahead can have moved up past later tickets, so the
+        order is the starts', not the tickets'."""
+        if told.started_at is None:
+            return ticket > told.ticket
+        return ticket != told.ticket and self._starts[ticket].at >= told.started_at
 
     def _forget(self, now: float) -> None:
         """Drop starts and news of windows long past."""
@@ -468,12 +533,19 @@ class RateGate:
                 break
             del self._starts[ticket]
 
-    def _learn_window_length(self, reset_wall: float) -> None:
+    def _learn_window_length(self, reset_wall: float, time_left: float) -> None:
+        self._longest_left = max(self._longest_left, time_left)
         last = self._last_reset_wall
         if last is not None and reset_wall > last:
-            step = reset_wall - last
-            # After an idle gap Reset jumps several windows: keep the shortest step seen.
-            self.window_seconds = step if self.window_seconds is None else min(
-                self.window_seconds, step)
+            step = round((reset_wall - last) * 1000)  # in milliseconds
+            self._steps = step if self._steps is None else math.gcd(self._steps, step)
+            # After an idle gap Reset jumps several windows: the shortest step seen is a
+            # whole number of windows. When windows follow one another on a fixed grid,
+            # every step is: their greatest common divisor is the window, unless a
+            # window was seen with more time left than that (then they do not).
+            shortest = step if self.window_seconds is None else min(
+                round(self.window_seconds * 1000), step)
+            common = self._steps / 1000
+            self.window_seconds = common if common >= self._longest_left else shortest / 1000
         if last is None or reset_wall > last:
             self._last_reset_wall = reset_wall

@@ -26,7 +26,7 @@ from tap_gtmcli.tap.in_flight_window import (
     Outcome,
 )
 from tap_gtmcli.tap.page_pipeline import PagePipeline
-from tap_gtmcli.tap.rate_gate import JITTER, RateGate
+from tap_gtmcli.tap.rate_gate import JITTER, RECHECK, RateGate
 from tap_gtmcli.tap.result_pages import ResultPage
 from tap_gtmcli.tap.tap import TapGTMCLI
 from tests.tap.conftest import run_tap
@@ -177,16 +177,26 @@ def simulate(server: WindowServer, *, requests: int, workers: int, upstream: flo
     sent = 0
     first_counted: float | None = None
     pending: dict[int, tuple[int, dict[str, str], float]] = {}
+    waits: dict[int, float] = {}  # ticket -> seconds left to its booked start
 
     def push(at: float, kind: str, worker: int, ticket: int = -1) -> None:
         nonlocal order
         order += 1
         heapq.heappush(events, (at, order, kind, worker, ticket))
 
+    def wait(worker: int, ticket: int, delay: float) -> None:
+        # As RateGate.wait_turn: a start booked well ahead looks again after RECHECK for
+        # a sooner moment; a nearer one sleeps to its start.
+        if gate.looks_again(delay):
+            waits[ticket] = delay - RECHECK
+            push(clock.now + RECHECK, "sooner", worker, ticket)
+        else:
+            push(clock.now + delay, "start", worker, ticket)
+
     def book(worker: int) -> None:
         gate.expect(left + workers)
         ticket, delay = gate.reserve(worker=worker)
-        push(clock.now + delay, "start", worker, ticket)
+        wait(worker, ticket, delay)
 
     push(start, "next", 0)
     while events:
@@ -194,6 +204,8 @@ def simulate(server: WindowServer, *, requests: int, workers: int, upstream: flo
         if kind == "next" and left > 0:
             left -= 1
             book(worker)
+        elif kind == "sooner":
+            wait(worker, ticket, gate.sooner(ticket, waits.pop(ticket), worker=worker))
         elif kind == "start":
             delay = gate.recheck(ticket, worker=worker)
             if delay > 0:
@@ -244,18 +256,36 @@ def test_a_one_second_window_is_used_without_a_429_storm(latency, upstream_share
 
 
 @pytest.mark.parametrize("latency", [0.3, 0.8])
-def test_the_gate_learns_when_requests_are_counted_and_then_uses_the_whole_limit(latency):
+def test_a_request_counted_within_a_window_uses_the_whole_limit_from_the_start(latency):
     # GTMCLI counts a request when it arrives: here the whole latency before it (as the
-    # sandbox's --latency-ms does), with up to 20 ms of jitter on the way.
+    # sandbox's --latency-ms does), with up to 20 ms of jitter on the way. Shorter than
+    # the window, so every start can be placed whole inside one however rough the range
+    # of the delay: no window is left short while it is learned.
     server = WindowServer(limit=50, window_seconds=1)
     run = simulate(server, requests=601, workers=64, upstream=latency, downstream=0.0,
                    start=1000.7, jitter=0.02)
     soonest, latest = run.gate._delay.bounds()
-    assert soonest <= latency < latest  # the delays seen lie in the range learned
-    assert latest - soonest <= 0.1  # known: the gate uses the whole limit
+    assert soonest <= latency < latest  # holds the delays seen
+    assert server.refused == 0
+    counts = [count for _, count in sorted(server.counts.items())]
+    assert counts[1:-1] and all(count == 50 for count in counts[1:-1]), counts
+
+
+@pytest.mark.parametrize("latency", [1.5, 2.5])
+def test_a_request_counted_a_window_or_more_later_is_learned_then_the_whole_limit_used(
+    latency,
+):
+    # Longer than the window: a start can arrive in either of two windows until the
+    # delay is known, so the gate keeps slack to find out, then fills every window.
+    server = WindowServer(limit=50, window_seconds=1)
+    run = simulate(server, requests=601, workers=128, upstream=latency, downstream=0.0,
+                   start=1000.7, jitter=0.02)
+    soonest, latest = run.gate._delay.bounds()
+    assert soonest <= latency < latest  # holds the delays seen
+    assert latest - soonest <= 0.1  # learned
     assert server.refused <= 0.02 * 601
     counts = [count for _, count in sorted(server.counts.items())]
-    assert counts[4:-2] and all(count == 50 for count in counts[4:-2]), counts
+    assert all(count == 50 for count in counts[-5:-1]), counts
 
 
 @pytest.mark.parametrize("workers", [2, 4, 8])
@@ -282,6 +312,48 @@ def test_without_limit_headers_the_gate_does_not_pace():
         gate.observe(200, {})
     assert waits == []
     assert gate.allowed_rate() is None
+
+
+def headers(limit: int, remaining: int, reset: float) -> dict[str, str]:
+    return {"X-RateLimit-Limit": str(limit), "X-RateLimit-Remaining": str(remaining),
+            "X-RateLimit-Reset": str(reset)}
+
+
+def test_a_start_that_goes_late_is_kept_at_its_real_moment_and_widens_the_delay_range():
+    clock = FakeClock(1000.5)
+    gate = RateGate(clock=clock, wall_clock=clock, wait=lambda seconds: None)
+    first, _ = gate.reserve(worker=1)
+    clock.now += 0.2
+    gate.observe(200, headers(50, 49, 1001), ticket=first, worker=1)
+    ticket, delay = gate.reserve(worker=2)
+    clock.now += delay + 0.15  # the thread woke 150 ms after its booked moment
+    gate.started(ticket)
+    assert gate._starts[ticket].at == clock.now
+    clock.now += 0.2
+    gate.observe(200, headers(50, 48, 1001), ticket=ticket, worker=2)
+    # Counted before its window's Reset: at most 0.15 s after it really started (taken
+    # from the booked moment, that would be 0.3 s). The next start may go as late as
+    # this one: the range is widened by those 0.15 s, more than JITTER.
+    assert gate._delay.bounds() == (0.0, pytest.approx(0.15 + 0.15))
+
+
+def test_the_window_is_the_common_divisor_of_resets_on_a_grid_and_the_shortest_step_else():
+    # Every other window skipped (a slow link), then a step of three: one-second windows.
+    clock = FakeClock(1000.8)
+    gate = RateGate(clock=clock, wall_clock=clock, wait=lambda seconds: None)
+    for reset in (1001, 1003, 1005, 1008):
+        clock.now = reset - 0.2
+        gate.observe(200, headers(50, 49, reset), ticket=gate.reserve(worker=1)[0], worker=1)
+    assert gate.window_seconds == 1.0
+    # Windows that open at each client's first request: steps are not multiples of the
+    # window, and an answer told of 59 s left in one. The shortest step stands.
+    clock = FakeClock(1000.0)
+    gate = RateGate(clock=clock, wall_clock=clock, wait=lambda seconds: None)
+    for reset in (1059, 1121, 1183):
+        clock.now = reset - 59
+        gate.observe(200, headers(120, 119, reset), ticket=gate.reserve(worker=1)[0],
+                     worker=1)
+    assert gate.window_seconds == 62.0
 
 
 def test_a_spent_window_holds_every_worker_until_reset_whatever_its_length():
