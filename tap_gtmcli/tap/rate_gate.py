@@ -30,8 +30,10 @@ never assumes a window length:
 - Within a window, the requests it still allows are spread over the time it has left
   (the first window seen included, however much of it is left); when all the run still
   has to request fits in what the window allows, nothing is spread: it goes at once.
-- The window's length comes from two `Reset`s in a row; until then, from the first
-  window's time left in whole seconds (the shortest length it can have).
+- The window's length comes from the steps between `Reset`s: their greatest common
+  divisor when they lie on a grid (no answer told of more time left than that), else
+  the shortest step. Until two `Reset`s are seen, from the first window's time left in
+  whole seconds (the shortest length it can have).
 - A 429 holds every other worker for `Retry-After` exactly (seconds or an HTTP date,
   parsed by the caller), or until `Reset`: a second worker would otherwise spend its own
   request learning the same thing. The worker told to wait backs off by its retry policy.
@@ -181,12 +183,13 @@ class RateGate:
         #: Counts answers, so that a start booked ahead looks again only after new ones.
         self._answers = 0
         self._looked: dict[int, int] = {}
-        #: Seconds per window once two consecutive `Reset`s have shown it.
+        #: Seconds per window once two `Reset`s have shown it.
         self.window_seconds: float | None = None
         self._first_window_guess: float | None = None
-        #: The greatest common divisor of the steps between Resets (ms), and the most
-        #: time left in a window that an answer told.
+        #: The greatest common divisor and the shortest of the steps between Resets
+        #: (ms), and the most time left in a window that an answer told.
         self._steps: int | None = None
+        self._shortest_step: int | None = None
         self._longest_left = 0.0
         #: Share of the limit used: all of it, less after each 429.
         self._share = 1.0
@@ -538,14 +541,16 @@ class RateGate:
         last = self._last_reset_wall
         if last is not None and reset_wall > last:
             step = round((reset_wall - last) * 1000)  # in milliseconds
+            self._shortest_step = step if self._shortest_step is None else min(
+                self._shortest_step, step)
             self._steps = step if self._steps is None else math.gcd(self._steps, step)
+        if last is None or reset_wall > last:
+            self._last_reset_wall = reset_wall
+        if self._steps is not None and self._shortest_step is not None:
             # After an idle gap Reset jumps several windows: the shortest step seen is a
             # whole number of windows. When windows follow one another on a fixed grid,
             # every step is: their greatest common divisor is the window, unless a
             # window was seen with more time left than that (then they do not).
-            shortest = step if self.window_seconds is None else min(
-                round(self.window_seconds * 1000), step)
             common = self._steps / 1000
-            self.window_seconds = common if common >= self._longest_left else shortest / 1000
-        if last is None or reset_wall > last:
-            self._last_reset_wall = reset_wall
+            self.window_seconds = (common if common >= self._longest_left
+                                   else self._shortest_step / 1000)

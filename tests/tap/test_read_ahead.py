@@ -354,6 +354,14 @@ def test_the_window_is_the_common_divisor_of_resets_on_a_grid_and_the_shortest_s
         gate.observe(200, headers(120, 119, reset), ticket=gate.reserve(worker=1)[0],
                      worker=1)
     assert gate.window_seconds == 62.0
+    # A grid at first sight (steps of 2 and 3 s), then an answer with 1.5 s left: the
+    # windows are longer than the common divisor, and the shortest step stands.
+    clock = FakeClock(1000.8)
+    gate = RateGate(clock=clock, wall_clock=clock, wait=lambda seconds: None)
+    for reset, left in ((1001, 0.2), (1003, 0.2), (1006, 0.2), (1008, 1.5), (1012, 0.2)):
+        clock.now = reset - left
+        gate.observe(200, headers(50, 49, reset), ticket=gate.reserve(worker=1)[0], worker=1)
+    assert gate.window_seconds == 2.0
 
 
 def test_a_spent_window_holds_every_worker_until_reset_whatever_its_length():
