@@ -3,7 +3,8 @@ never more than a polite bound.
 
 - With an advertised limit, Little's law: in flight = allowed rate x latency. The window
   follows the measured latency (a moving average) and keeps some headroom, so that the
-  rate gate always has a request ready when the next start is due.
+  rate gate always has a request ready when the next start is due. When all the run
+  still has to request fits in the window being filled, all of it may be in flight.
 - Without one (GTMCLI's job endpoints may send no limit headers), AIMD over rounds (a
   round ends once as many answers came back as the window held when it began):
   slow start doubles the window while throughput grows with it; after that the window
@@ -83,6 +84,8 @@ class InFlightWindow:
         """Requests that may be in flight now."""
         rate = self._allowed_rate()
         with self._lock:
+            if rate == math.inf:
+                return self._cap(limited=True)  # the gate lets all that is left go now
             if rate is not None and self.latency is not None:
                 wanted = math.ceil(rate * self.latency * HEADROOM) + 1
                 return max(1, min(wanted, self._cap(limited=True)))

@@ -22,6 +22,11 @@ never assumes a window length:
   one; so a window that is spent (`Remaining: 0`) holds every worker until its `Reset`.
 - The ledger keeps the moment each request actually started; how late starts go after
   their booked moment widens the delay's range.
+- Until an answer shows how soon a request can be counted, a start must go no earlier
+  than its window's opening, and the run's last window is reached a whole delay late.
+  So, when the run's last window will have a place spare, a window's last start is
+  aimed across its end (it counts against both): whichever side its answer shows, the
+  range is halved, and the starts after go as early as the range allows.
 - A start booked ahead looks again for an earlier moment whenever answers came in since
   it last looked: what they taught can show that its window has room sooner. While the
   delay is still a wide range, starts that may arrive in either of two windows count in
@@ -193,6 +198,8 @@ class RateGate:
         self._longest_left = 0.0
         #: Share of the limit used: all of it, less after each 429.
         self._share = 1.0
+        #: The start last aimed across a window's end to learn the delay (_wants_probe).
+        self._probe: int | None = None
 
     def expect(self, requests_left: int | None) -> None:
         """Tell the gate how many requests the run still has to make (None: unknown)."""
@@ -200,7 +207,9 @@ class RateGate:
             self._demand = requests_left
 
     def allowed_rate(self) -> float | None:
-        """Requests per second the plan allows now; None when nothing needs pacing."""
+        """Requests per second the plan allows now: None when no limit was told (nothing
+        to pace by), `math.inf` when all the run still has to request fits in what the
+        window being filled allows (it may all go at once)."""
         with self._lock:
             info = self._info
             length = self._length()
@@ -211,7 +220,7 @@ class RateGate:
             quota = self._quota(info)
             left = quota - self._used(window, info)
             if self._demand is not None and self._demand <= left:
-                return None
+                return math.inf
             # The long-run pace, or faster while the window being filled has room left.
             time_left = self._window_start(window + 1) - counted
             return max(quota / length, max(left, 0) / max(time_left, 1e-3))
@@ -413,7 +422,14 @@ class RateGate:
             first = self._window_of(at + soonest)
             last = self._window_of(at + latest)
             if first == last:
-                if self._used(first, info) < quota:
+                used = self._used(first, info)
+                if used < quota:
+                    if used == quota - 1 and self._wants_probe(ticket, first, info, quota):
+                        # The window's last start straddles its end instead: it counts
+                        # in this window or the next, both with room, and its answer
+                        # halves the delay's range (see _wants_probe).
+                        at = max(at, self._window_start(first + 1) - (soonest + latest) / 2)
+                        self._probe = ticket
                     break
                 # Full: aim at the boundary after it, the start's range of arrival
                 # centred on it, so that the answer tells which side it fell.
@@ -485,6 +501,43 @@ class RateGate:
         if not length or latest <= 0:
             return False
         return latest - soonest > KNOWN_DELAY * length and latest >= LONG_DELAY * length
+
+    def _wants_probe(self, ticket: int, window: int, info: _Told, quota: int) -> bool:
+        """Whether the start taking `window`'s last place should be aimed across its end.
+
+        A request whose delay is known only as a wide range must start whole inside a
+        window: at the earliest when the range's soonest end has it counted after the
+        opening, which, while nothing has shown that soonest end above 0, is the opening
+        itself. So the run's last window is reached a delay later than it could be. A
+        start aimed across a boundary, counted in either window, halves the range
+        whichever side its answer shows; once it is known, starts go as early as it
+        allows (those booked already move up).
+
+        One at a time, while the range is wide for the window (not while a delay of a
+        window or more is learned: the learning slack does that), and only when the
+        run's demand is known: counted in the next window, it leaves a place here
+        unused, so the run's last window must have one spare; and the run must need more
+        than the next window, or what it teaches comes too late to be of use."""
+        length = self._length()
+        soonest, latest = self._delay.bounds()
+        if not length or latest - soonest <= KNOWN_DELAY * length or self._learning():
+            return False
+        probe = self._starts.get(self._probe) if self._probe is not None else None
+        if self._probe != ticket and probe is not None and not probe.answered:
+            return False  # one at a time: the next halves what this one tells
+        if self._demand is None:
+            return False  # what a lost place would cost is not known
+        # The requests after this one, placed in the windows after this one: the probe
+        # is free when the last window they need keeps a place spare (a probe counted in
+        # the next window leaves one here), and worth it when they need more than the
+        # next window (what it teaches comes in before the one after opens).
+        waiting = [start for key, start in self._starts.items()
+                   if not start.answered and key != ticket]
+        after = self._demand - len(waiting) - 1  # not booked yet
+        nearest = quota - self._used(window + 1, info)
+        later = self._window_start(window + 2) - soonest
+        beyond = after + sum(1 for start in waiting if start.at >= later) - nearest
+        return nearest >= 1 and after >= 0 and beyond > 0 and beyond % quota != 0
 
     def _foreseen(self, told: _Told) -> bool:
         """Whether our own starts placed in a window told spent fill it already."""

@@ -178,6 +178,7 @@ def simulate(server: WindowServer, *, requests: int, workers: int, upstream: flo
     first_counted: float | None = None
     pending: dict[int, tuple[int, dict[str, str], float]] = {}
     waits: dict[int, float] = {}  # ticket -> seconds left to its booked start
+    in_flight = 0  # booked and not answered
 
     def push(at: float, kind: str, worker: int, ticket: int = -1) -> None:
         nonlocal order
@@ -194,7 +195,10 @@ def simulate(server: WindowServer, *, requests: int, workers: int, upstream: flo
             push(clock.now + delay, "start", worker, ticket)
 
     def book(worker: int) -> None:
-        gate.expect(left + workers)
+        nonlocal in_flight
+        in_flight += 1
+        # As the tap's pipeline tells it: requests not sent yet, and those in flight.
+        gate.expect(left + in_flight)
         ticket, delay = gate.reserve(worker=worker)
         wait(worker, ticket, delay)
 
@@ -220,6 +224,7 @@ def simulate(server: WindowServer, *, requests: int, workers: int, upstream: flo
             push(clock.now + downstream, "answer", worker, ticket)
         elif kind == "answer":
             status, headers, retry_after = pending.pop(ticket)
+            in_flight -= 1  # a refused one is booked again, below
             gate.observe(status, headers, retry_after if status == 429 else None,
                          ticket=ticket, worker=worker)
             if status == 429:
@@ -268,7 +273,63 @@ def test_a_request_counted_within_a_window_uses_the_whole_limit_from_the_start(l
     assert soonest <= latency < latest  # holds the delays seen
     assert server.refused == 0
     counts = [count for _, count in sorted(server.counts.items())]
-    assert counts[1:-1] and all(count == 50 for count in counts[1:-1]), counts
+    # Every window after the first is full, but for a place now and then left to a start
+    # aimed across its end (that counted in the next): the run needs no more windows
+    # than a full one each would take.
+    assert counts[1:-1] and all(count >= 49 for count in counts[1:-1]), counts
+    assert len(counts) - 1 == math.ceil((601 - counts[0]) / 50), counts
+
+
+@pytest.mark.parametrize("latency", [0.3, 0.8])
+def test_a_start_aimed_across_a_window_end_lets_the_last_window_start_before_it_opens(
+    latency,
+):
+    # The job list is counted early in its window, so the first pages are counted in the
+    # same window, and every window is full from the first: nothing shows how soon after
+    # its start a request is counted. Without that, a start whose window opens later can
+    # only go when it opens, and the last window's requests are answered a whole delay
+    # after its opening. The run's last window has places spare (301 = 50 + 5 x 50 + 1),
+    # so the last start of a window may be aimed across its end: its answer halves the
+    # range, and the last window's starts go before it opens.
+    server = WindowServer(limit=50, window_seconds=1)
+    start = 1000.25 if latency == 0.8 else 1000.05  # list counted at 1001.05 / 1000.35
+    run = simulate(server, requests=301, workers=64, upstream=latency, downstream=0.0,
+                   start=start, jitter=0.02)
+    assert server.refused == 0
+    counts = sorted(server.counts.items())
+    first, last = counts[0][0], counts[-1][0]
+    assert last - first == 6  # the fewest windows 301 requests need from this phase
+    assert all(count >= 49 for _, count in counts[:-1]), counts
+    soonest, latest = run.gate._delay.bounds()
+    assert 0.5 * latency < soonest <= latency < latest  # learned: it started at 0
+    # The last request is answered soon after its window opened, not a delay after.
+    assert start + run.seconds < last + 0.4 * latency
+
+
+def test_no_start_is_aimed_across_a_window_end_when_the_run_needs_every_place():
+    # The same phase with 300 requests: six windows exactly full. A start counted in the
+    # next window would leave a place unused here and take a seventh window.
+    server = WindowServer(limit=50, window_seconds=1)
+    run = simulate(server, requests=300, workers=64, upstream=0.8, downstream=0.0,
+                   start=1000.25, jitter=0.02)
+    assert server.refused == 0
+    assert [count for _, count in sorted(server.counts.items())] == [50] * 6
+    assert run.gate._delay.bounds()[0] == 0.0  # never learned: no start was aimed across
+
+
+def test_when_all_that_is_left_fits_in_the_window_it_may_all_be_in_flight():
+    clock = FakeClock(1000.2)
+    gate = RateGate(clock=clock, wall_clock=clock, wait=lambda seconds: None)
+    gate.observe(200, headers(50, 40, 1001), ticket=gate.reserve(worker=1)[0], worker=1)
+    window = InFlightWindow(allowed_rate=gate.allowed_rate, clock=clock)
+    for _ in range(10):
+        window.record(0.8, Outcome.ANSWERED)
+    gate.expect(200)  # more than the window allows: paced by Little's law
+    assert gate.allowed_rate() == pytest.approx(40 / (0.8 - JITTER))
+    assert window.size == math.ceil(40 / (0.8 - JITTER) * 0.8 * 1.25) + 1
+    gate.expect(39)  # fits in the 40 places left: no pace, all of it at once
+    assert gate.allowed_rate() == math.inf
+    assert window.size == LIMITED_CAP
 
 
 @pytest.mark.parametrize("latency", [1.5, 2.5])
