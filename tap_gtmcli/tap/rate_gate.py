@@ -424,7 +424,7 @@ class RateGate:
             if first == last:
                 used = self._used(first, info)
                 if used < quota:
-                    if used == quota - 1 and self._wants_probe(ticket, first, info, quota):
+                    if used == quota - 1 and self._wants_probe(first, info, quota):
                         # The window's last start straddles its end instead: it counts
                         # in this window or the next, both with room, and its answer
                         # halves the delay's range (see _wants_probe).
@@ -445,14 +445,16 @@ class RateGate:
         self._ledger(ticket, at)
         window = self._window_of(at + latest)
         left = quota - self._used(window, info) + 1  # this one included
-        if self._demand is not None:
-            # What the run still has to start: its demand counts every request it has
-            # sent and not seen answered, and those started already are in the ledger.
-            started = sum(1 for start in self._starts.values() if not start.answered)
-            if self._demand - started + 1 <= left:
-                return at, 0.0  # all that is left fits in this window: no need to spread
+        # What the run still has to start: its demand counts every request it has sent
+        # and not seen answered, and those started already are in the ledger.
+        if self._demand is not None and self._demand - len(self._awaited()) + 1 <= left:
+            return at, 0.0  # all that is left fits in this window: no need to spread
         time_left = self._window_start(window + 1) - (at + latest)
         return at, max(time_left, 0.0) / max(left, 1)
+
+    def _awaited(self) -> list[_Start]:
+        """The starts in the ledger not answered yet (booked ahead, or on the way)."""
+        return [start for start in self._starts.values() if not start.answered]
 
     def _ledger(self, ticket: int, at: float) -> None:
         self._starts[ticket] = _Start(at)
@@ -502,7 +504,7 @@ class RateGate:
             return False
         return latest - soonest > KNOWN_DELAY * length and latest >= LONG_DELAY * length
 
-    def _wants_probe(self, ticket: int, window: int, info: _Told, quota: int) -> bool:
+    def _wants_probe(self, window: int, info: _Told, quota: int) -> bool:
         """Whether the start taking `window`'s last place should be aimed across its end.
 
         A request whose delay is known only as a wide range must start whole inside a
@@ -522,8 +524,9 @@ class RateGate:
         soonest, latest = self._delay.bounds()
         if not length or latest - soonest <= KNOWN_DELAY * length or self._learning():
             return False
+        # (The start being booked is not in the ledger: a start booked again leaves it.)
         probe = self._starts.get(self._probe) if self._probe is not None else None
-        if self._probe != ticket and probe is not None and not probe.answered:
+        if probe is not None and not probe.answered:
             return False  # one at a time: the next halves what this one tells
         if self._demand is None:
             return False  # what a lost place would cost is not known
@@ -531,12 +534,11 @@ class RateGate:
         # is free when the last window they need keeps a place spare (a probe counted in
         # the next window leaves one here), and worth it when they need more than the
         # next window (what it teaches comes in before the one after opens).
-        waiting = [start for key, start in self._starts.items()
-                   if not start.answered and key != ticket]
-        after = self._demand - len(waiting) - 1  # not booked yet
+        awaited = self._awaited()
+        after = self._demand - len(awaited) - 1  # not booked yet
         nearest = quota - self._used(window + 1, info)
         later = self._window_start(window + 2) - soonest
-        beyond = after + sum(1 for start in waiting if start.at >= later) - nearest
+        beyond = after + sum(1 for start in awaited if start.at >= later) - nearest
         return nearest >= 1 and after >= 0 and beyond > 0 and beyond % quota != 0
 
     def _foreseen(self, told: _Told) -> bool:
