@@ -50,9 +50,10 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+
+from tap_gtmcli.tap.count_delay import CountDelay
 
 #: How long everyone waits after a 429 or `Remaining: 0` that names no moment to resume
 #: (no `Retry-After`, no `Reset`): long enough to stop a storm, short enough to find out.
@@ -71,12 +72,6 @@ LONG_DELAY = 1.0
 #: Each 429 all the same takes this much off the share, down to MIN_SHARE.
 SHARE_AFTER_429 = 0.9
 MIN_SHARE = 0.75
-#: Answers the start-to-count delay is learned from: recent ones, so it follows the link.
-DELAY_SAMPLES = 200
-#: Seconds added at least on each side of the learned delay range: the way to GTMCLI can
-#: take a request that much longer or shorter than the answers seen so far showed (a few
-#: tens of milliseconds on a busy link); more when recent starts went later than booked.
-JITTER = 0.025
 #: Starts kept before any answer told of a limit (with none, nothing needs the ledger).
 FIRST_STARTS = 64
 #: Starts the ledger keeps at most (it forgets those whose windows are past anyway).
@@ -114,44 +109,6 @@ class _Start:
     counted_by: float | None = None
 
 
-class _CountDelay:
-    """How long after its start GTMCLI counts a request: a range learned from answers."""
-
-    def __init__(self) -> None:
-        self._samples: deque[tuple[float, float]] = deque(maxlen=DELAY_SAMPLES)
-        self._lateness: deque[float] = deque(maxlen=DELAY_SAMPLES)
-        self._bounds = (0.0, 0.0)
-
-    def note_lateness(self, seconds: float) -> None:
-        """How much later than booked a request actually started (a thread wakes late)."""
-        self._lateness.append(seconds)
-
-    def learn(self, *, started: float, answered: float, reset_at: float,
-              window_seconds: float | None) -> None:
-        # Counted before it was answered, and before the Reset of the window counting it.
-        latest = max(0.0, min(answered, reset_at) - started)
-        # ... and not before that window opened (once its length is known).
-        earliest = max(0.0, reset_at - window_seconds - started) if window_seconds else 0.0
-        self._samples.append((earliest, latest))
-        # The tightest bounds the answers allow. Each answer bounds its own delay; over
-        # many, the largest `earliest` and the smallest `latest` close in on the delay,
-        # and cross when delays vary (a loaded link delays some requests on the way):
-        # then they span that variation. A start booked ahead can also go late by as
-        # much as recent starts did; the range is widened by that, at least JITTER.
-        # (Not by how much the answers' latency varies: a server that is slow to build
-        # its answers has counted the requests already.)
-        earliest = max(sample[0] for sample in self._samples)
-        latest = min(sample[1] for sample in self._samples)
-        lateness = sorted(self._lateness)
-        margin = max(JITTER, lateness[int(len(lateness) * 0.95)] if lateness else 0.0)
-        self._bounds = (max(0.0, min(earliest, latest) - margin),
-                        max(earliest, latest) + margin)
-
-    def bounds(self) -> tuple[float, float]:
-        """(soonest, latest) delay from start to count; (0, 0) before any answer."""
-        return self._bounds
-
-
 class RateGate:
     """Spaces request starts across threads by the advertised window; holds all after a 429."""
 
@@ -179,7 +136,7 @@ class RateGate:
         #: Every start booked while a limit is known, in booking order: ticket -> its
         #: start, and once answered the Reset of the window that counted it.
         self._starts: dict[int, _Start] = {}
-        self._delay = _CountDelay()
+        self._delay = CountDelay()
         self._last_reset_wall: float | None = None
         self._demand: int | None = None
         #: Counts 429s and spent windows, so that booked starts know to look again.
@@ -205,6 +162,12 @@ class RateGate:
         """Tell the gate how many requests the run still has to make (None: unknown)."""
         with self._lock:
             self._demand = requests_left
+
+    def delay_bounds(self) -> tuple[float, float]:
+        """(soonest, latest) seconds from a request's start to GTMCLI counting it, as
+        learned so far; (0, 0) before any answer told of a window."""
+        with self._lock:
+            return self._delay.bounds()
 
     def allowed_rate(self) -> float | None:
         """Requests per second the plan allows now: None when no limit was told (nothing

@@ -13,8 +13,9 @@ from contextlib import redirect_stdout
 import pytest
 
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
+from tap_gtmcli.tap.count_delay import JITTER
 from tap_gtmcli.tap.page_pipeline import PagePipeline
-from tap_gtmcli.tap.rate_gate import JITTER, RateGate
+from tap_gtmcli.tap.rate_gate import RateGate
 from tap_gtmcli.tap.result_pages import ResultPage
 from tap_gtmcli.tap.tap import TapGTMCLI
 from tests.tap.conftest import API_KEY, run_tap

@@ -18,6 +18,7 @@ import pytest
 
 from tap_gtmcli.api.errors import GTMCLICancelledError
 from tap_gtmcli.api.retry import parse_retry_after
+from tap_gtmcli.tap.count_delay import JITTER
 from tap_gtmcli.tap.in_flight_window import (
     INITIAL_WINDOW,
     LIMITED_CAP,
@@ -26,7 +27,7 @@ from tap_gtmcli.tap.in_flight_window import (
     Outcome,
 )
 from tap_gtmcli.tap.page_pipeline import PagePipeline
-from tap_gtmcli.tap.rate_gate import JITTER, RECHECK, RateGate
+from tap_gtmcli.tap.rate_gate import RECHECK, RateGate
 from tap_gtmcli.tap.result_pages import ResultPage
 from tap_gtmcli.tap.tap import TapGTMCLI
 from tests.tap.conftest import run_tap
@@ -269,7 +270,7 @@ def test_a_request_counted_within_a_window_uses_the_whole_limit_from_the_start(l
     server = WindowServer(limit=50, window_seconds=1)
     run = simulate(server, requests=601, workers=64, upstream=latency, downstream=0.0,
                    start=1000.7, jitter=0.02)
-    soonest, latest = run.gate._delay.bounds()
+    soonest, latest = run.gate.delay_bounds()
     assert soonest <= latency < latest  # holds the delays seen
     assert server.refused == 0
     counts = [count for _, count in sorted(server.counts.items())]
@@ -300,7 +301,7 @@ def test_a_start_aimed_across_a_window_end_lets_the_last_window_start_before_it_
     first, last = counts[0][0], counts[-1][0]
     assert last - first == 6  # the fewest windows 301 requests need from this phase
     assert all(count >= 49 for _, count in counts[:-1]), counts
-    soonest, latest = run.gate._delay.bounds()
+    soonest, latest = run.gate.delay_bounds()
     assert 0.5 * latency < soonest <= latency < latest  # learned: it started at 0
     # The last request is answered soon after its window opened, not a delay after.
     assert start + run.seconds < last + 0.4 * latency
@@ -314,7 +315,7 @@ def test_no_start_is_aimed_across_a_window_end_when_the_run_needs_every_place():
                    start=1000.25, jitter=0.02)
     assert server.refused == 0
     assert [count for _, count in sorted(server.counts.items())] == [50] * 6
-    assert run.gate._delay.bounds()[0] == 0.0  # never learned: no start was aimed across
+    assert run.gate.delay_bounds()[0] == 0.0  # never learned: no start was aimed across
 
 
 def test_when_all_that_is_left_fits_in_the_window_it_may_all_be_in_flight():
@@ -341,7 +342,7 @@ def test_a_request_counted_a_window_or_more_later_is_learned_then_the_whole_limi
     server = WindowServer(limit=50, window_seconds=1)
     run = simulate(server, requests=601, workers=128, upstream=latency, downstream=0.0,
                    start=1000.7, jitter=0.02)
-    soonest, latest = run.gate._delay.bounds()
+    soonest, latest = run.gate.delay_bounds()
     assert soonest <= latency < latest  # holds the delays seen
     assert latest - soonest <= 0.1  # learned
     assert server.refused <= 0.02 * 601
@@ -395,7 +396,7 @@ def test_a_start_that_goes_late_is_kept_at_its_real_moment_and_widens_the_delay_
     # Counted before its window's Reset: at most 0.15 s after it really started (taken
     # from the booked moment, that would be 0.3 s). The next start may go as late as
     # this one: the range is widened by those 0.15 s, more than JITTER.
-    assert gate._delay.bounds() == (0.0, pytest.approx(0.15 + 0.15))
+    assert gate.delay_bounds() == (0.0, pytest.approx(0.15 + 0.15))
 
 
 def test_the_window_is_the_common_divisor_of_resets_on_a_grid_and_the_shortest_step_else():
