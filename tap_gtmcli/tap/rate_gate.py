@@ -457,15 +457,21 @@ class RateGate:
         share = min(self._share, LEARNING_SHARE) if self._learning() else self._share
         return max(1, math.floor((info.limit or 1) * share))
 
+    def _delay_is_rough(self) -> bool:
+        """Whether the delay from start to count is known only as a range wider than
+        KNOWN_DELAY of the window."""
+        soonest, latest = self._delay.bounds()
+        length = self._length()
+        return bool(length) and latest - soonest > KNOWN_DELAY * (length or 0.0)
+
     def _learning(self) -> bool:
         """Whether a request may take a window or more to be counted, and the delay is
         still known only roughly. (A shorter one leaves room to place each start whole
         inside a window, however rough its range.)"""
-        soonest, latest = self._delay.bounds()
+        latest = self._delay.bounds()[1]
         length = self._length()
-        if not length or latest <= 0:
-            return False
-        return latest - soonest > KNOWN_DELAY * length and latest >= LONG_DELAY * length
+        return (bool(length) and latest > 0 and self._delay_is_rough()
+                and latest >= LONG_DELAY * (length or 0.0))
 
     def _wants_probe(self, window: int, info: _Told, quota: int) -> bool:
         """Whether the start taking `window`'s last place should be aimed across its end.
@@ -483,9 +489,7 @@ class RateGate:
         run's demand is known: counted in the next window, it leaves a place here
         unused, so the run's last window must have one spare; and the run must need more
         than the next window, or what it teaches comes too late to be of use."""
-        length = self._length()
-        soonest, latest = self._delay.bounds()
-        if not length or latest - soonest <= KNOWN_DELAY * length or self._learning():
+        if not self._delay_is_rough() or self._learning():
             return False
         # (The start being booked is not in the ledger: a start booked again leaves it.)
         probe = self._starts.get(self._probe) if self._probe is not None else None
@@ -500,7 +504,7 @@ class RateGate:
         awaited = self._awaited()
         after = self._demand - len(awaited) - 1  # not booked yet
         nearest = quota - self._used(window + 1, info)
-        later = self._window_start(window + 2) - soonest
+        later = self._window_start(window + 2) - self._delay.bounds()[0]
         beyond = after + sum(1 for start in awaited if start.at >= later) - nearest
         return nearest >= 1 and after >= 0 and beyond > 0 and beyond % quota != 0
 
