@@ -27,6 +27,7 @@ from tap_gtmcli.api.errors import (
     raise_for_response,
 )
 from tap_gtmcli.api.paging import iterate_pages
+from tap_gtmcli.api.paths import job_path
 from tap_gtmcli.api.retry import (
     SLEEP_IN_ON_BACKOFF,
     TRANSIENT_EXCEPTIONS,
@@ -38,6 +39,8 @@ DEFAULT_API_URL = "https://api.gtmcli.com"
 USER_AGENT = "tap-gtmcli/0.1"
 #: The job statuses that never change again.
 FINISHED_STATUSES = frozenset({"completed", "failed"})
+#: The documented statuses of a job still at work.
+OPEN_STATUSES = frozenset({"pending", "processing"})
 
 logger = logging.getLogger("tap_gtmcli.api.client")
 
@@ -204,7 +207,7 @@ class GTMCLIClient:
 
     def get_job(self, job_id: str) -> dict[str, Any]:
         """GET /v1/jobs/{id}."""
-        return self.request_json("GET", f"/v1/jobs/{job_id}")
+        return self.request_json("GET", job_path(job_id))
 
     def list_jobs(self) -> Iterator[dict[str, Any]]:
         """GET /v1/jobs, newest first, following pagination when the answer has it."""
@@ -218,7 +221,7 @@ class GTMCLIClient:
     def get_results_page(self, job_id: str, page: int, per_page: int) -> dict[str, Any]:
         """One page of GET /v1/jobs/{id}/results."""
         return self.request_json(
-            "GET", f"/v1/jobs/{job_id}/results", params={"page": page, "per_page": per_page}
+            "GET", job_path(job_id, "results"), params={"page": page, "per_page": per_page}
         )
 
 

@@ -178,3 +178,51 @@ def decode_json(response: requests.Response) -> dict[str, Any]:
         raise _malformed(response, error) from error
     _decoded_bodies[response] = body
     return body
+
+
+def describe_transport_error(error: BaseException) -> str:
+    """What a transport failure means, in words (no URL, no urllib3 internals)."""
+    request = getattr(error, "request", None)
+    url = getattr(request, "url", None) or ""
+    where = urlparse(url)
+    host = f"{where.hostname}:{where.port or (443 if where.scheme == 'https' else 80)}" \
+        if where.hostname else "the API host"
+    if isinstance(error, requests.exceptions.SSLError):
+        return (f"the TLS handshake with {host} failed (does the server speak https? check "
+                "the scheme of `api_url`)")
+    if isinstance(error, requests.exceptions.ConnectTimeout):
+        return f"could not connect to {host} within request_timeout"
+    if isinstance(error, requests.exceptions.ReadTimeout):
+        return "no whole answer within request_timeout"
+    if isinstance(error, requests.exceptions.TooManyRedirects):
+        return "redirected too many times (a redirect loop)"
+    if isinstance(error, requests.exceptions.ChunkedEncodingError | ConnectionResetError):
+        return "the connection broke before the answer was complete"
+    if isinstance(error, requests.exceptions.ConnectionError):
+        text = str(error)
+        if "Connection refused" in text or "NewConnectionError" in text:
+            return f"{host} refused the connection (is the server running, the port right?)"
+        if "NameResolutionError" in text or "Name or service not known" in text:
+            return f"the host name of {host} could not be resolved"
+        return f"the connection to {host} failed"
+    if isinstance(error, GTMCLIRetriableError | GTMCLIFatalError):
+        return str(error)
+    return type(error).__name__
+
+
+def redirected_refusal(response: requests.Response, api_url: str) -> GTMCLIFatalError | None:
+    """A 401/403 from a host other than `api_url`'s (after a redirect): not the key's fault,
+    as the key is never sent to another host."""
+    if response.status_code not in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN):
+        return None
+    answered, asked = urlparse(response.url), urlparse(api_url)
+    if (answered.hostname, answered.port) == (asked.hostname, asked.port):
+        return None
+    port = f":{answered.port}" if answered.port else ""
+    return GTMCLIFatalError(
+        f"{describe_request(response)} answered {response.status_code} from "
+        f"{answered.hostname}{port}, a host GTMCLI redirected to (`api_url` is "
+        f"{asked.hostname}{':' + str(asked.port) if asked.port else ''}); the key is not "
+        "sent to another host: point `api_url` at the host that serves the API",
+        response.status_code,
+    )

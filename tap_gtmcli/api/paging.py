@@ -22,12 +22,20 @@ def has_next_page(body: Mapping[str, Any], page: int) -> bool:
     return last is not None and page < last
 
 
-def iterate_pages(fetch: Callable[[int], Mapping[str, Any]]) -> Iterator[Mapping[str, Any]]:
-    """Answers for pages 1, 2, ... until one says it is the last."""
+def iterate_pages(
+    fetch: Callable[[int], Mapping[str, Any]], items_key: str = "jobs"
+) -> Iterator[Mapping[str, Any]]:
+    """Answers for pages 1, 2, ... until one says it is the last, or serves the same
+    items as the page before (a server that ignores `page` would never end)."""
     page = 1
+    previous: object = None
     while True:
         body = fetch(page)
+        items = body.get(items_key)
+        if page > 1 and items == previous:
+            return
         yield body
         if not has_next_page(body, page):
             return
+        previous = items
         page += 1

@@ -7,10 +7,12 @@ the connection); the HTTP layer only reads bytes in and writes bytes out.
 from __future__ import annotations
 
 import hmac
+import math
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 import msgspec
 
@@ -20,6 +22,7 @@ from tap_gtmcli.sandbox.errors import ApiError
 from tap_gtmcli.sandbox.faults import PROXY_ERROR_PAGE, FaultInjector, FaultPlan
 from tap_gtmcli.sandbox.jobs import JobService
 from tap_gtmcli.sandbox.payloads import DEFAULT_PER_PAGE, parse_create_job, parse_paging
+from tap_gtmcli.sandbox.quirks import QuirkSet
 from tap_gtmcli.sandbox.ratelimit import RateLimiter
 from tap_gtmcli.sandbox.stats import SandboxStats
 
@@ -47,6 +50,8 @@ class Response:
     content_type: str = JSON
     headers: dict[str, str] = field(default_factory=dict)
     drop: bool = False
+    #: Seconds between two bytes of the body (a server that drips its answer).
+    drip_seconds: float = 0.0
 
 
 def json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
@@ -62,8 +67,10 @@ def error_response(error: ApiError) -> Response:
 
 
 def route_of(method: str, path: str) -> tuple[str, str | None]:
-    """The route pattern of an API path and the job id in it, e.g. `GET /v1/jobs/{id}`."""
-    parts = path.rstrip("/").split("/")
+    """The route pattern of an API path and the job id in it, e.g. `GET /v1/jobs/{id}`.
+
+    The id is one path segment, percent-decoded (`a%3Fb` is the id `a?b`)."""
+    parts = [unquote(part) for part in path.rstrip("/").split("/")]
     if parts[:3] == ["", "v1", "jobs"]:
         if len(parts) == 3:
             return f"{method} /v1/jobs", None
@@ -93,7 +100,10 @@ class SandboxApp:
         self._stats = stats
         self._clock = clock
         self._stopping = stopping
+        #: Set when the server stops: cuts injected waits short.
+        self.stopping = stopping
         self._expected_authorization = f"Bearer {config.api_key}".encode()
+        self.quirks = QuirkSet(config.quirks)
         rule = config.rate_rule
         self._limiter = RateLimiter(rule, config.retry_after_format) if rule else None
 
@@ -122,6 +132,9 @@ class SandboxApp:
             return Response(drop=True)
         if plan.action == "error":
             return self._injected_error(plan)
+        if plan.action == "redirect":
+            self._stats.count("redirected")
+            return Response(302, b"", headers={"Location": plan.location})
         if plan.action == "slow":
             self._stats.count("slowed")
             self._stopping.wait(plan.delay)
@@ -132,6 +145,9 @@ class SandboxApp:
         if plan.action == "truncate" and response.status == 200:
             self._stats.count("truncated")
             response.body = response.body[: len(response.body) // 2]
+        if plan.action == "drip":
+            self._stats.count("dripped")
+            response.drip_seconds = plan.delay
         return response
 
     def _injected_error(self, plan: FaultPlan) -> Response:
@@ -177,19 +193,37 @@ class SandboxApp:
             view = self._jobs.create_job(created.type, created.items, created.webhook_url)
             return json_response(self._config.create_status, view)
         if route == "GET /v1/jobs":
+            if "list-repeats" in self.quirks:
+                asked, _ = parse_paging(request.query, self._config.list_page_size or 10)
+                answer = self._jobs.list_views(1, self._config.list_page_size or 10)
+                answer.update(page=asked, total_pages=asked + 1)
+                return json_response(200, self.quirks.job_list(answer, asked))
             if self._config.list_page_size <= 0:
-                return json_response(200, self._jobs.list_views())
+                return json_response(200, self.quirks.job_list(self._jobs.list_views(), 1))
             page, per_page = parse_paging(request.query, self._config.list_page_size)
-            return json_response(200, self._jobs.list_views(page, per_page))
+            answer = self._jobs.list_views(page, per_page)
+            return json_response(200, self.quirks.job_list(answer, page))
         if route == "GET /v1/jobs/{id}" and job_id is not None:
-            return json_response(200, self._jobs.job_view(job_id))
+            return json_response(200, self.quirks.job_view(self._jobs.job_view(job_id)))
         if route == "GET /v1/jobs/{id}/results" and job_id is not None:
             page, per_page = parse_paging(request.query, DEFAULT_PER_PAGE)
-            return Response(200, self._jobs.results_page(job_id, page, per_page))
+            body = self._jobs.results_page(job_id, page, per_page)
+            if self.quirks:
+                body = self._bent_results(job_id, body, page, per_page)
+            return Response(200, body)
         if route.endswith("(unmatched)"):
             raise ApiError(404, f"no route for {method} {request.path}")
         allowed = "GET, POST" if route.endswith("/v1/jobs") else "GET"
         raise ApiError(405, f"{method} is not allowed here", {"Allow": allowed})
+
+    def _bent_results(self, job_id: str, body: bytes, page: int, per_page: int) -> bytes:
+        view = self._jobs.job_view(job_id)
+        last = max(1, math.ceil(view["total"] / per_page))
+        return self.quirks.results(
+            body, page=page, per_page=per_page, status=view["status"],
+            first_page=self._jobs.results_page(job_id, 1, per_page),
+            last_page=self._jobs.results_page(job_id, last, per_page),
+        )
 
     def _admin(self, request: Request) -> Response:
         method, path = request.method, request.path.rstrip("/")
@@ -202,7 +236,8 @@ class SandboxApp:
         if path == "/_sandbox/faults" and method in ("GET", "POST"):
             if method == "POST":
                 self.apply_fault_changes(_json_object(request.body))
-            return json_response(200, self._faults.describe())
+            return json_response(200, {**self._faults.describe(),
+                                       "quirks": sorted(self.quirks.names)})
         if (method, path) == ("POST", "/_sandbox/seed"):
             arguments = self._jobs.check_seed_request(_json_object(request.body))
             return json_response(201, {"job_ids": self._jobs.seed_jobs(**arguments)})
@@ -231,6 +266,8 @@ class SandboxApp:
         """Apply a `/_sandbox/faults` body: settings, `rules` to append, `clear_rules`."""
         changes = dict(changes)
         rules = changes.pop("rules", None)
+        if "quirks" in changes:
+            self.quirks.replace(changes.pop("quirks"))
         if changes.pop("clear_rules", False):
             self._faults.clear_rules()
         if changes:

@@ -20,6 +20,7 @@ from tap_gtmcli.sandbox.config import (
     TIER_NAMES,
     SandboxConfig,
 )
+from tap_gtmcli.sandbox.quirks import QUIRKS
 from tap_gtmcli.sandbox.server import SandboxServer
 
 API_KEY_ENV = "GTMCLI_SANDBOX_API_KEY"
@@ -68,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--create-status", type=int, choices=CREATE_STATUSES, default=201)
     parser.add_argument("--webhook-timeout", type=float, default=10.0)
     parser.add_argument("--webhook-backoff", type=float, default=1.0)
+    parser.add_argument("--quirk", dest="quirks", action="append", default=[],
+                        choices=sorted(QUIRKS), metavar="NAME",
+                        help="answer like an untrustworthy server (repeatable): "
+                        + "; ".join(f"{name}: {text}" for name, text in sorted(QUIRKS.items())))
     parser.add_argument("--log-level", default="WARNING",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                         help="DEBUG logs each request line (never headers or keys)")
@@ -79,6 +84,7 @@ def config_from_arguments(arguments: argparse.Namespace) -> SandboxConfig:
     settings = vars(arguments).copy()
     settings.pop("log_level")
     settings["api_key"] = settings["api_key"] or os.environ.get(API_KEY_ENV) or DEFAULT_API_KEY
+    settings["quirks"] = tuple(settings["quirks"])
     return SandboxConfig(**settings)
 
 

@@ -51,6 +51,8 @@ class SandboxConfig:
     webhook_timeout: float = 10.0
     webhook_backoff: float = 1.0
     webhook_retries: int = 3
+    # Untrustworthy answers (see quirks.QUIRKS), e.g. ("results-total-pages-one",).
+    quirks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.host not in LOOPBACK_HOSTS:

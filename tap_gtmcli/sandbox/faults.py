@@ -9,7 +9,7 @@ from typing import Any
 
 from tap_gtmcli.sandbox.errors import ApiError
 
-RULE_BODIES = ("json", "html", "truncated", "drop", "drop_after", "slow")
+RULE_BODIES = ("json", "html", "truncated", "drop", "drop_after", "slow", "drip", "redirect")
 PROXY_ERROR_PAGE = (
     b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
     b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
@@ -25,7 +25,8 @@ class FaultRule:
     "truncated" (normal answer, body cut in half), "drop" (close without answering),
     "drop_after" (handle the request, e.g. create the job, then close without answering:
     the ambiguous timeout a client must not retry blindly), "slow" (wait `delay`
-    seconds, then answer normally).
+    seconds, then answer normally), "drip" (answer normally, one byte of the body
+    every `delay` seconds), "redirect" (302 to `location`).
     """
 
     method: str | None = None
@@ -35,6 +36,7 @@ class FaultRule:
     retry_after: str | None = None
     body: str = "json"
     delay: float = 1.0
+    location: str = ""
 
     @classmethod
     def from_dict(cls, raw: Any) -> FaultRule:
@@ -75,6 +77,7 @@ class FaultPlan:
     body: str = "json"
     retry_after: str | None = None
     delay: float = 0.0
+    location: str = ""
 
 
 @dataclass
@@ -171,8 +174,10 @@ def _plan_for_rule(rule: FaultRule) -> FaultPlan:
         return FaultPlan(action=rule.body)
     if rule.body == "truncated":
         return FaultPlan(action="truncate")
-    if rule.body == "slow":
-        return FaultPlan(action="slow", delay=rule.delay)
+    if rule.body in ("slow", "drip"):
+        return FaultPlan(action=rule.body, delay=rule.delay)
+    if rule.body == "redirect":
+        return FaultPlan(action="redirect", location=rule.location)
     return FaultPlan(
         action="error", status=rule.status, body=rule.body, retry_after=rule.retry_after
     )

@@ -185,8 +185,23 @@ class SandboxRequestHandler(BaseHTTPRequestHandler):
         if self.close_connection:
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        self.wfile.write(head + response.body if self.command != "HEAD" else head)
+        if response.drip_seconds and self.command != "HEAD":
+            self._drip(head, response.body, response.drip_seconds)
+        else:
+            self.wfile.write(head + response.body if self.command != "HEAD" else head)
         self.log_request(response.status, len(response.body))
+
+    def _drip(self, head: bytes, body: bytes, seconds: float) -> None:
+        """Headers at once, then the body a byte at a time (until the client gives up)."""
+        self.wfile.write(head)
+        for offset in range(len(body)):
+            if self.server.app.stopping.wait(seconds):
+                return
+            try:
+                self.wfile.write(body[offset:offset + 1])
+                self.wfile.flush()
+            except OSError:
+                return
 
     def _write_error(self, status: int, message: str) -> None:
         body = msgspec.json.encode({"error": error_code_for(status), "message": message})

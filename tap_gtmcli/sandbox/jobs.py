@@ -100,9 +100,14 @@ class JobService:
 
     def seed_jobs(
         self, job_type: str, count: int, jobs: int = 1, status: str = "completed",
-        seed: str = "seed",
+        seed: str = "seed", *, ids: list[str] | None = None,
     ) -> list[str]:
-        """Create `jobs` jobs of `count` generated items each, free of charge."""
+        """Create `jobs` jobs of `count` generated items each, free of charge (with
+        `ids`, one job per id: ids are opaque strings, any characters)."""
+        if ids is not None:
+            if not ids or not all(isinstance(job_id, str) and job_id for job_id in ids):
+                raise ApiError(400, "'ids' must be a list of non-empty strings")
+            jobs = len(ids)
         if job_type not in JOB_TYPES:
             raise ApiError(400, "'type' must be 'validate' or 'find'")
         if not 1 <= count <= MAX_JOB_ITEMS:
@@ -122,7 +127,8 @@ class JobService:
             else:
                 timeline = JobTimeline(total=count, starts_at=now, completes_at=now)
             job = self._build_job(
-                new_job_id(), job_type, items, now=now, timeline=timeline, webhook_url=None,
+                ids[ordinal] if ids else new_job_id(), job_type, items, now=now,
+                timeline=timeline, webhook_url=None,
                 charged=False, compute=True,
             )
             if status == "failed":
@@ -303,6 +309,7 @@ class JobService:
             "jobs": payload.get("jobs", 1),
             "status": payload.get("status", "completed"),
             "seed": str(payload.get("seed", "seed")),
+            "ids": payload.get("ids"),
         }
         for name in ("count", "jobs"):
             if not isinstance(arguments[name], int) or isinstance(arguments[name], bool):

@@ -150,14 +150,14 @@ class SandboxServer:
 
     def seed_jobs(
         self, job_type: str, count: int, jobs: int = 1, status: str = "completed",
-        seed: str = "seed",
+        seed: str = "seed", *, ids: list[str] | None = None,
     ) -> list[str]:
         """Create `jobs` jobs of `count` generated items each (free); returns their ids.
 
         status: "completed" (done at once), "failed" (failed at once, part done) or
         "pending" (follows the configured start delay and processing rate).
         """
-        return self._jobs.seed_jobs(job_type, count, jobs, status, seed)
+        return self._jobs.seed_jobs(job_type, count, jobs, status, seed, ids=ids)
 
     def create_job(
         self, job_type: str, items: list[dict[str, Any]], webhook_url: str | None = None
@@ -193,6 +193,10 @@ class SandboxServer:
     def set_faults(self, **settings: Any) -> None:
         """Change error_share, drop_share, truncate_share, latency_ms or fault_seed."""
         self._faults.configure(**settings)
+
+    def set_quirks(self, *names: str) -> None:
+        """Answer like an untrustworthy server (see quirks.QUIRKS); none: healthy."""
+        self._app.quirks.replace(list(names))
 
     def faults(self) -> dict[str, Any]:
         """Current fault settings and the scripted rules still waiting."""

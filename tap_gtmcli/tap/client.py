@@ -8,14 +8,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable
+from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from functools import cached_property
 from importlib import resources
 from typing import Any, TypeVar
+from urllib.parse import urlparse
 from weakref import WeakKeyDictionary
 
 import backoff
 import requests
+import urllib3
 from backoff.types import Details
 from requests.adapters import HTTPAdapter
 from singer_sdk import RESTStream, SchemaDirectory, StreamSchema, Tap
@@ -29,10 +32,14 @@ from typing_extensions import override
 
 from tap_gtmcli.api.client import DEFAULT_API_URL, USER_AGENT
 from tap_gtmcli.api.errors import (
+    GTMCLIFatalError,
     GTMCLIRetriableError,
+    GTMCLIRetriesExhaustedError,
     check_json_object,
     decode_json,
+    describe_transport_error,
     raise_for_response,
+    redirected_refusal,
 )
 from tap_gtmcli.api.retry import (
     SLEEP_IN_ON_BACKOFF,
@@ -42,14 +49,14 @@ from tap_gtmcli.api.retry import (
     raise_if_stopped,
     sleep_unless_stopped,
 )
+from tap_gtmcli.api.stop_signals import StopSignals
 from tap_gtmcli.tap import schemas
 from tap_gtmcli.tap.batch_files import BatchSpool, spool_for
 from tap_gtmcli.tap.in_flight_window import InFlightWindow, Outcome
-from tap_gtmcli.tap.pagination import TotalPagesPaginator
 from tap_gtmcli.tap.rate_gate import RateGate
+from tap_gtmcli.tap.schema_fit import EXTRA_FIELDS, SchemaFit
 
 SCHEMAS = SchemaDirectory(resources.files(schemas))
-EXTRA_FIELDS = "additional_fields"
 WHOLE_BODY_CHUNK = 4 * 1024 * 1024
 Answer = TypeVar("Answer")
 
@@ -76,9 +83,15 @@ def _wait_at_gate(seconds: float) -> None:
 
 
 class _WholeBodyAdapter(HTTPAdapter):
-    """Reads each answer in one go rather than in requests' 10 KB chunks: a results
-    page is a quarter of a megabyte, and the chunked read was a seventh of the tap's
-    CPU time."""
+    """Reads each answer whole, within the request's timeout.
+
+    requests' `timeout` bounds each socket read, not the answer: a server that sends a
+    byte a second never times out. Here the timeout is a deadline for the whole answer,
+    headers and body; past it the answer is cut and the request fails as a timeout
+    (retried like any other). Bodies are read in large pieces rather than requests'
+    10 KB chunks: a results page is a quarter of a megabyte, and the chunked read was a
+    seventh of the tap's CPU time.
+    """
 
     @override
     # requests types HTTPAdapter.send with a looser signature than its subclasses may
@@ -86,10 +99,29 @@ class _WholeBodyAdapter(HTTPAdapter):
     def send(  # type: ignore[override]
         self, request: requests.PreparedRequest, stream: bool = False, **kwargs: Any
     ) -> requests.Response:
-        response = super().send(request, stream=stream, **kwargs)
-        if not stream:
-            # What `Response.content` would do, with one large chunk.
-            response._content = b"".join(response.iter_content(WHOLE_BODY_CHUNK)) or b""
+        started = time.monotonic()
+        response = super().send(request, stream=True, **kwargs)
+        if stream:
+            return response
+        timeout = kwargs.get("timeout")
+        seconds = timeout[-1] if isinstance(timeout, tuple) else timeout
+        deadline = started + float(seconds) if seconds else None
+        pieces = []
+        try:
+            while piece := response.raw.read1(WHOLE_BODY_CHUNK, decode_content=True):
+                pieces.append(piece)
+                if deadline is not None and time.monotonic() > deadline:
+                    raise requests.exceptions.ReadTimeout(
+                        f"{request.method} {urlparse(request.url or '').path} did not finish "
+                        f"answering within request_timeout ({seconds} s)", request=request)
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            response.close()
+            raise requests.exceptions.ChunkedEncodingError(error, request=request) from error
+        except requests.exceptions.ReadTimeout:
+            response.close()
+            raise
+        response._content = b"".join(pieces)
+        response._content_consumed = True  # type: ignore[attr-defined]  # requests' own flag
         return response
 
 
@@ -119,6 +151,20 @@ class GTMCLIStream(RESTStream[int]):
     def emit_activate_version_messages(self) -> bool:
         # Never: every run is incremental (see TapGTMCLI.capabilities).
         return False
+
+    @property
+    def stop_signals(self) -> StopSignals:
+        """The tap's record of a SIGINT/SIGTERM (see api/stop_signals.py)."""
+        signals: StopSignals = self._tap.stop_signals  # type: ignore[attr-defined]
+        return signals
+
+    def interruptible(self) -> AbstractContextManager[None]:
+        """A wait that a signal may cut short: nothing is being written."""
+        return self.stop_signals.interruptible()
+
+    def check_not_stopped(self) -> None:
+        """Stop here, between two writes, if a signal came."""
+        self.stop_signals.check()
 
     @override
     @property
@@ -211,10 +257,14 @@ class GTMCLIStream(RESTStream[int]):
         """`func` tried again on transient failures: after `Retry-After` exactly when the
         API gives one, else after exponential backoff with full jitter, `max_retries`
         times at most. A set `stop` ends the loop with `GTMCLICancelledError`."""
-        what = f"GET {self.path}"
+        def described(args: tuple[Any, ...]) -> str:
+            request = args[0] if args else None
+            if isinstance(request, requests.PreparedRequest):
+                return f"{request.method} {urlparse(request.url or '').path}"
+            return f"GET {self.path}"
 
         def attempt(*args: Any, **kwargs: Any) -> Answer:
-            raise_if_stopped(stop, what)
+            raise_if_stopped(stop, described(args))
             _TRYING.stop = stop
             try:
                 return func(*args, **kwargs)
@@ -224,14 +274,26 @@ class GTMCLIStream(RESTStream[int]):
         def wait_before_retry(details: Details) -> None:
             wait = self.retry_policy.wait_seconds(details["tries"], details.get("exception"))
             self.backoff_handler({**details, "wait": wait})
-            sleep_unless_stopped(wait, stop, what)
+            with self.interruptible():
+                sleep_unless_stopped(wait, stop, described(details["args"]))
+
+        def give_up(details: Details) -> None:
+            error = details.get("exception")
+            if error is None or isinstance(error, GTMCLIFatalError):
+                return
+            raise GTMCLIRetriesExhaustedError(
+                f"{described(details['args'])} failed after {details['tries']} attempt(s): "
+                f"{describe_transport_error(error)}") from error
 
         retried: tuple[type[Exception], ...] = (*TRANSIENT_EXCEPTIONS, RetriableAPIError)
         return backoff.on_exception(
             **SLEEP_IN_ON_BACKOFF,
             exception=retried,
             max_tries=self.retry_policy.max_tries,
+            # A TLS failure is not transient: the scheme or the certificate is wrong.
+            giveup=lambda error: isinstance(error, requests.exceptions.SSLError),
             on_backoff=wait_before_retry,
+            on_giveup=give_up,
             logger=None,
         )(attempt)
 
@@ -249,8 +311,7 @@ class GTMCLIStream(RESTStream[int]):
             self.retry_policy.max_retries,
             self.path,
             details.get("wait") or 0.0,
-            error if isinstance(error, Exception) and "answered" in str(error)
-            else type(error).__name__,
+            describe_transport_error(error) if isinstance(error, BaseException) else "?",
             level=logging.WARNING,
         )
 
@@ -258,6 +319,9 @@ class GTMCLIStream(RESTStream[int]):
     def validate_response(self, response: requests.Response) -> None:
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         self.rate_gate.observe(response.status_code, response.headers, retry_after)
+        refusal = redirected_refusal(response, self.url_base)
+        if refusal is not None:
+            raise refusal
         raise_for_response(response, retry_after)
         check_json_object(response)  # a truncated body is retried, not parsed
 
@@ -295,10 +359,6 @@ class GTMCLIStream(RESTStream[int]):
         yield from ()
 
     @override
-    def get_new_paginator(self) -> TotalPagesPaginator:
-        return TotalPagesPaginator()
-
-    @override
     def parse_response(self, response: requests.Response) -> Iterable[dict[str, Any]]:
         rows = decode_json(response).get(self.records_key) or []
         return [row for row in rows if isinstance(row, dict)]
@@ -307,12 +367,17 @@ class GTMCLIStream(RESTStream[int]):
     def _known_fields(self) -> frozenset[str]:
         return frozenset(self.schema["properties"])
 
+    @cached_property
+    def _schema_fit(self) -> SchemaFit:
+        return SchemaFit(self.name, self.schema["properties"], self.logger)
+
     def fold_unknown_fields(self, record: Record) -> Record:
-        """Move fields the schema does not know into `additional_fields`, saying so once."""
+        """Move fields the schema does not know, and values of a type it does not allow,
+        into `additional_fields`, saying so once (see schema_fit.py)."""
         unknown = record.keys() - self._known_fields
         if not unknown:
             record[EXTRA_FIELDS] = None  # a stable column, null until GTMCLI adds fields
-            return record
+            return self._schema_fit.fit(record)
         extras = {key: record.pop(key) for key in sorted(unknown)}
         new_names = sorted(unknown - self._reported_unknown)
         if new_names:
@@ -325,7 +390,7 @@ class GTMCLIStream(RESTStream[int]):
                 EXTRA_FIELDS,
             )
         record[EXTRA_FIELDS] = extras
-        return record
+        return self._schema_fit.fit(record)
 
     @cached_property
     def _reported_unknown(self) -> set[str]:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import ctypes
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -135,7 +135,9 @@ class PagePipeline(Generic[Request]):
         """Bytes of pages answered and not yet handed to the reader."""
         return self._waiting_bytes
 
-    def pages(self, key: str, expected_pages: int | None = None) -> Iterator[ResultPage]:
+    def pages(
+        self, key: str, expected_pages: int | None = None
+    ) -> Generator[ResultPage, None, None]:
         """The pages of job `key`, in order; jobs planned before it are dropped."""
         job = self._start_reading(key, expected_pages)
         number = 1

@@ -7,12 +7,11 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from functools import cached_property
 from typing import Any
-from urllib.parse import quote
 
 import requests
 from singer_sdk import metrics
@@ -21,15 +20,30 @@ from singer_sdk.helpers.types import Context, Record
 from singer_sdk.mapper import SameRecordTransform
 from typing_extensions import override
 
-from tap_gtmcli.api.errors import GTMCLINotFoundError, decode_json
+from tap_gtmcli.api.errors import (
+    GTMCLIFatalError,
+    GTMCLINotFoundError,
+    decode_json,
+    describe_request,
+)
+from tap_gtmcli.api.paths import job_path
 from tap_gtmcli.api.timestamps import parse_timestamp
 from tap_gtmcli.tap.client import GTMCLIStream
-from tap_gtmcli.tap.job_bookmarks import JobBookmarks
+from tap_gtmcli.tap.job_bookmarks import UNKNOWN_STATUS_GRACE, JobBookmarks, job_id_of
+from tap_gtmcli.tap.job_rows import (
+    JobRowsMismatchError,
+    JobRowsTally,
+    JobsNotReadError,
+    PageCheck,
+    expected_rows,
+)
 from tap_gtmcli.tap.job_waiter import OpenJobsWaiter, PollSchedule, counted
 from tap_gtmcli.tap.message_writer import TapMessageWriter
 from tap_gtmcli.tap.page_pipeline import PagePipeline
+from tap_gtmcli.tap.pagination import JobListPaginator
 from tap_gtmcli.tap.record_lines import RecordLineBuilder
 from tap_gtmcli.tap.result_pages import ResultPage, parse_results_page
+from tap_gtmcli.tap.schema_fit import EXTRA_FIELDS
 
 MAX_RESULTS_PER_PAGE = 1000
 PageRequest = tuple[int, requests.PreparedRequest, Context]
@@ -71,21 +85,101 @@ class JobsStream(GTMCLIStream):
         )
 
     @override
+    def get_new_paginator(self) -> JobListPaginator:
+        return JobListPaginator(self.logger)
+
+    @override
+    def parse_response(self, response: requests.Response) -> Iterable[dict[str, Any]]:
+        body = decode_json(response)
+        jobs = body.get("jobs")
+        if not isinstance(jobs, list) or not all(isinstance(job, dict) for job in jobs):
+            shape = ("no `jobs` array" if "jobs" not in body else
+                     f"`jobs` as {type(jobs).__name__}" if not isinstance(jobs, list) else
+                     "`jobs` holding something other than job objects")
+            raise GTMCLIFatalError(
+                f"{describe_request(response)} answered {shape} (keys: "
+                f"{', '.join(sorted(body)[:8]) or 'none'}); nothing is extracted and the "
+                "state is not advanced"
+            )
+        return jobs
+
+    @override
+    def post_process(self, row: Record, context: Context | None = None) -> Record | None:
+        created = row.get("created_at")
+        if created is None or isinstance(created, str):
+            return self.fold_unknown_fields(row)
+        # Epoch seconds as a number: the column gets it as ISO 8601, the value as sent
+        # is kept beside it.
+        moment = parse_timestamp(created)
+        row["created_at"] = moment.isoformat().replace("+00:00", "Z") if moment else None
+        record = self.fold_unknown_fields(row)
+        record[EXTRA_FIELDS] = {**(record.get(EXTRA_FIELDS) or {}), "created_at": created}
+        return record
+
+    @cached_property
+    def unread(self) -> dict[str, str]:
+        """Jobs of this run whose rows did not add up, with what was wrong."""
+        return {}
+
+    @override
     def get_records(self, context: Context | None) -> Iterable[dict[str, Any]]:
         bookmarks = self.bookmarks
         # Breaking out of the listing stops paging: older jobs cannot have changed.
-        bookmarks.observe_all(self.request_records(context))
+        bookmarks.observe_all(self._listed_jobs(context))
         for job_id in bookmarks.vanished_open_jobs():
             self.logger.warning("Job %s is no longer listed by GTMCLI; forgetting it", job_id)
             bookmarks.forget(job_id)
+        for job_id in bookmarks.expired_unknown_jobs():
+            self.logger.warning(
+                "Job %s has kept a status this tap does not know for over %d days; "
+                "forgetting it", job_id, UNKNOWN_STATUS_GRACE.days)
+            bookmarks.forget(job_id)
+        for job_id in bookmarks.undated:
+            self.logger.warning(
+                "Job %s has no readable created_at; it is extracted all the same, and "
+                "remembered by id", job_id)
         to_emit = bookmarks.jobs_to_emit()
         self.logger.info("%d new or changed jobs to emit", len(to_emit))
         with self._results_read_ahead(to_emit):
             for job in to_emit:
+                self.check_not_stopped()
+                self._note_refused_results(job)
                 yield job
                 # Reached only after the SDK has synced this job's results.
                 self._settle(job)
             yield from self._wait_for_open_jobs(bookmarks)
+        if self.unread:
+            raise JobsNotReadError(self.unread)
+
+    def _listed_jobs(self, context: Context | None) -> Iterator[dict[str, Any]]:
+        for job in self.request_records(context):
+            if job_id_of(job) is None:
+                raise GTMCLIFatalError(
+                    f"GET {self.path} listed a job without a usable id "
+                    f"({type(job.get('id')).__name__}); nothing is extracted and the state "
+                    "is not advanced")
+            yield job
+
+    def _note_refused_results(self, job: dict[str, Any]) -> None:
+        """A failed job's processed rows are charged: read them if GTMCLI serves them,
+        else say on the job's row why not."""
+        job.setdefault("results_error", None)
+        if job.get("status") != "failed" or not expected_rows(job):
+            return
+        reader = self._results_reader
+        if reader is None:
+            return
+        refusal = reader.refusal(job)
+        if refusal is not None:
+            job["results_error"] = refusal
+            self.logger.warning("Results of failed job %s not read: %s", job["id"], refusal)
+
+    @property
+    def _results_reader(self) -> JobResultsStream | None:
+        for child in self.child_streams:
+            if isinstance(child, JobResultsStream) and child.selected:
+                return child
+        return None
 
     @contextmanager
     def _results_read_ahead(self, jobs: list[dict[str, Any]]) -> Iterator[None]:
@@ -102,13 +196,21 @@ class JobsStream(GTMCLIStream):
                 reader.stop_reading_ahead()
 
     def _settle(self, job: dict[str, Any]) -> None:
+        problem = self.unread.get(str(job["id"]))
+
+        def settle() -> None:
+            if problem is None:
+                self.bookmarks.settle(job)
+            else:
+                self.bookmarks.keep_unread(job, problem)
+
         spool = self.batch_spool
         if spool is not None:
             # BATCH mode: the job's rows may still be in open files; its bookmark moves
             # once they are announced.
-            spool.job_done(lambda: self.bookmarks.settle(job))
+            spool.job_done(settle)
             return
-        self.bookmarks.settle(job)
+        settle()
         self._checkpoint()
 
     def _wait_for_open_jobs(self, bookmarks: JobBookmarks) -> Iterator[dict[str, Any]]:
@@ -118,9 +220,10 @@ class JobsStream(GTMCLIStream):
             # applied first; and what is extracted reaches the target before a long wait.
             self.batch_spool.flush()
         waiter = OpenJobsWaiter(
-            bookmarks.open_jobs, source=self, logger=self.logger,
+            bookmarks.waitable_ids, source=self, logger=self.logger,
             wait_seconds=float(self.config.get("wait_for_jobs") or 0),
             schedule=PollSchedule.from_settings(self.config),
+            sleep=self._interruptible_sleep,
         )
         for job in waiter.finished_jobs():
             yield job
@@ -141,12 +244,17 @@ class JobsStream(GTMCLIStream):
             f"{work.items_total:,}",
         )
 
+    def _interruptible_sleep(self, seconds: float) -> None:
+        with self.interruptible():
+            time.sleep(seconds)
+
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         """GET /v1/jobs/{id} under the API policy; None when GTMCLI answers 404."""
         request = self.build_prepared_request(
-            method="GET", url=f"{self.url_base}/v1/jobs/{quote(job_id, safe='')}",
-            headers=self.http_headers,
+            method="GET", url=self.url_base, headers=self.http_headers,
         )
+        # Set after preparing: requests would resolve a `..` id out of /v1/jobs/.
+        request.url = f"{self.url_base}{job_path(job_id)}"
         try:
             return decode_json(self.send_with_retries(request, None))
         except GTMCLINotFoundError:
@@ -164,14 +272,16 @@ class JobsStream(GTMCLIStream):
 
     @override
     def get_child_context(self, record: Record, context: Context | None) -> Context | None:
-        if record.get("status") != "completed":
-            return None  # results are read only once, when the job is complete
-        total = record.get("total")
+        status = record.get("status")
+        if status == "failed" and (not expected_rows(record) or record.get("results_error")):
+            return None  # nothing processed, or GTMCLI refused to serve it
+        if status not in ("completed", "failed"):
+            return None  # results are read only once, when the job is finished
         return {
-            "job_id": record["id"],
+            "job_id": str(record["id"]),
             "job_type": record.get("type"),
-            # Lets the first result pages of the job be requested together.
-            "total": total if isinstance(total, int) and not isinstance(total, bool) else None,
+            # The check every page must add up to (None: the job does not say).
+            "rows": expected_rows(record),
         }
 
     @override
@@ -203,41 +313,76 @@ class JobResultsStream(GTMCLIStream):
                    MAX_RESULTS_PER_PAGE)
 
     @override
-    def get_url_params(
-        self, context: Context | None, next_page_token: int | None
-    ) -> dict[str, Any]:
-        return {"page": next_page_token or 1, "per_page": self.per_page}
-
-    @override
     def get_records(self, context: Context | None) -> Iterable[dict[str, Any]]:
         assert context is not None  # a child stream always has its job
-        progress = _Progress(str(context["job_id"]), self.logger)
-        pages = self.result_pages(context)
+        job_id = str(context["job_id"])
+        progress = _Progress(job_id, self.logger)
         try:
-            with self.get_http_request_counter() as request_counter:
-                request_counter.with_context(context)
-                for page in pages:
-                    request_counter.increment()
-                    progress.page_done(page.number, page.total_pages, page.row_count)
-                    if page.record_lines is None:
-                        yield from page.rows
-                        continue
-                    # Written here, in order, before the SDK writes this job's STATE.
-                    if self.batch_spool is not None:
-                        self.batch_spool.add_lines(self.name, page.record_lines, page.row_count)
-                    else:
-                        self.writer.write_record_lines(page.record_lines)
-                    self._record_counter.increment(page.row_count)
+            if context.get("rows") is None:
+                raise JobRowsMismatchError(job_id, (
+                    "GTMCLI gave no usable row count (`total` of a completed job, "
+                    "`completed` of a failed one), so its rows cannot be checked"))
+            tally = JobRowsTally(job_id, context["rows"])
+            pages = self.result_pages(context)
+            try:
+                yield from self._read_pages(context, pages, tally, progress)
+            finally:
+                pages.close()  # pages of this job requested ahead are dropped
+            tally.finish()
         except GTMCLINotFoundError:
             self.logger.warning(
-                "Job %s vanished (404) before its results were read; skipping it",
-                context["job_id"],
+                "Job %s vanished (404) before its results were read; skipping it", job_id,
             )
+            return
+        except JobRowsMismatchError as mismatch:
+            self.logger.error("%s", mismatch)
+            self._jobs_stream.unread[job_id] = mismatch.problem
             return
         except BaseException:
             self.stop_reading_ahead()  # the run stops here: no page more is wanted
             raise
         progress.finish()
+
+    def _read_pages(
+        self, context: Context, pages: Iterator[ResultPage], tally: JobRowsTally,
+        progress: _Progress,
+    ) -> Iterator[dict[str, Any]]:
+        with self.get_http_request_counter() as request_counter:
+            request_counter.with_context(context)
+            while True:
+                with self.interruptible():
+                    page = next(pages, None)
+                if page is None:
+                    return
+                tally.add(page.number, page.per_page, page.row_count, page.digest)
+                request_counter.increment()
+                progress.page_done(page.number, page.total_pages, page.row_count)
+                if page.record_lines is None:
+                    yield from page.rows
+                    continue
+                # Written here, in order, before the SDK writes this job's STATE.
+                if self.batch_spool is not None:
+                    self.batch_spool.add_lines(self.name, page.record_lines, page.row_count)
+                else:
+                    self.writer.write_record_lines(page.record_lines)
+                self._record_counter.increment(page.row_count)
+                self.check_not_stopped()
+
+    @property
+    def _jobs_stream(self) -> JobsStream:
+        jobs = self._tap.streams["jobs"]
+        assert isinstance(jobs, JobsStream)
+        return jobs
+
+    def refusal(self, job: dict[str, Any]) -> str | None:
+        """Why GTMCLI will not serve this job's results (one row asked), or None."""
+        context = {"job_id": str(job["id"]), "job_type": job.get("type"), "rows": None}
+        request = self.prepare_page_request(context, 1, per_page=1)
+        try:
+            self.send_with_retries(request, context)
+        except GTMCLIFatalError as error:
+            return str(error)
+        return None
 
     def read_ahead(self, contexts: list[Context]) -> None:
         """Plan the result pages of these jobs, to be requested ahead in this order."""
@@ -252,7 +397,7 @@ class JobResultsStream(GTMCLIStream):
         self.page_pipeline.close()
         self._contexts.clear()
 
-    def result_pages(self, context: Context) -> Iterator[ResultPage]:
+    def result_pages(self, context: Context) -> Generator[ResultPage, None, None]:
         """The job's result pages in order, read ahead with the pages of later jobs."""
         self._contexts.setdefault(context["job_id"], context)
         return self.page_pipeline.pages(context["job_id"], self._expected_pages(context))
@@ -281,17 +426,24 @@ class JobResultsStream(GTMCLIStream):
 
     def _expected_pages(self, context: Context) -> int | None:
         # Lets the first result pages of the job be requested together.
-        total = context.get("total")
-        return math.ceil(total / self.per_page) if total else None
+        rows = context.get("rows")
+        return math.ceil(rows / self.per_page) if rows else None
 
-    def prepare_page_request(self, context: Context, page: int) -> requests.PreparedRequest:
+    def prepare_page_request(
+        self, context: Context, page: int, per_page: int | None = None
+    ) -> requests.PreparedRequest:
         """The authenticated request for one page (built in the reading thread)."""
-        return self.build_prepared_request(
+        request = self.build_prepared_request(
             method="GET",
-            url=self.get_url(context),
-            params=self.get_url_params(context, page),
+            url=self.url_base,
+            params={"page": page, "per_page": per_page or self.per_page},
             headers=self.http_headers,
         )
+        # The job id is one encoded path segment; the URL is set after preparing, as
+        # requests would resolve an id such as `..` out of /v1/jobs/.
+        query = request.url.partition("?")[2] if request.url else ""
+        request.url = f"{self.url_base}{job_path(context['job_id'], 'results')}?{query}"
+        return request
 
     def fetch_page(
         self, page: int, request: requests.PreparedRequest, context: Context,
@@ -300,29 +452,36 @@ class JobResultsStream(GTMCLIStream):
         """Send one page request under the retry policy and parse it (in a worker); once
         `stop` is set, no further try is sent (see `send_with_retries`)."""
         response = self.send_with_retries(request, context, stop)
+        job_id = str(context["job_id"])
+        check = PageCheck(job_id, context["rows"], self.per_page)
         extracted_at = datetime.now(timezone.utc).isoformat()
         if self.writes_pages_directly:
             spliced = self.record_line_builder.build(
-                response.content, job_id=context["job_id"], job_type=context.get("job_type"),
+                response.content, job_id=job_id, job_type=context.get("job_type"),
                 requested_page=page, per_page=self.per_page, extracted_at=extracted_at,
             )
             if spliced is not None:
+                per_page = check.check(page, spliced.page, spliced.per_page, spliced.row_count)
                 # Sized by what waits for its turn: the lines, not the answer they came from.
-                return ResultPage(spliced.page, [], spliced.total_pages, spliced.lines,
-                                  spliced.row_count, len(spliced.lines))
-        parsed = dataclasses.replace(
-            parse_results_page(decode_json(response), page, self.per_page),
-            byte_size=len(response.content),
-        )
+                return ResultPage(page, [], check.page_count(per_page), spliced.lines,
+                                  spliced.row_count, len(spliced.lines), per_page,
+                                  spliced.digest)
+        parsed = parse_results_page(decode_json(response), job_id=job_id, requested_page=page,
+                                    per_page=self.per_page, where=describe_request(response))
+        per_page = check.check(page, parsed.page, parsed.per_page, len(parsed.rows))
         for row in parsed.rows:
-            row["job_id"] = context["job_id"]
+            row["job_id"] = job_id
             row["job_type"] = context.get("job_type")
             self.fold_unknown_fields(row)
+        result = ResultPage(page, parsed.rows, check.page_count(per_page),
+                            byte_size=len(response.content), per_page=per_page,
+                            digest=parsed.digest)
         if not self.writes_pages_directly:
-            return parsed
+            return result
         lines = self.record_line_builder.encode_rows(parsed.rows, extracted_at)
         # Only the lines are written: the rows need not wait beside them.
-        return dataclasses.replace(parsed, rows=[], record_lines=lines, byte_size=len(lines))
+        return dataclasses.replace(result, rows=[], record_lines=lines, row_count=len(parsed.rows),
+                                   byte_size=len(lines))
 
     @cached_property
     def record_line_builder(self) -> RecordLineBuilder:

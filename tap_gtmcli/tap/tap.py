@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+import sys
+from functools import cached_property
+from types import FrameType
+from typing import Any, ClassVar
 
 from singer_sdk import Tap
 from singer_sdk import typing as th
-from singer_sdk.exceptions import ConfigValidationError
+from singer_sdk.exceptions import ConfigValidationError, FatalAPIError, RetriableAPIError
 from singer_sdk.helpers.capabilities import CapabilitiesEnum, PluginCapabilities, TapCapabilities
 from typing_extensions import override
 
 from tap_gtmcli.api.config_check import KeySafeConfig
+from tap_gtmcli.api.errors import GTMCLIRetriesExhaustedError
 from tap_gtmcli.api.settings import API_KEY, API_URL, MAX_RETRIES, REQUEST_TIMEOUT
+from tap_gtmcli.api.stop_signals import RunStopped, StopSignals
 from tap_gtmcli.tap.in_flight_window import LIMITED_CAP, POLITE_CAP
+from tap_gtmcli.tap.job_rows import JobsNotReadError
 from tap_gtmcli.tap.job_waiter import (
     DEFAULT_POLL_INTERVAL,
     DEFAULT_POLL_INTERVAL_MAX,
@@ -118,6 +124,48 @@ class TapGTMCLI(KeySafeConfig, Tap):
             "checks, in seconds.",
         ),
     ).to_dict()
+
+    @cached_property
+    def stop_signals(self) -> StopSignals:
+        """SIGINT/SIGTERM noted here; the streams stop where nothing is half-written."""
+        return StopSignals()
+
+    @override
+    def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
+        # Not the SDK's: it exits 0 from wherever the main thread is, mid-line.
+        self.stop_signals.handle(signum, frame)
+
+    # `final` in the SDK; wrapped, not replaced: the stop's STATE is written here, where
+    # the tap's whole state is known, whichever stream the stop came through.
+    @override  # type: ignore[misc]
+    def sync_all(self) -> None:
+        try:
+            super().sync_all()
+        except RunStopped as stop:
+            # Every job settled in it had its rows written first: it covers exactly what
+            # went out (in BATCH mode, jobs settle only once their files are announced).
+            self._state_writer.write_state(self.state)
+            self.logger.error(
+                "Stopped by %s: the last STATE written covers every row sent; the next run "
+                "goes on from there", stop.args[0].removeprefix("stopped by "))
+            raise
+
+    @classmethod
+    @override
+    def invoke(cls, *args: Any, **kwargs: Any) -> None:
+        """Run as a CLI: a stop by signal exits 128 + its number; a failure the tap
+        understands ends with its message (no traceback) and exit code 1."""
+        try:
+            super().invoke(*args, **kwargs)
+        except RunStopped as stop:
+            sys.exit(stop.exit_code)
+        except BrokenPipeError:
+            cls.logger.error("The loader stopped reading the tap's output; stopping")
+            sys.exit(1)
+        except (JobsNotReadError, FatalAPIError, RetriableAPIError,
+                GTMCLIRetriesExhaustedError) as error:
+            cls.logger.error("%s", error)
+            sys.exit(1)
 
     @override
     def discover_streams(self) -> list[JobsStream | JobResultsStream]:

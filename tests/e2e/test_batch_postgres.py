@@ -38,7 +38,7 @@ def sandbox_rows(pipelines: Pipelines, jobs: dict[str, dict[str, Any]]) -> dict[
         if job["status"] != "completed":
             continue
         pages = iterate_pages(lambda page, job_id=job_id: pipelines.sandbox.get(
-            f"/v1/jobs/{job_id}/results?page={page}&per_page=1000"))
+            f"/v1/jobs/{job_id}/results?page={page}&per_page=1000"), "results")
         number = 0
         for body in pages:
             for row in body["results"]:

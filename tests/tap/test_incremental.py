@@ -30,11 +30,17 @@ def test_first_run_emits_every_job_and_the_results_of_completed_ones(sandbox, ta
     assert jobs[failed_ids[0]]["status"] == "failed"
     assert jobs[failed_ids[0]]["error"]
     keys = result_keys(run)
-    assert len(keys) == len(set(keys)) == 1500 * 2 + 7
-    for job_id, total in [(validate_ids[0], 1500), (validate_ids[1], 1500), (find_ids[0], 7)]:
+    # The failed job's processed rows were charged: they are extracted too.
+    processed = jobs[failed_ids[0]]["completed"]
+    assert 0 < processed < 10
+    assert jobs[failed_ids[0]]["results_error"] is None
+    assert len(keys) == len(set(keys)) == 1500 * 2 + 7 + processed
+    for job_id, total in [(validate_ids[0], 1500), (validate_ids[1], 1500), (find_ids[0], 7),
+                          (failed_ids[0], processed)]:
         assert sorted(n for j, n in keys if j == job_id) == list(range(1, total + 1))
-    # 2 pages for each 1,500-row job, 1 for the find job, none for the failed job.
-    assert sandbox.stats()["requests"] == {LIST: 1, RESULTS: 5}
+    # 2 pages for each 1,500-row job, 1 for the find job; for the failed job, one row
+    # asked to see whether GTMCLI serves its results, then its page.
+    assert sandbox.stats()["requests"] == {LIST: 1, RESULTS: 5 + 2}
     assert "page 2 of 2, 1500 rows" in run.stderr
 
 
@@ -92,12 +98,13 @@ def test_second_run_emits_only_new_and_changed_jobs_and_never_rereads_results(tm
         assert sandbox.stats()["requests"] == {LIST: 1}
 
 
-def seed_spread(sandbox: SandboxServer, count: int) -> list[str]:
-    """Jobs one second apart, as a real account accumulates them."""
+def seed_spread(sandbox: SandboxServer, count: int, apart: float = 0.2) -> list[str]:
+    """Jobs `apart` seconds apart, as a real account accumulates them (1,000 of them
+    stay within the tap's allowed clock skew: the sandbox's clock only moves ahead)."""
     ids = []
     for _ in range(count):
         ids += sandbox.seed_jobs("validate", 1)
-        sandbox.advance_clock(1)
+        sandbox.advance_clock(apart)
     return ids
 
 
