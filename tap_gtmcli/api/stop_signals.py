@@ -30,6 +30,24 @@ class RunStopped(BaseException):
         self.exit_code = 128 + signum
 
 
+_STOPPING_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM held back (delivered on leaving) while output is written, in
+    the main thread; a no-op elsewhere or where signals cannot be masked."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(
+            signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPPING_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 class StopSignals:
     """Notes SIGINT/SIGTERM; raises `RunStopped` only where nothing is half-written."""
 

@@ -114,12 +114,12 @@ class _WholeBodyAdapter(HTTPAdapter):
                     raise requests.exceptions.ReadTimeout(
                         f"{request.method} {urlparse(request.url or '').path} did not finish "
                         f"answering within request_timeout ({seconds} s)", request=request)
-        except (urllib3.exceptions.HTTPError, OSError) as error:
-            response.close()
-            raise requests.exceptions.ChunkedEncodingError(error, request=request) from error
         except requests.exceptions.ReadTimeout:
             response.close()
             raise
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            response.close()
+            raise requests.exceptions.ChunkedEncodingError(error, request=request) from error
         response._content = b"".join(pieces)
         response._content_consumed = True  # type: ignore[attr-defined]  # requests' own flag
         return response
@@ -268,6 +268,9 @@ class GTMCLIStream(RESTStream[int]):
             _TRYING.stop = stop
             try:
                 return func(*args, **kwargs)
+            except requests.exceptions.TooManyRedirects as error:
+                raise GTMCLIFatalError(
+                    f"{described(args)} was {describe_transport_error(error)}") from error
             finally:
                 _TRYING.stop = None
 

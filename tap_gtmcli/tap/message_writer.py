@@ -14,6 +14,8 @@ from singer_sdk.contrib.msgspec import MsgSpecWriter
 from singer_sdk.singerlib import Message
 from typing_extensions import override
 
+from tap_gtmcli.api.stop_signals import signals_held
+
 #: Records are handed to stdout in blocks of about this many bytes.
 BLOCK_BYTES = 256 * 1024
 
@@ -50,6 +52,12 @@ class TapMessageWriter(MsgSpecWriter):
 
     @staticmethod
     def _write(data: bytes | bytearray) -> None:
+        # SIGINT/SIGTERM wait until the block is written: a stop never cuts a line.
+        with signals_held():
+            TapMessageWriter._write_now(data)
+
+    @staticmethod
+    def _write_now(data: bytes | bytearray) -> None:
         if hasattr(sys.stdout, "buffer"):
             sys.stdout.buffer.write(data)
             sys.stdout.buffer.flush()

@@ -105,7 +105,7 @@ class JobsStream(GTMCLIStream):
 
     @override
     def post_process(self, row: Record, context: Context | None = None) -> Record | None:
-        created = row.get("created_at")
+        created = row.setdefault("created_at", None)
         if created is None or isinstance(created, str):
             return self.fold_unknown_fields(row)
         # Epoch seconds as a number: the column gets it as ISO 8601, the value as sent

@@ -139,7 +139,7 @@ def test_slow_list_answer_times_out_and_is_retried(monkeypatch):
         assert len(run.sleeps) == 1
 
 
-def test_failed_jobs_are_emitted_with_their_error_and_no_results_are_read(tmp_path):
+def test_failed_jobs_are_emitted_with_their_error_and_their_processed_rows(tmp_path):
     with fast_sandbox() as server:
         completed = server.seed_jobs("validate", 400, jobs=2)
         failed = server.seed_jobs("validate", 400, jobs=2, status="failed")
@@ -150,10 +150,14 @@ def test_failed_jobs_are_emitted_with_their_error_and_no_results_are_read(tmp_pa
         assert set(jobs) == set(completed) | set(failed)
         for job_id in failed:
             assert jobs[job_id]["status"] == "failed" and jobs[job_id]["error"]
-        assert_rows_exact(run.result_keys, truth)
-        assert {job_id for job_id, _ in run.result_keys} == set(completed)
-        # No results request for a failed job.
-        assert server.stats()["requests"]["GET /v1/jobs/{id}/results"] == len(completed)
+        # A failed job's processed rows were charged: they are extracted too.
+        processed = {(job_id, n) for job_id in failed
+                     for n in range(1, jobs[job_id]["completed"] + 1)}
+        assert_rows_exact(run.result_keys, truth | processed)
+        # One page per job read, and one row asked of each failed job with rows first.
+        with_rows = sum(1 for job_id in failed if jobs[job_id]["completed"])
+        assert server.stats()["requests"]["GET /v1/jobs/{id}/results"] == (
+            len(completed) + 2 * with_rows)
         assert_no_secret(run.stderr, run.messages)
 
 

@@ -8,6 +8,7 @@ up is never settled, and the rerun on a healthy server brings every row exactly 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -112,7 +113,7 @@ def test_a_job_whose_rows_do_not_add_up_stays_open_and_the_rerun_reads_it(
         assert isinstance(first.error, JobsNotReadError)
         # The quirk bends every job's answers; the 7-row job survives those that bite
         # only a job of several pages.
-        survives = quirk in ("results-short", "results-ignore-page")
+        survives = quirk == "results-ignore-page"
         unread = {bad} if survives else {bad, good}
         assert first.error.problems.keys() == unread and bad in str(first.error)
         assert re.search(problem, first.log), first.log
@@ -145,6 +146,7 @@ def test_a_repeating_job_list_ends_at_the_first_page_without_a_new_job(monkeypat
         server.seed_jobs("validate", 5, jobs=3)
         truth = seeded_truth(server)
         server.set_quirks("list-repeats")
+        server.reset_stats()
         run = run_tap_in_process(tap_settings(server), monkeypatch)
         assert run.ok, repr(run.error)
         assert len(run.records("jobs")) == 3
@@ -173,6 +175,7 @@ def test_job_ids_of_any_characters_stay_inside_their_own_path(monkeypatch):
             server.seed_jobs("validate", 3 + index, ids=[job_id])
         truth = seeded_truth(server)
         server.set_quirks("numeric-ids")
+        server.reset_stats()
         run = run_tap_in_process(tap_settings(server), monkeypatch)
         assert run.ok, repr(run.error)
         assert {job["id"] for job in run.records("jobs")} == set(ids)
@@ -212,8 +215,9 @@ def test_a_job_stamped_a_day_ahead_does_not_push_the_bookmark_past_our_clock(mon
         bookmark = datetime.fromisoformat(
             first.last_state["bookmarks"]["jobs"]["newest_created_at"].replace("Z", "+00:00"))
         assert bookmark <= datetime.now(timezone.utc) + timedelta(minutes=5)
-        ahead = [job for job in first.records("jobs")
-                 if job["created_at"] > datetime.now(timezone.utc).isoformat()]
+        soon = datetime.now(timezone.utc) + timedelta(hours=1)
+        ahead = [job for job in first.records("jobs") if datetime.fromisoformat(
+            job["created_at"].replace("Z", "+00:00")) > soon]
         assert len(ahead) == 1  # the row keeps the server's value
         (later,) = server.seed_jobs("find", 2)  # created after the first run, before "ahead"
         second = run_tap_in_process(tap_settings(server), monkeypatch, state=first.last_state)
@@ -238,7 +242,7 @@ def test_a_dripping_answer_is_cut_at_request_timeout_and_retried(monkeypatch):
         assert time.monotonic() - started < 15
         assert_exact(run, truth)
         assert "no whole answer within request_timeout" in run.log
-        assert server.stats()["dripped"] == 1
+        assert server.faults()["rules"] == []  # the one dripping answer was served
 
 
 # --- 7: every record fits the SCHEMA sent ----------------------------------------------
@@ -284,7 +288,7 @@ def test_an_unknown_status_is_tracked_for_a_while_then_forgotten(monkeypatch):
 
 def test_a_failed_job_whose_results_are_refused_says_why_on_its_row(monkeypatch):
     with fast_sandbox() as server:
-        server.seed_jobs("validate", 10, status="failed")
+        server.seed_jobs("validate", 1000, status="failed")
         server.set_quirks("results-refuse-failed")
         run = run_tap_in_process(tap_settings(server), monkeypatch)
         assert run.ok, repr(run.error)
@@ -324,8 +328,7 @@ def test_a_redirect_loop_is_named(monkeypatch):
         server.add_fault_rules([{"method": "GET", "path_prefix": "/v1/jobs", "count": 200,
                                  "body": "redirect", "location": f"{server.url}/v1/jobs"}])
         run = run_tap_in_process(tap_settings(server, max_retries=0), monkeypatch)
-        assert "GET /v1/jobs failed after 1 attempt(s): redirected too many times" in str(
-            run.error)
+        assert "GET /v1/jobs was redirected too many times (a redirect loop)" in str(run.error)
 
 
 # --- 9: signals ---------------------------------------------------------------------------
@@ -343,8 +346,11 @@ def test_a_signal_while_the_loader_reads_slowly_leaves_whole_lines_and_a_true_st
         tap = subprocess.Popen([TAP, "--config", str(config)], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, env=CLI_ENV)
         assert tap.stdout is not None
-        # A slow loader: read a little, let the pipe fill, then signal mid-run.
-        taken = tap.stdout.read(300_000)
+        # A slow loader: read a little, let the pipe fill, then signal mid-run. Read
+        # from the fd itself: `communicate` below reads the fd, not a reader's buffer.
+        taken = b""
+        while len(taken) < 300_000:
+            taken += os.read(tap.stdout.fileno(), 65_536)
         time.sleep(0.5)
         tap.send_signal(signum)
         rest, stderr = tap.communicate(timeout=30)
@@ -355,7 +361,7 @@ def test_a_signal_while_the_loader_reads_slowly_leaves_whole_lines_and_a_true_st
         messages = [json.loads(line) for line in output.splitlines()]  # every line whole
         assert messages[-1]["type"] == "STATE"
         state = messages[-1]["value"]
-        assert b"Stopped by SIG" in stderr
+        assert b"Stopped by signal SIG" in stderr
 
         rows = {(m["record"]["job_id"], m["record"]["row_number"]) for m in messages
                 if m["type"] == "RECORD" and m["stream"] == "job_results"}
@@ -365,9 +371,9 @@ def test_a_signal_while_the_loader_reads_slowly_leaves_whole_lines_and_a_true_st
         rerun = subprocess.run([TAP, "--config", str(config), "--state", str(state_path)],
                                capture_output=True, timeout=60, env=CLI_ENV, check=False)
         assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
-        again = {(json.loads(line)["record"]["job_id"], json.loads(line)["record"]["row_number"])
-                 for line in rerun.stdout.decode().splitlines()
-                 if '"stream":"job_results"' in line.replace(" ", "")}
+        rerun_messages = [json.loads(line) for line in rerun.stdout.decode().splitlines()]
+        again = {(m["record"]["job_id"], m["record"]["row_number"]) for m in rerun_messages
+                 if m["type"] == "RECORD" and m["stream"] == "job_results"}
         assert rows | again == truth  # nothing lost
 
 

@@ -11,7 +11,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from tap_gtmcli.api.errors import GTMCLIAuthError, GTMCLIRetriableError
+from tap_gtmcli.api.errors import (
+    GTMCLIAuthError,
+    GTMCLIRetriesExhaustedError,
+)
 from tap_gtmcli.tap.tap import TapGTMCLI
 from tests.tap.conftest import API_KEY, run_tap
 
@@ -101,7 +104,8 @@ def test_slow_answer_times_out_and_is_retried(sandbox, tap_config, monkeypatch):
 def test_exhausted_retries_fail_naming_endpoint_and_status(sandbox, tap_config, monkeypatch):
     sandbox.seed_jobs("validate", 3)
     sandbox.add_fault_rules([{**LIST_RULE, "status": 503, "count": 10}])
-    with pytest.raises(GTMCLIRetriableError, match=r"GET /v1/jobs answered 503"):
+    with pytest.raises(GTMCLIRetriesExhaustedError,
+                       match=r"GET /v1/jobs failed after 3 attempt\(s\): GET /v1/jobs answered 503"):
         sync_in_process({**tap_config, "max_retries": 2}, monkeypatch)
 
 
