@@ -18,8 +18,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from orchestration.definitions import build_definitions
 from tap_gtmcli.demo.meltano_project import MeltanoProject
+from tap_gtmcli.orchestration.definitions import build_definitions
 from tap_gtmcli.sandbox import SandboxServer
 from tests.e2e.conftest import POSTGRES_BIN, PostgresServer
 from tests.reliability.conftest import API_KEY

@@ -8,11 +8,11 @@ import dagster as dg
 import pytest
 import yaml
 
-from orchestration.definitions import build_definitions
-from orchestration.finished_jobs import FinishedCursor, newly_finished
-from orchestration.project_file import ProjectFileError, load_project_file
-from orchestration.task_layers import task_layers
 from tap_gtmcli.demo.meltano_project import PROJECT_ROOT
+from tap_gtmcli.orchestration.definitions import build_definitions
+from tap_gtmcli.orchestration.finished_jobs import FinishedCursor, newly_finished
+from tap_gtmcli.orchestration.project_file import ProjectFileError, load_project_file
+from tap_gtmcli.orchestration.task_layers import task_layers
 
 MELTANO_YML = yaml.safe_load((PROJECT_ROOT / "meltano.yml").read_text(encoding="utf-8"))
 

@@ -9,7 +9,7 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from orchestration.definitions import build_definitions
+from tap_gtmcli.orchestration.definitions import build_definitions
 from tests.e2e.conftest import PostgresServer
 from tests.reliability.conftest import API_KEY
 

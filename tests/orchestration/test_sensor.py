@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import dagster as dg
 import pytest
 
-from orchestration.definitions import build_definitions
+from tap_gtmcli.orchestration.definitions import build_definitions
 from tap_gtmcli.sandbox import SandboxServer
 from tests.reliability.conftest import API_KEY
 
