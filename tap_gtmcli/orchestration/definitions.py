@@ -35,7 +35,9 @@ def build_definitions(project_dir: Path | None = None) -> dg.Definitions:
     # State ids as the workers' `meltano run` will name them (the run queue's key).
     environment = environment_name(project, os.environ)
     suffix = os.environ.get(STATE_ID_SUFFIX_VARIABLE)
-    jobs = {job.name: dagster_job(job, project.extractors, project.loaders, environment, suffix)
+    meltano = MeltanoCLI(project_dir=str(root))
+    jobs = {job.name: dagster_job(job, meltano, project.extractors, project.loaders,
+                                  environment, suffix)
             for job in project.jobs}
     schedules = [
         dg.ScheduleDefinition(
@@ -56,7 +58,6 @@ def build_definitions(project_dir: Path | None = None) -> dg.Definitions:
         jobs=list(jobs.values()),
         schedules=schedules,
         sensors=sensors,
-        resources={"meltano": MeltanoCLI(project_dir=str(root))},
     )
 
 

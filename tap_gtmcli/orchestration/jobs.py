@@ -80,10 +80,14 @@ def task_op(task: Task, name: str) -> dg.OpDefinition:
 
 
 def dagster_job(
-    job: MeltanoJob, extractors: Collection[str], loaders: Collection[str] = (),
-    environment: str | None = None, suffix: str | None = None,
+    job: MeltanoJob, meltano: MeltanoCLI, extractors: Collection[str],
+    loaders: Collection[str] = (), environment: str | None = None, suffix: str | None = None,
 ) -> dg.JobDefinition:
-    """The Dagster job of one Meltano job, tagged with its state ids in `environment`."""
+    """The Dagster job of one Meltano job, tagged with its state ids in `environment`.
+
+    The job carries its `meltano` resource itself: bound by Definitions instead, Dagster
+    1.13 copies the sensor and warns (BetaWarning) about its own copy.
+    """
     layers = task_layers(job.tasks, extractors)
     # The position keeps names unique when a job repeats a task.
     ops = [task_op(task, f"task_{position}__{dagster_name('__'.join(task))}")
@@ -99,6 +103,7 @@ def dagster_job(
         + "; then ".join(" and ".join(" ".join(job.tasks[position]) for position in layer)
                          for layer in layers),
         executor_def=dg.multiprocess_executor,
+        resource_defs={"meltano": meltano},
         tags=tags,
     )
     def graph() -> None:

@@ -26,7 +26,8 @@ PROGRESS_LINE = re.compile(
 )
 ERROR_LINE = re.compile(r"\[error\s*\]")
 #: Meltano's run guard refusing a pipeline whose state id has a run in flight elsewhere.
-REFUSED_LINE = re.compile(r"Another '[^']+' pipeline is already running")
+REFUSED_LINE = re.compile(
+    r"Another '[^']+' pipeline is already running(?: which started at [\d\-: .+]+\d)?")
 #: Error lines kept in the failure's description.
 MAX_ERROR_LINES = 20
 _LOG_PREFIX = re.compile(r"^\S+Z \[\w+\s*\] ")

@@ -20,6 +20,7 @@ import pytest
 
 from tap_gtmcli.demo.meltano_project import MeltanoProject
 from tap_gtmcli.orchestration.definitions import build_definitions
+from tap_gtmcli.orchestration.jobs import SKIPPED_TAG
 from tap_gtmcli.sandbox import SandboxServer
 from tests.e2e.conftest import POSTGRES_BIN, PostgresServer
 from tests.reliability.conftest import API_KEY
@@ -170,7 +171,7 @@ def wait_until(condition: str, check: Callable[[], bool], timeout: float = 120) 
         time.sleep(0.2)
 
 
-def test_a_second_concurrent_run_is_refused_and_no_state_is_lost(
+def test_a_run_refused_by_meltano_is_skipped_not_failed_and_no_state_is_lost(
     accounts_run: AccountsRun, postgres_server: PostgresServer,
     meltano_project: MeltanoProject, in_worker: pytest.MonkeyPatch,
     capfd: pytest.CaptureFixture[str],
@@ -208,9 +209,17 @@ def test_a_second_concurrent_run_is_refused_and_no_state_is_lost(
                 instance=instance, raise_on_error=False,
                 op_selection=["task_1__tap_gtmcli_account_a__target_postgres_per_account"])
             logs = "\n".join(str(entry) for entry in instance.all_logs(second.run_id))
-        assert not second.success
-        failure = second.get_step_failure_events()[0].event_specific_data.error.message
-        assert f"Another '{STATE_ID['a']}' pipeline is already running" in failure
+            run_tags = instance.get_run_by_id(second.run_id).tags
+        # Skipped, not failed: no failure alert for what is only an overlap.
+        assert second.success, logs[-3000:]
+        (output,) = [event.event_specific_data for event in second.all_events
+                     if event.event_type_value == "STEP_OUTPUT"]
+        assert output.metadata["outcome"].value == "skipped"
+        failure = output.metadata["reason"].value
+        assert failure.startswith(
+            f"Another '{STATE_ID['a']}' pipeline is already running which started at 20")
+        assert run_tags[SKIPPED_TAG] == failure
+        assert f"skipped: {failure}" in logs
         # Refused before it started: no run recorded, the state untouched.
         assert [row[0] for row in meltano_runs(postgres_server, STATE_ID["a"])] == [
             "SUCCESS", "RUNNING"]
