@@ -36,8 +36,8 @@ def build_definitions(project_dir: Path | None = None) -> dg.Definitions:
     environment = environment_name(project, os.environ)
     suffix = os.environ.get(STATE_ID_SUFFIX_VARIABLE)
     meltano = MeltanoCLI(project_dir=str(root))
-    jobs = {job.name: dagster_job(job, meltano, project.extractors, project.loaders,
-                                  environment, suffix)
+    jobs = {job.name: dagster_job(job, meltano, project.extractors, loaders=project.loaders,
+                                  environment=environment, suffix=suffix)
             for job in project.jobs}
     schedules = [
         dg.ScheduleDefinition(

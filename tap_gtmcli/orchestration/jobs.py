@@ -80,7 +80,7 @@ def task_op(task: Task, name: str) -> dg.OpDefinition:
 
 
 def dagster_job(
-    job: MeltanoJob, meltano: MeltanoCLI, extractors: Collection[str],
+    job: MeltanoJob, meltano: MeltanoCLI, extractors: Collection[str], *,
     loaders: Collection[str] = (), environment: str | None = None, suffix: str | None = None,
 ) -> dg.JobDefinition:
     """The Dagster job of one Meltano job, tagged with its state ids in `environment`.

@@ -86,7 +86,7 @@ def accounts_run(
         config.write_text(json.dumps({"execution": {"config": {"max_concurrent": 2}}}))
         environment = {**worker_environment, **account_environment(sandboxes)}
         completed = subprocess.run(
-            [DAGSTER, "job", "execute", "-m", "orchestration.definitions", "-j", ACCOUNTS_JOB,
+            [DAGSTER, "job", "execute", "-m", "tap_gtmcli.orchestration.definitions", "-j", ACCOUNTS_JOB,
              "-c", str(config)],
             env=child_environment({**environment, "DAGSTER_HOME": str(instance_dir)}),
             capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS, check=False,
