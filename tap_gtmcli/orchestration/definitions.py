@@ -28,14 +28,15 @@ SENSOR_EXTRACTOR = "tap-gtmcli"
 STATE_ID_SUFFIX_VARIABLE = "MELTANO_RUN_STATE_ID_SUFFIX"
 
 
-def build_definitions(project_dir: Path | None = None) -> dg.Definitions:
-    """The Definitions of one Meltano project (default: `default_project_dir()`)."""
+def build_definitions(project_dir: Path | None = None, meltano_bin: str = "") -> dg.Definitions:
+    """The Definitions of one Meltano project (default: `default_project_dir()`), run with
+    `meltano_bin` (default: the project's `.venv-meltano`, else `meltano` on PATH)."""
     root = project_dir or default_project_dir()
     project = load_project_file(root)
     # State ids as the workers' `meltano run` will name them (the run queue's key).
     environment = environment_name(project, os.environ)
     suffix = os.environ.get(STATE_ID_SUFFIX_VARIABLE)
-    meltano = MeltanoCLI(project_dir=str(root))
+    meltano = MeltanoCLI(project_dir=str(root), meltano_bin=meltano_bin)
     jobs = {job.name: dagster_job(job, meltano, project.extractors, loaders=project.loaders,
                                   environment=environment, suffix=suffix)
             for job in project.jobs}

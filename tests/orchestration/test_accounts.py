@@ -29,9 +29,11 @@ from .conftest import (
     ACCOUNT_B_KEY,
     assert_no_key,
     child_environment,
+    jobs_bookmark,
     meltano_runs,
     result_rows,
     sandbox_jobs,
+    settled_jobs_bookmark,
     start_sandbox,
     stored_state,
 )
@@ -120,7 +122,7 @@ def test_two_accounts_run_in_parallel_each_landing_its_own_rows(
     for account, server in accounts_run.sandboxes.items():
         assert_schema_holds_exactly(postgres_server, account, server)
         state = stored_state(postgres_server, STATE_ID[account])
-        assert state["singer_state"]["bookmarks"]["jobs"]["open_jobs"] == {}
+        assert jobs_bookmark(state) == settled_jobs_bookmark(sandbox_jobs(server, KEY[account]))
 
     # Parallel: both Meltano runs were under way at once, in separate step processes.
     (_, start_a, end_a), = meltano_runs(postgres_server, STATE_ID["a"])
@@ -235,7 +237,7 @@ def test_a_run_refused_by_meltano_is_skipped_not_failed_and_no_state_is_lost(
     assert_schema_holds_exactly(postgres_server, "a", sandbox_a)
     state_after = stored_state(postgres_server, STATE_ID["a"])
     assert state_after != state_before
-    assert state_after["singer_state"]["bookmarks"]["jobs"]["open_jobs"] == {}
+    assert jobs_bookmark(state_after) == settled_jobs_bookmark(sandbox_jobs(sandbox_a, API_KEY))
     assert postgres_server.query("select count(*) from gtmcli_account_b.job_results") == (
         rows_b_before)
     assert_no_key(first_output, logs, failure, printed.out, printed.err, state_after)

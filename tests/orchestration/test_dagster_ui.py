@@ -8,9 +8,9 @@ the state id suffix `ui`, so no other test's state or warehouse is involved.
 
 In order: the code location as the UI reads it; two overlapping `gtmcli_extract` runs
 launched through GraphQL (the second waits QUEUED while the first runs, then succeeds
-and loads nothing twice; the warehouse holds exactly the sandbox's rows); then a sensor
-tick starting a run once more jobs have finished, and the ticks skipping while it is
-queued or in progress.
+and loads nothing twice; the warehouse holds exactly the sandbox's rows); the sensor's
+ticks skipping while those runs are queued or in progress, then starting a run for the
+jobs that finished meanwhile.
 """
 
 from __future__ import annotations
@@ -38,9 +38,11 @@ from tests.reliability.conftest import API_KEY
 from .conftest import (
     assert_no_key,
     child_environment,
+    jobs_bookmark,
     meltano_runs,
     result_rows,
     sandbox_jobs,
+    settled_jobs_bookmark,
     start_sandbox,
     stored_state,
 )
@@ -89,18 +91,6 @@ TICKS_QUERY = """
 query Ticks($selector: SensorSelector!) { sensorOrError(sensorSelector: $selector) {
     ... on Sensor { sensorState { status ticks(limit: 100) {
         id status timestamp skipReason runIds cursor } } }
-} }
-"""
-STOP_SENSOR = """
-mutation Stop($id: String!) { stopSensor(id: $id) {
-    ... on StopSensorMutationResult { instigationState { status } }
-    ... on PythonError { message }
-} }
-"""
-START_SENSOR = """
-mutation Start($selector: SensorSelector!) { startSensor(sensorSelector: $selector) {
-    ... on Sensor { sensorState { status } }
-    ... on PythonError { message }
 } }
 """
 
@@ -267,20 +257,20 @@ def test_the_ui_queues_overlapping_runs_and_the_sensor_starts_one_when_jobs_fini
         SENSOR, 2, [{"pipelineName": JOB}])
     assert sensor["sensorState"]["status"] == "RUNNING"
 
-    # The daemon ticks the sensor: nothing in the sandbox yet, so it skips. Then it is
-    # stopped (as from the UI) while runs are launched by hand.
+    # The daemon ticks the sensor at once: the sandbox has no job yet, so it skips.
     first = wait_for("the sensor's first tick", ui.ticks, 120)[0]
-    assert first["status"] == "SKIPPED"
-    assert first["skipReason"] == "no GTMCLI job finished since the last look"
-    stopped = ui.query(STOP_SENSOR, id=sensor["sensorState"]["id"])["stopSensor"]
-    assert stopped["instigationState"]["status"] == "STOPPED"
-    ticks_when_stopped = len(ui.ticks())
+    assert (first["status"], first["skipReason"]) == (
+        "SKIPPED", "no GTMCLI job finished since the last look")
 
-    # Two overlapping runs of one pipeline, launched through GraphQL.
-    sandbox.seed_jobs("validate", 180, jobs=2, seed="ui-first")
-    sandbox.seed_jobs("find", 25, seed="ui-first")
-    sandbox.seed_jobs("validate", 8, status="failed", seed="ui-first")
-    first_run, second_run = ui.launch(JOB), ui.launch(JOB)
+    # Two overlapping runs of one pipeline, launched through GraphQL as the UI's Launch
+    # button does. The jobs are seeded once the first is queued: it lists them well after
+    # (a run worker, a step process and Meltano start first), and the sensor, seeing a
+    # run queued, does not look.
+    first_run = ui.launch(JOB)
+    sandbox.seed_jobs("validate", 180, jobs=2, seed="ui")
+    sandbox.seed_jobs("find", 25, seed="ui")
+    sandbox.seed_jobs("validate", 8, status="failed", seed="ui")
+    second_run = ui.launch(JOB)
     statuses: list[tuple[str, str]] = []
 
     def both_finished() -> bool:
@@ -297,42 +287,38 @@ def test_the_ui_queues_overlapping_runs_and_the_sensor_starts_one_when_jobs_fini
     assert all(second == "QUEUED" for first_status, second in statuses
                if first_status in {"QUEUED", "STARTING", "STARTED"})
     assert runs[second_run]["startTime"] >= runs[first_run]["endTime"]
-    # ... and Meltano saw two runs of the state id, one after the other, none refused.
+    # ... and Meltano saw two runs of the state id, one after the other, none refused;
+    # the first loaded everything, the second nothing twice.
     (_, start_1, end_1), (_, start_2, _) = meltano_runs(postgres_server, STATE_ID)
     assert [row[0] for row in meltano_runs(postgres_server, STATE_ID)] == ["SUCCESS"] * 2
     assert float(start_2) >= float(end_1) > float(start_1)
     truth = sandbox_jobs(sandbox, API_KEY)
     assert_warehouse_holds_exactly(duckdb_query, warehouse, truth)
-    state = stored_state(postgres_server, STATE_ID)["singer_state"]["bookmarks"]["jobs"]
-    assert state["open_jobs"] == {}
-    assert set(state["newest_ids"]) <= set(truth)
-    assert len(ui.ticks()) == ticks_when_stopped          # stopped: no tick meanwhile
+    assert jobs_bookmark(stored_state(postgres_server, STATE_ID)) == settled_jobs_bookmark(truth)
 
-    # More jobs finish; the sensor, started again, starts one run; its later ticks skip
-    # while that run is queued or in progress, then find nothing new.
-    sandbox.seed_jobs("validate", 60, seed="ui-later")
-    started_again = ui.query(START_SENSOR, selector=ui.sensor_selector())["startSensor"]
-    assert started_again["sensorState"]["status"] == "RUNNING"
-    sensor_run = wait_for("a run requested by the sensor", lambda: [
-        tick["runIds"][0] for tick in ui.ticks()[ticks_when_stopped:] if tick["runIds"]], 120)
-    (sensor_run,) = sensor_run
-    wait_for("the sensor's run to finish",
-             lambda: ui.run(sensor_run)["status"] in FINISHED, RUN_SECONDS)
-    run = ui.run(sensor_run)
-    assert run["status"] == "SUCCESS", ui.log.read_text()[-3000:]
-    assert {tag["key"]: tag["value"] for tag in run["tags"]}[
-        "gtmcli/newly_finished_jobs"] == "5"                 # ui-first's 4 jobs and ui-later's 1
-    after = wait_for("a tick after the sensor's run", lambda: [
-        tick for tick in ui.ticks() if tick["timestamp"] > run["endTime"]], 60)
-    ticks = ui.ticks()[ticks_when_stopped:]
-    during = [tick for tick in ticks if run["startTime"] <= tick["timestamp"] < run["endTime"]]
-    assert during, "no tick while the sensor's run was under way"
-    assert {(tick["status"], tick["skipReason"]) for tick in during} == {
+    # While either run was queued or in progress, every tick skipped without a look;
+    # once both were done, a tick saw the 4 finished jobs and started one run.
+    busy = [tick for tick in ui.ticks()
+            if runs[first_run]["startTime"] <= tick["timestamp"] < runs[second_run]["endTime"]]
+    assert busy, "no tick while the runs were queued or in progress"
+    assert {(tick["status"], tick["skipReason"]) for tick in busy} == {
         ("SKIPPED", f"a {JOB} run is queued or in progress; looking again next tick")}
-    assert (after[0]["status"], after[0]["skipReason"]) == (
-        "SKIPPED", "no GTMCLI job finished since the last look")
-    assert len(ui.runs(JOB)) == 3
-    assert_warehouse_holds_exactly(duckdb_query, warehouse, sandbox_jobs(sandbox, API_KEY))
+    requested = wait_for("a run requested by the sensor", lambda: [
+        tick for tick in ui.ticks() if tick["runIds"]], 120)
+    (tick,) = requested
+    assert tick["status"] == "SUCCESS"
+    assert tick["timestamp"] >= runs[second_run]["endTime"]
+    (sensor_run,) = tick["runIds"]
+    run = ui.run(sensor_run)
+    tags = {tag["key"]: tag["value"] for tag in run["tags"]}
+    assert tags["gtmcli/newly_finished_jobs"] == "4"
+    assert tags["meltano/state_ids"] == STATE_ID
+    # The daemon takes it from the queue and starts it (what it loads is the runs' above:
+    # nothing new). It is interrupted with dagster dev at teardown.
+    wait_for("the sensor's run to start",
+             lambda: ui.run(sensor_run)["status"] in {"STARTING", "STARTED", *FINISHED}, 60)
+    assert {run["runId"] for run in ui.runs(JOB)} == {first_run, second_run, sensor_run}
+    ticks = ui.ticks()
 
     stored = [path.read_bytes().decode(errors="replace")
               for path in ui.home.rglob("*") if path.is_file()]
