@@ -72,12 +72,14 @@ def result_rows(jobs: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
 
 def settled_jobs_bookmark(jobs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The `jobs` bookmark once every job is extracted and settled: the newest job (ids
-    created in that same moment, sorted) and no open job."""
+    created in that same moment, sorted), no open job, and the SDK's replication key
+    (`created_at`) at the newest job's."""
     moments = {job_id: parse_timestamp(job["created_at"]) for job_id, job in jobs.items()}
     newest = max(moments.values())
     newest_ids = sorted(job_id for job_id, moment in moments.items() if moment == newest)
-    return {"newest_created_at": jobs[newest_ids[0]]["created_at"], "newest_ids": newest_ids,
-            "open_jobs": {}}
+    created_at = jobs[newest_ids[0]]["created_at"]
+    return {"newest_created_at": created_at, "newest_ids": newest_ids, "open_jobs": {},
+            "replication_key": "created_at", "replication_key_value": created_at}
 
 
 def jobs_bookmark(state: Mapping[str, Any]) -> dict[str, Any]:
