@@ -19,8 +19,12 @@ import yaml
 from tap_gtmcli.demo.meltano_project import PROJECT_ROOT, MeltanoProject, base_environment
 from tap_gtmcli.orchestration.definitions import build_definitions
 from tap_gtmcli.orchestration.finished_jobs import FinishedCursor, newly_finished
-from tap_gtmcli.orchestration.jobs import SKIPPED_TAG, dagster_name
-from tap_gtmcli.orchestration.project_file import ProjectFileError, load_project_file
+from tap_gtmcli.orchestration.jobs import SKIPPED_TAG, STATE_IDS_TAG, dagster_name, state_ids
+from tap_gtmcli.orchestration.project_file import (
+    ProjectFileError,
+    default_project_dir,
+    load_project_file,
+)
 from tap_gtmcli.orchestration.task_layers import task_layers
 
 MELTANO_YML = yaml.safe_load((PROJECT_ROOT / "meltano.yml").read_text(encoding="utf-8"))
@@ -279,3 +283,31 @@ def test_the_cursor_sees_each_finished_job_once():
     assert sorted(new) == ["b", "c"]
     assert cursor == FinishedCursor("2026-01-01T00:02:00.000000+00:00", frozenset({"c"}))
     assert newly_finished(second, cursor)[0] == []
+
+
+def test_the_state_ids_a_run_is_queued_by_are_meltanos():
+    # A mapping between extractor and loader does not count; the suffix comes last.
+    task = ("tap-csv", "gtmcli-validate", "target-jsonl", "tap-gtmcli", "target-duckdb")
+    assert state_ids([task, ("dbt:run",)], {"tap-csv", "tap-gtmcli"},
+                     {"target-jsonl", "target-duckdb"}, "prod", "nightly") == [
+        "prod:tap-csv-to-target-jsonl:nightly", "prod:tap-gtmcli-to-target-duckdb:nightly"]
+    assert state_ids([("tap-a", "target")], {"tap-a"}, {"target"}, None) == ["tap-a-to-target"]
+    collect = build_definitions().get_job_def("gtmcli_validate_and_collect")
+    assert collect.tags[STATE_IDS_TAG] == (
+        "dev:tap-gtmcli-to-target-duckdb,dev:tap-spreadsheets-to-target-jsonl")
+
+
+def test_the_project_is_found_by_variable_or_working_directory_never_site_packages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+):
+    (tmp_path / "meltano.yml").write_text("jobs: [{name: j, tasks: [tap-a target]}]\n")
+    assert default_project_dir({"MELTANO_PROJECT_ROOT": str(tmp_path)}) == tmp_path.resolve()
+    monkeypatch.chdir(tmp_path)
+    assert default_project_dir({}) == tmp_path.resolve()
+    assert [job.name for job in build_definitions().get_repository_def().get_all_jobs()] == ["j"]
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    with pytest.raises(ProjectFileError, match=r"no meltano.yml in .*elsewhere: start Dagster "
+                       r"in the Meltano project's directory, or set MELTANO_PROJECT_ROOT"):
+        default_project_dir({})
