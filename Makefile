@@ -1,4 +1,4 @@
-# The two commands of a fresh machine: `make demo` and `make test`.
+# The commands of a fresh machine: `make demo`, `make test` and `make orchestrate`.
 # Each creates its own virtualenv (.venv) and installs what it needs.
 
 PYTHON ?= python3
@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export MELTANO_SEND_ANONYMOUS_USAGE_STATS := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint install clean
+.PHONY: demo orchestrate test lint install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ install: $(STAMP)
 ## Runs the whole pipeline on the embedded sandbox and a local DuckDB, then shows it.
 demo: $(STAMP)
 	$(BIN)/python -m tap_gtmcli.demo
+
+## Dagster's UI (http://127.0.0.1:3000; DAGSTER_PORT=N moves it) and daemon on the
+## sandbox, DAGSTER_HOME in output/dagster (README "Scheduling"). Ctrl-C stops it.
+orchestrate: $(STAMP)
+	$(BIN)/python -m tap_gtmcli.demo.orchestrate
 
 ## Lint, type checks, then the whole test suite.
 test: $(STAMP)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "tap_gtmcli"
-ROOMS = ("api", "tap", "submit", "sandbox", "demo")
+ROOMS = ("api", "tap", "submit", "sandbox", "demo", "orchestration")
 
 #: What each room may import from the package. `demo` drives the products through their
 #: console entry points and reads the sandbox; it may also use the shared API layer.
@@ -18,6 +19,9 @@ ALLOWED: dict[str, set[str]] = {
     "submit": {"api", "submit"},
     "sandbox": {"sandbox"},
     "demo": {"api", "sandbox", "demo"},
+    # The Dagster code location: installed with the `orchestration` extra, imported by
+    # Dagster only (no other room may import it, nor Dagster).
+    "orchestration": {"api", "orchestration"},
 }
 
 
@@ -44,7 +48,7 @@ def _modules(room: str) -> list[Path]:
 
 def test_every_module_lives_in_a_room():
     loose = [path.name for path in PACKAGE.glob("*.py") if path.name != "__init__.py"]
-    assert loose == [], f"modules outside api/, tap/, submit/, sandbox/, demo/: {loose}"
+    assert loose == [], f"modules outside {', '.join(ROOMS)}: {loose}"
     assert {path.name for path in PACKAGE.iterdir() if path.is_dir()} - {"__pycache__"} == set(
         ROOMS
     )
@@ -73,3 +77,27 @@ def test_rule_checker_sees_a_forbidden_import(tmp_path: Path):
     module = tmp_path / "bad.py"
     module.write_text("from tap_gtmcli.tap.streams import JobsStream\nimport tap_gtmcli.submit.mapper\n")
     assert _package_imports(module) == {"tap", "submit"}
+
+
+def _third_party_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_only_the_code_location_imports_dagster():
+    importers = sorted(str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
+                       if "dagster" in _third_party_imports(path))
+    assert importers, "the code location no longer imports dagster: update this test"
+    assert all(name.startswith("orchestration/") for name in importers), importers
+
+
+def test_the_wheel_installs_one_top_level_package():
+    # The wheel's packages and mypy's (tomllib is not in Python 3.10).
+    pyproject = (PACKAGE.parent / "pyproject.toml").read_text()
+    assert re.findall(r"^packages = (.*)$", pyproject, re.MULTILINE) == ['["tap_gtmcli"]'] * 2

@@ -16,6 +16,7 @@ import threading
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tap_gtmcli.sandbox.lifecycle import JobProgress, JobTimeline
@@ -201,6 +202,9 @@ class JobStore:
 
     def __init__(self, db_path: str | None = None) -> None:
         self._lock = threading.RLock()
+        if db_path:
+            # `--db output/sandbox.db` on a fresh clone: SQLite creates the file, not its folder.
+            Path(db_path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(
             db_path or ":memory:", check_same_thread=False, isolation_level=None
         )

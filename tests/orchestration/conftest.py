@@ -21,6 +21,7 @@ import pytest
 
 from tap_gtmcli.api.client import GTMCLIClient
 from tap_gtmcli.api.retry import RetryPolicy
+from tap_gtmcli.api.timestamps import parse_timestamp
 from tap_gtmcli.demo.meltano_project import MeltanoProject
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 from tests import key_scan
@@ -67,6 +68,25 @@ def result_rows(jobs: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
     """Result rows per completed job: what the warehouse must hold, exactly."""
     return {job_id: int(job["total"]) for job_id, job in jobs.items()
             if job["status"] == "completed"}
+
+
+def settled_jobs_bookmark(jobs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The `jobs` bookmark once every job is extracted and settled: the newest job (ids
+    created in that same moment, sorted), no open job, and the SDK's replication key
+    (`created_at`) at the newest job's."""
+    moments = {job_id: parse_timestamp(job["created_at"]) for job_id, job in jobs.items()}
+    newest = max(moments.values())
+    newest_ids = sorted(job_id for job_id, moment in moments.items() if moment == newest)
+    created_at = jobs[newest_ids[0]]["created_at"]
+    return {"newest_created_at": created_at, "newest_ids": newest_ids, "open_jobs": {},
+            "replication_key": "created_at", "replication_key_value": created_at}
+
+
+def jobs_bookmark(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The stored `jobs` bookmark, its `newest_ids` sorted (their order is the emit order)."""
+    bookmark = dict(state["singer_state"]["bookmarks"]["jobs"])
+    bookmark["newest_ids"] = sorted(bookmark["newest_ids"])
+    return bookmark
 
 
 def stored_state(postgres_server: PostgresServer, state_id: str) -> dict[str, Any]:

@@ -9,11 +9,19 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from orchestration.definitions import build_definitions
+from tap_gtmcli.orchestration.definitions import build_definitions
 from tests.e2e.conftest import PostgresServer
 from tests.reliability.conftest import API_KEY
 
-from .conftest import assert_no_key, result_rows, sandbox_jobs, start_sandbox, stored_state
+from .conftest import (
+    assert_no_key,
+    jobs_bookmark,
+    result_rows,
+    sandbox_jobs,
+    settled_jobs_bookmark,
+    start_sandbox,
+    stored_state,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -53,5 +61,7 @@ def test_extract_job_lands_exactly_the_sandbox_rows(
     assert duckdb_query(warehouse, "select count(*) from gtmcli.job_results")[0][0] == sum(
         result_rows(jobs).values())
     state = stored_state(postgres_server, "dev:tap-gtmcli-to-target-duckdb")
-    assert state["singer_state"]["bookmarks"]["jobs"]["open_jobs"] == {}
+    # Exactly: the newest of the sandbox's jobs, nothing open, and no other bookmark.
+    assert jobs_bookmark(state) == settled_jobs_bookmark(jobs)
+    assert set(state["singer_state"]["bookmarks"]) == {"jobs"}, state
     assert_no_key(logs, printed.out, printed.err, state)

@@ -7,11 +7,13 @@ none while a run of the job is in progress.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import dagster as dg
 import pytest
 
-from orchestration.definitions import build_definitions
+from tap_gtmcli.orchestration.definitions import build_definitions
+from tap_gtmcli.orchestration.finished_jobs import FinishedCursor
 from tap_gtmcli.sandbox import SandboxServer
 from tests.reliability.conftest import API_KEY
 
@@ -57,10 +59,12 @@ class Ticker:
         self.instance = instance
         self.cursor: str | None = None
         self.outputs: list[str] = []
+        self.last: Any = None  # the last tick's SensorExecutionData
 
     def tick(self) -> list[dg.RunRequest]:
         context = dg.build_sensor_context(instance=self.instance, cursor=self.cursor)
         data = self.sensor.evaluate_tick(context)
+        self.last = data
         self.cursor = data.cursor if data.cursor is not None else self.cursor
         self.outputs.append(repr(data))
         return list(data.run_requests or [])
@@ -132,14 +136,24 @@ def test_an_unreachable_api_skips_the_tick_and_keeps_the_cursor(
     repository: dg.RepositoryDefinition,
 ):
     ticker = Ticker(instance, repository)
-    slow_sandbox.seed_jobs("validate", 10, status="completed")
+    (seen,) = slow_sandbox.seed_jobs("validate", 10, status="completed", seed="seen")
+    assert len(ticker.tick()) == 1                  # a cursor holding that job
+    cursor = ticker.cursor
+    assert FinishedCursor.decode(cursor).ids == {seen}
+
+    (later,) = slow_sandbox.seed_jobs("validate", 10, status="completed", seed="later")
     slow_sandbox.add_fault_rules([{"method": "GET", "path_prefix": "/v1/jobs",
                                    "status": 503}])
     assert ticker.tick() == []
     assert "503" in ticker.outputs[-1]
-    assert len(ticker.tick()) == 1                  # the next tick is the retry
-    assert list_requests(slow_sandbox) == 2
-    assert_no_key(*ticker.outputs)
+    assert ticker.last.cursor == cursor             # what the daemon stores: unchanged
+
+    requests = ticker.tick()                        # the next tick is the retry
+    assert len(requests) == 1
+    assert requests[0].tags["gtmcli/newly_finished_jobs"] == "1"   # only the later job
+    assert later in FinishedCursor.decode(ticker.cursor).ids
+    assert list_requests(slow_sandbox) == 3
+    assert_no_key(*ticker.outputs, ticker.cursor)
 
 
 def test_no_key_for_the_environment_fails_the_tick_naming_the_variable(

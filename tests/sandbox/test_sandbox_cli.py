@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -101,6 +102,27 @@ def test_cli_restart_on_a_database(
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=10)
         assert process.returncode == 0
+
+
+def test_cli_creates_the_missing_folders_of_its_database(
+    run_sandbox: list[subprocess.Popen[str]], tmp_path: Path,
+) -> None:
+    database = tmp_path / "output" / "nested" / "sandbox.db"
+    process, url = start(run_sandbox, "--db", str(database), "--api-key", "k",
+                         "--start-delay", "0", "--processing-rate", "0")
+    with requests.Session() as session:
+        session.trust_env = False
+        created = session.post(f"{url}/v1/jobs", headers={"Authorization": "Bearer k"},
+                               json={"type": "validate", "data": [{"email": "a@gmail.com"}]},
+                               timeout=5)
+        assert created.status_code == 201
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=10)
+    assert process.returncode == 0, stderr
+    # The job is in the file the flag named, in the folders the sandbox created.
+    with sqlite3.connect(database) as connection:
+        assert connection.execute("select count(*) from jobs").fetchone() == (1,)
+
 
 
 @pytest.mark.parametrize(

@@ -69,6 +69,11 @@ class ProjectFile:
         return frozenset(plugin["name"] for plugin in self._plugins("extractors"))
 
     @property
+    def loaders(self) -> frozenset[str]:
+        """Names of every loader, inherited ones included."""
+        return frozenset(plugin["name"] for plugin in self._plugins("loaders"))
+
+    @property
     def default_environment(self) -> str | None:
         """The environment `meltano` uses when none is named."""
         value = self.raw.get("default_environment")
@@ -198,9 +203,23 @@ def read_dotenv(path: Path) -> dict[str, str]:
     return values
 
 
+#: The variable naming the Meltano project, the one Meltano itself reads.
+PROJECT_ROOT_VARIABLE = "MELTANO_PROJECT_ROOT"
+
+
 def default_project_dir(environ: Mapping[str, str] = os.environ) -> Path:
-    """MELTANO_PROJECT_ROOT when set (as Meltano reads it), else this repository."""
-    return Path(environ.get("MELTANO_PROJECT_ROOT") or Path(__file__).resolve().parents[1])
+    """MELTANO_PROJECT_ROOT when set, else the working directory (where Dagster was
+    started, as `meltano` itself runs in the project's directory).
+
+    Never the package's own location: installed from a wheel, that is site-packages.
+    """
+    root = Path(environ.get(PROJECT_ROOT_VARIABLE) or Path.cwd()).resolve()
+    if not (root / "meltano.yml").is_file():
+        raise ProjectFileError(
+            f"no meltano.yml in {root}: start Dagster in the Meltano project's directory, "
+            f"or set {PROJECT_ROOT_VARIABLE} to it"
+        )
+    return root
 
 
 def environment_name(project: ProjectFile, environ: Mapping[str, str]) -> str | None:

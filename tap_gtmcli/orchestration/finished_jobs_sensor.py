@@ -1,6 +1,7 @@
 """The sensor that starts an extraction when GTMCLI jobs have newly finished.
 
-One tick costs at most one request, `GET /v1/jobs` (first page when the API paginates:
+Every INTERVAL_SECONDS (or GTMCLI_SENSOR_INTERVAL_SECONDS), one tick costs at most one
+request, `GET /v1/jobs` (first page when the API paginates:
 the most recently created jobs), and none while a run of the job is queued or in
 progress: that run may have listed the jobs before they finished, so the cursor stays
 put and the next tick looks again. The URL and key are resolved as Meltano resolves
@@ -17,14 +18,16 @@ from typing import Any
 
 import dagster as dg
 
-from orchestration.finished_jobs import FinishedCursor, newly_finished
-from orchestration.project_file import ProjectFile, environment_name
 from tap_gtmcli.api.client import GTMCLIClient
 from tap_gtmcli.api.errors import GTMCLIRetriesExhaustedError
 from tap_gtmcli.api.retry import RetryPolicy
+from tap_gtmcli.orchestration.finished_jobs import FinishedCursor, newly_finished
+from tap_gtmcli.orchestration.project_file import ProjectFile, environment_name
 
 #: Seconds between ticks: results land about this long after a job completes.
 INTERVAL_SECONDS = 60
+#: Overrides INTERVAL_SECONDS (a whole number of seconds, at least 1).
+INTERVAL_VARIABLE = "GTMCLI_SENSOR_INTERVAL_SECONDS"
 REQUEST_TIMEOUT_SECONDS = 30.0
 IN_PROGRESS = [
     dg.DagsterRunStatus.QUEUED,
@@ -38,10 +41,22 @@ class SensorSettingError(ValueError):
     """The extractor's settings do not say how to reach GTMCLI."""
 
 
+def sensor_interval(environ: Mapping[str, str]) -> int:
+    """Seconds between ticks: GTMCLI_SENSOR_INTERVAL_SECONDS, else INTERVAL_SECONDS."""
+    text = environ.get(INTERVAL_VARIABLE, "").strip()
+    if not text:
+        return INTERVAL_SECONDS
+    if not text.isdigit() or int(text) < 1:
+        raise SensorSettingError(f"{INTERVAL_VARIABLE} must be a whole number of seconds, "
+                                 f"at least 1, not {text!r}")
+    return int(text)
+
+
 def finished_jobs_sensor(
     job: dg.JobDefinition,
     extractor: str,
     project: ProjectFile,
+    interval_seconds: int = INTERVAL_SECONDS,
 ) -> dg.SensorDefinition:
     """A sensor requesting one run of `job` whenever `extractor`'s account has new
     finished jobs."""
@@ -49,7 +64,7 @@ def finished_jobs_sensor(
     @dg.sensor(
         name=f"{job.name}_on_finished_gtmcli_jobs",
         job=job,
-        minimum_interval_seconds=INTERVAL_SECONDS,
+        minimum_interval_seconds=interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Runs {job.name} when GTMCLI jobs of {extractor}'s account finish "
         "(one GET /v1/jobs per tick).",

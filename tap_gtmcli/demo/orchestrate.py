@@ -1,0 +1,113 @@
+"""`make orchestrate`: Dagster's UI and daemon on this project, against the sandbox.
+
+1. Meltano into `.venv-meltano` and the plugins of the demo's jobs (as `make demo`).
+2. The GTMCLI sandbox in the background, its jobs kept in `output/gtmcli-sandbox.db`.
+3. `dagster dev` (web UI and daemon) on the code location `tap_gtmcli.orchestration`,
+   with DAGSTER_HOME in `output/dagster/` holding the committed `dagster.yaml` (the run
+   queue), Meltano's state in `output/meltano.db`, and every GTMCLI plugin pointed at
+   the sandbox, until Ctrl-C; then the sandbox stops.
+
+Dagster is started as a command, not imported: the demo room never imports the code
+location (tests/test_layout.py).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tap_gtmcli.demo.__main__ import (
+    DEMO_PLUGINS,
+    OUTPUT,
+    SANDBOX_PORT,
+    STATE_DB,
+    previous_port,
+    sandbox_environment,
+)
+from tap_gtmcli.demo.meltano_project import PROJECT_ROOT, MeltanoProject, base_environment
+from tap_gtmcli.demo.sandbox_process import SandboxProcess, SandboxStartError
+from tap_gtmcli.demo.steps import StepFailedError, say, step
+
+DAGSTER_HOME = OUTPUT / "dagster"
+INSTANCE_FILE = PROJECT_ROOT / "tap_gtmcli" / "orchestration" / "dagster.yaml"
+CODE_LOCATION = "tap_gtmcli.orchestration.definitions"
+#: The UI's port (DAGSTER_PORT overrides it); it listens on 127.0.0.1 only.
+DEFAULT_PORT = "3000"
+STEPS = 4
+
+
+def dagster_environment(sandbox_url: str) -> dict[str, str]:
+    """What `dagster dev` and the runs it starts need: the instance, the project, the
+    sandbox, and Meltano's state in output/ beside the demo's."""
+    return {
+        **base_environment(),
+        **sandbox_environment(sandbox_url),
+        "DAGSTER_HOME": str(DAGSTER_HOME),
+        "MELTANO_PROJECT_ROOT": str(PROJECT_ROOT),
+        "MELTANO_DATABASE_URI": f"sqlite:///{STATE_DB}",
+    }
+
+
+def prepare_instance() -> None:
+    """DAGSTER_HOME with the committed dagster.yaml (refreshed each time)."""
+    DAGSTER_HOME.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(INSTANCE_FILE, DAGSTER_HOME / "dagster.yaml")
+
+
+def run() -> int:
+    """All steps; `dagster dev`'s exit code (0 after Ctrl-C)."""
+    project = MeltanoProject(log_dir=OUTPUT / "logs",
+                             env={"MELTANO_DATABASE_URI": f"sqlite:///{STATE_DB}"})
+    with step("Install Meltano into .venv-meltano", 1, STEPS):
+        if not project.ensure_meltano():
+            say("      already installed")
+    with step(f"Install plugins ({', '.join(DEMO_PLUGINS)})", 2, STEPS):
+        project.install(DEMO_PLUGINS)
+    sandbox = SandboxProcess(OUTPUT / "gtmcli-sandbox.db", OUTPUT / "logs" / "sandbox.log",
+                             port=previous_port())
+    with step("Start the GTMCLI sandbox", 3, STEPS):
+        try:
+            url = sandbox.start()
+        except SandboxStartError:
+            if not sandbox.port:
+                raise
+            sandbox.port = 0  # the last run's port was taken meanwhile
+            url = sandbox.start()
+        SANDBOX_PORT.write_text(url.rsplit(":", 1)[1])
+        say(f"      listening on {url}")
+    try:
+        prepare_instance()
+        port = os.environ.get("DAGSTER_PORT") or DEFAULT_PORT
+        say(f"[4/{STEPS}] dagster dev: the UI on http://127.0.0.1:{port}, the daemon runs "
+            "schedules, the sensor and the run queue (Ctrl-C stops both and the sandbox)")
+        dagster = Path(sys.executable).with_name("dagster")
+        process = subprocess.Popen(
+            [str(dagster), "dev", "-m", CODE_LOCATION, "-h", "127.0.0.1", "-p", port],
+            cwd=PROJECT_ROOT, env=dagster_environment(url),
+        )
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            # The terminal sent Ctrl-C to dagster dev too; let it shut down its children.
+            return process.wait()
+    finally:
+        sandbox.stop()
+
+
+def main() -> int:
+    """Run; on a failed step print which and exit 1."""
+    try:
+        return run()
+    except StepFailedError as error:
+        tail = error.log_tail()
+        if tail:
+            print(f"\n--- last lines of {error.log_path} ---\n{tail}", file=sys.stderr)
+        print(f"\nmake orchestrate failed: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
