@@ -66,6 +66,9 @@ class SubmittedJob:
     submitted_at: str
     #: Items of the batch not sent: submitted within `resubmit_after_days` already.
     skipped_item_count: int = 0
+    #: Set when an interrupted run's create was reconciled: "adopted: ..." on the row of
+    #: the job found for it, "resent: ..." on the row of the batch sending its items again.
+    reconciliation: str | None = None
 
     def ledger_record(self) -> dict[str, object]:
         """The row of the `gtmcli_submissions` ledger stream."""
@@ -77,6 +80,7 @@ class SubmittedJob:
             "batch_sha256": self.batch_sha256,
             "submitted_at": self.submitted_at,
             "skipped_item_count": self.skipped_item_count,
+            "reconciliation": self.reconciliation,
         }
 
 
@@ -178,6 +182,7 @@ class JobSubmitter:
                 msg = f"Not submitted: the run stopped before the {where} could be resent"
                 raise SubmissionFailedError(msg)
             sent = True
+            self._before_send(batch, digest)
             try:
                 return self.client.create_job(
                     batch.job_type, payloads, self.webhook_url, body_bytes=body
@@ -235,6 +240,9 @@ class JobSubmitter:
             batch_sha256=digest,
             submitted_at=utc_now_iso(),
         )
+
+    def _before_send(self, batch: Batch, batch_sha256: str) -> None:
+        """Called just before each `POST /v1/jobs` of the batch (a resend included)."""
 
     def _take_snapshot(self) -> None:
         """Before our first create, note the jobs that exist already (the newest page).

@@ -80,6 +80,11 @@ class GTMCLIMapper(KeySafeConfig, InlineMapper):
             on_bad_line=self._stop_on_bad_input,
         )
         self._pass_line: Callable[[bytes], None] = self.output_writer.write_line
+        self._write_reconciliation()
+
+    def _write_reconciliation(self) -> None:
+        """The ledger rows of jobs adopted from an interrupted run go out first."""
+        self._write_messages(self.submitter.reconciliation())
 
     # The SDK routes each message to its `map_*` method with the message's dict; the
     # reader keeps the raw line being routed, so a passthrough writes those exact bytes.

@@ -59,6 +59,7 @@ LEDGER_SCHEMA: dict[str, Any] = {
             "batch_sha256": {"type": "string"},
             "submitted_at": {"type": "string", "format": "date-time"},
             "skipped_item_count": {"type": "integer"},
+            "reconciliation": {"type": ["string", "null"]},
         },
         "required": ["job_id", "job_type", "item_count", "source_stream", "batch_sha256"],
     },
@@ -105,6 +106,12 @@ class GTMCLISubmitter:
             max_resubmissions=settings.max_retries,
             request_timeout=settings.request_timeout,
         )
+        try:
+            #: Ledger rows of the jobs an interrupted run created and this one adopted.
+            self._adopted = self.jobs.reconcile_interrupted()
+        except BaseException:
+            self.jobs.close()
+            raise
         self.gate: StateGate[RawMessage] = StateGate()
         self.waiter = JobWaiter(
             client=client, poll_interval=settings.poll_interval, max_wait=settings.max_wait
@@ -119,6 +126,15 @@ class GTMCLISubmitter:
         self._acts_on_stream: dict[object, bool] = {}
         self._announced: set[str] = set()
         self._seq = 0
+
+    def reconciliation(self) -> Messages:
+        """The ledger rows of jobs adopted from an interrupted run (once, before any other
+        output: they are no batch of this run's input)."""
+        adopted, self._adopted = self._adopted, []
+        if not adopted:
+            return ()
+        return (*self._announce(LEDGER_SCHEMA), *(RawMessage(_ledger_message(job))
+                                                 for job in adopted))
 
     # One method per Singer message type.
 

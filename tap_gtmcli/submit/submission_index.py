@@ -6,33 +6,33 @@ keyed by a fingerprint of the API URL and key (`account_secret`): the index hold
 email, name or key, two accounts (or the sandbox and production) never share an entry,
 and a stolen index cannot be matched against a list of emails without the API key.
 
-Two stores keep the same interface. `SQLiteIndex` (one machine, one run at a time) is a
-file holding one row per confirmed job with its items' digests, read into memory once
-per run, so a batch costs one insert and one set lookup. `PostgresIndex` is shared by
-several workers: `claim` inserts the batch's digests
-before the job is created (`INSERT ... ON CONFLICT`), so of two mappers running at once
-over the same items only one submits each; a claim whose create fails is released, and a
-claim whose session died (its backend is gone from `pg_stat_activity`) may be taken over.
+Every create is announced first: an *intent* (the batch's digests, job type, item count
+and the moment it was sent) is written before `POST /v1/jobs` and closed when the job is
+recorded. A run killed in between leaves the intent open, and the next run reconciles it
+against `GET /v1/jobs` (`intent_reconciler.py`) instead of paying for the batch again.
+
+Two stores keep the same interface. `SQLiteIndex` (here; one machine, one run at a time)
+is a file holding one row per confirmed job with its items' digests, read into memory
+once per run, so a batch costs one insert and one set lookup. `PostgresIndex`
+(`postgres_index.py`) is shared by several workers.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
 import sqlite3
 import sys
 from abc import ABC, abstractmethod
 from array import array
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from tap_gtmcli.api.errors import SubmissionIndexError
 
 DIGEST_BYTES = 16
-POSTGRES_TABLE = "gtmcli_submission_index"
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 #: The default file inside a Meltano project, shared by mapper-gtmcli and target-gtmcli.
 MELTANO_INDEX_PATH = Path(".meltano", "run", "gtmcli", "submission_index.sqlite")
@@ -46,6 +46,11 @@ def account_secret(api_url: str, api_key: str) -> bytes:
     """The per-account key of every digest: derived from the API URL and key, never them."""
     account = f"{api_url.strip().rstrip('/').lower()}\n{api_key}".encode()
     return hashlib.blake2b(account, digest_size=32, person=b"gtmcli-index-v1").digest()
+
+
+def account_id(secret: bytes) -> bytes:
+    """The account an intent belongs to, as stored: one more hash away from the secret."""
+    return hashlib.blake2b(secret, digest_size=16, person=b"gtmcli-account").digest()
 
 
 def default_location(environ: Mapping[str, str] = os.environ) -> str:
@@ -72,8 +77,39 @@ def _user_data_dir(environ: Mapping[str, str]) -> Path:
 def open_index(location: str) -> SubmissionIndex:
     """The store a `submission_index` setting names: a `postgresql://` URL or a file path."""
     if urlsplit(location).scheme in POSTGRES_SCHEMES:
+        # Imported here: the PostgreSQL driver is an extra that SQLite users never need.
+        from tap_gtmcli.submit.postgres_index import PostgresIndex  # noqa: PLC0415
+
         return PostgresIndex(location)
     return SQLiteIndex(location)
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A create that was sent and not confirmed: a run stopped before it knew the job."""
+
+    ref: int
+    job_type: str
+    source_stream: str
+    #: Unix time (this machine's clock) just before the last `POST /v1/jobs` was sent.
+    sent_at: float
+    batch_sha256: str
+    #: The 16-byte digests of the items sent, joined, in the order sent.
+    digests: bytes
+
+    @property
+    def item_count(self) -> int:
+        """Items in the create: the `total` its job shows."""
+        return len(self.digests) // DIGEST_BYTES
+
+    def digest_list(self) -> list[bytes]:
+        """The digests one by one."""
+        return split_digests(self.digests)
+
+
+def split_digests(joined: bytes) -> list[bytes]:
+    """16-byte digests from their concatenation."""
+    return [joined[start:start + DIGEST_BYTES] for start in range(0, len(joined), DIGEST_BYTES)]
 
 
 class SubmissionIndex(ABC):
@@ -83,25 +119,63 @@ class SubmissionIndex(ABC):
     location: str
 
     @abstractmethod
-    def claim(self, digests: Sequence[bytes], *, now: int, since: int, need_results: bool) -> Known:
+    def new_intent(
+        self, account: bytes, job_type: str, source_stream: str, *, now: int
+    ) -> int:
+        """Open an intent for a batch about to be split (not sent yet); its reference."""
+
+    @abstractmethod
+    def claim(
+        self, digests: Sequence[bytes], *, now: int, since: int, need_results: bool,
+        intent: int = 0,
+    ) -> Known:
         """The items to skip; every other digest is this process's to submit.
 
         An item is skipped when it was submitted at `since` or later (and, with
         `need_results`, its result is stored) or, in a shared store, another live
-        worker has claimed it.
+        worker has claimed it or sent it in a create not reconciled yet.
         """
 
     @abstractmethod
-    def record(self, digests: Sequence[bytes], *, job_id: str, job_type: str, now: int) -> None:
-        """GTMCLI confirmed the job holding these items: they count as submitted."""
+    def mark_sent(
+        self, intent: int, *, digests: Sequence[bytes], batch_sha256: str, sent_at: float
+    ) -> None:
+        """`POST /v1/jobs` of the intent's items is about to be sent (again)."""
+
+    @abstractmethod
+    def record(
+        self, digests: Sequence[bytes], *, job_id: str, job_type: str, now: int,
+        intent: int | None = None,
+    ) -> None:
+        """GTMCLI confirmed the job holding these items: they count as submitted, and the
+        intent (if any) is closed, in one transaction."""
 
     @abstractmethod
     def record_results(self, results: Sequence[tuple[bytes, bytes]], *, now: int) -> None:
         """Keep the fetched result of each (digest, encoded result)."""
 
     @abstractmethod
-    def release(self, digests: Sequence[bytes]) -> None:
-        """The create of claimed items failed: let anyone submit them again."""
+    def release(self, digests: Sequence[bytes], intent: int | None = None) -> None:
+        """The create of claimed items certainly made no job: let anyone submit them again."""
+
+    @abstractmethod
+    def open_intents(self, account: bytes) -> list[Intent]:
+        """The account's intents that were sent and never confirmed by a run now gone.
+
+        They become this run's to reconcile; intents never sent are forgotten.
+        """
+
+    @abstractmethod
+    def recorded_job_ids(self) -> set[str]:
+        """Every job the index recorded (within the window): none can be an intent's."""
+
+    @abstractmethod
+    def adopt(self, intent: Intent, job_id: str, *, now: int) -> None:
+        """The intent's create made `job_id`: its items count as submitted."""
+
+    @abstractmethod
+    def abandon(self, intent: Intent) -> None:
+        """No job can be told to be the intent's: forget it, its items are sent again."""
 
     @abstractmethod
     def longest_window(self, days: int) -> int:
@@ -146,7 +220,8 @@ class SQLiteIndex(SubmissionIndex):
     the window are read into a set of their first 8 bytes, so a batch is looked up in
     one set intersection (about 60 bytes of memory an item; two different items share a
     prefix with odds of about n in 2^64). Results (enrich mode) live in a WITHOUT ROWID
-    table keyed on the digest.
+    table keyed on the digest. Intents are rows of their own, deleted when their job is
+    recorded.
     """
 
     SCHEMA = """
@@ -166,6 +241,15 @@ class SQLiteIndex(SubmissionIndex):
             submitted_at INTEGER NOT NULL,
             result BLOB NOT NULL
         ) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS intents (
+            ref INTEGER PRIMARY KEY,
+            account BLOB NOT NULL,
+            job_type TEXT NOT NULL,
+            source_stream TEXT NOT NULL,
+            sent_at REAL,
+            batch_sha256 TEXT,
+            digests BLOB
+        );
     """
 
     def __init__(self, path: str) -> None:
@@ -226,7 +310,23 @@ class SQLiteIndex(SubmissionIndex):
         except sqlite3.Error as error:
             raise self._error("read", error) from error
 
-    def claim(self, digests: Sequence[bytes], *, now: int, since: int, need_results: bool) -> Known:
+    def new_intent(
+        self, account: bytes, job_type: str, source_stream: str, *, now: int
+    ) -> int:
+        """A row without `sent_at`: nothing is known to be sent yet."""
+        try:
+            cursor = self._db.execute(
+                "INSERT INTO intents (account, job_type, source_stream) VALUES (?, ?, ?)",
+                (account, job_type, source_stream),
+            )
+        except sqlite3.Error as error:
+            raise self._error("written", error) from error
+        return int(cursor.lastrowid or 0)
+
+    def claim(
+        self, digests: Sequence[bytes], *, now: int, since: int, need_results: bool,
+        intent: int = 0,
+    ) -> Known:
         """The items recorded since the start of the window (with a result when asked)."""
         if need_results:
             return self._results(digests, since)
@@ -255,14 +355,33 @@ class SQLiteIndex(SubmissionIndex):
             raise self._error("read", error) from error
         return known
 
-    def record(self, digests: Sequence[bytes], *, job_id: str, job_type: str, now: int) -> None:
-        """One row for the job, holding its items' digests."""
-        joined = b"".join(digests)
+    def mark_sent(
+        self, intent: int, *, digests: Sequence[bytes], batch_sha256: str, sent_at: float
+    ) -> None:
+        """Write what the create holds and when it goes, before it goes."""
         try:
             self._db.execute(
-                "INSERT INTO jobs (submitted_at, job_id, job_type, digests) VALUES (?, ?, ?, ?)",
-                (now, job_id, job_type, joined),
+                "UPDATE intents SET sent_at = ?, batch_sha256 = ?, digests = ? WHERE ref = ?",
+                (sent_at, batch_sha256, b"".join(digests), intent),
             )
+        except sqlite3.Error as error:
+            raise self._error("written", error) from error
+
+    def record(
+        self, digests: Sequence[bytes], *, job_id: str, job_type: str, now: int,
+        intent: int | None = None,
+    ) -> None:
+        """One row for the job, holding its items' digests; the intent goes with it."""
+        joined = b"".join(digests)
+        try:
+            with self._transaction():
+                self._db.execute(
+                    "INSERT INTO jobs (submitted_at, job_id, job_type, digests) "
+                    "VALUES (?, ?, ?, ?)",
+                    (now, job_id, job_type, joined),
+                )
+                if intent is not None:
+                    self._db.execute("DELETE FROM intents WHERE ref = ?", (intent,))
         except sqlite3.Error as error:
             raise self._error("written", error) from error
         self._seen.update(_prefixes(joined))
@@ -278,8 +397,48 @@ class SQLiteIndex(SubmissionIndex):
         except sqlite3.Error as error:
             raise self._error("written", error) from error
 
-    def release(self, digests: Sequence[bytes]) -> None:
-        """Nothing to release: a SQLite index records items only once their job exists."""
+    def release(self, digests: Sequence[bytes], intent: int | None = None) -> None:
+        """Forget the intent: a SQLite index records items only once their job exists."""
+        if intent is None:
+            return
+        try:
+            self._db.execute("DELETE FROM intents WHERE ref = ?", (intent,))
+        except sqlite3.Error as error:
+            raise self._error("written", error) from error
+
+    def open_intents(self, account: bytes) -> list[Intent]:
+        """Every sent intent of the account (one run at a time uses a SQLite index)."""
+        try:
+            self._db.execute(
+                "DELETE FROM intents WHERE account = ? AND sent_at IS NULL", (account,)
+            )
+            rows = self._db.execute(
+                "SELECT ref, job_type, source_stream, sent_at, batch_sha256, digests "
+                "FROM intents WHERE account = ? ORDER BY sent_at",
+                (account,),
+            ).fetchall()
+        except sqlite3.Error as error:
+            raise self._error("read", error) from error
+        return [Intent(*row) for row in rows]
+
+    def recorded_job_ids(self) -> set[str]:
+        """The jobs table: one row per job of the window."""
+        try:
+            rows = self._db.execute("SELECT job_id FROM jobs").fetchall()
+        except sqlite3.Error as error:
+            raise self._error("read", error) from error
+        return {row[0] for row in rows}
+
+    def adopt(self, intent: Intent, job_id: str, *, now: int) -> None:
+        """Record the intent's items under the job found for it."""
+        self.record(
+            intent.digest_list(), job_id=job_id, job_type=intent.job_type, now=now,
+            intent=intent.ref,
+        )
+
+    def abandon(self, intent: Intent) -> None:
+        """Delete the intent: its items were never recorded."""
+        self.release([], intent.ref)
 
     def size_bytes(self) -> int:
         """Pages in use, times the page size."""
@@ -312,157 +471,3 @@ class _Transaction:
 
     def __exit__(self, kind: object, *_: object) -> None:
         self._db.execute("COMMIT" if kind is None else "ROLLBACK")
-
-
-# Key of the advisory lock held while the index's tables are created ("gtmcli" in ASCII).
-SCHEMA_LOCK = 0x67746D636C69
-
-
-class PostgresIndex(SubmissionIndex):
-    """The index in a PostgreSQL table shared by every worker that names it."""
-
-    def __init__(self, url: str) -> None:
-        self.location = _without_password(url)
-        # Imported here so that SQLite users never need the driver.
-        psycopg = importlib.import_module("psycopg")
-        self._errors: tuple[type[Exception], ...] = (psycopg.Error,)
-        try:
-            self._db: Any = psycopg.connect(url, autocommit=True, connect_timeout=30)
-            with self._db.transaction():
-                # CREATE TABLE IF NOT EXISTS is not safe against itself: two workers
-                # opening a new database at once both try to create the row type, and
-                # one fails on pg_type's unique index. The lock takes them in turn.
-                self._db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-                self._db.execute(
-                    "CREATE TABLE IF NOT EXISTS gtmcli_submission_index ("
-                    "digest bytea PRIMARY KEY, submitted_at bigint NOT NULL, "
-                    "job_id text, job_type text, result bytea, "
-                    "claimed_by integer, claimed_session timestamptz)"
-                )
-                self._db.execute(
-                    "CREATE TABLE IF NOT EXISTS gtmcli_submission_index_windows ("
-                    "name text PRIMARY KEY, days integer NOT NULL)"
-                )
-            self._session = self._db.execute(
-                "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
-            ).fetchone()
-        except psycopg.Error as error:
-            raise self._error("opened", error) from error
-
-    def claim(self, digests: Sequence[bytes], *, now: int, since: int, need_results: bool) -> Known:
-        """Insert claims; the digests not claimed are recent, or claimed by a live worker."""
-        pid, session = self._session
-        # A claim (job_id NULL) of a session that is gone will never be confirmed.
-        sql = """
-            INSERT INTO gtmcli_submission_index AS t
-                (digest, submitted_at, claimed_by, claimed_session)
-            SELECT d, %(now)s, %(pid)s, %(session)s
-            FROM unnest(%(digests)s::bytea[]) AS d ORDER BY d
-            ON CONFLICT (digest) DO UPDATE SET
-                submitted_at = EXCLUDED.submitted_at, job_id = NULL, job_type = NULL,
-                result = NULL, claimed_by = EXCLUDED.claimed_by,
-                claimed_session = EXCLUDED.claimed_session
-            WHERE t.submitted_at < %(since)s
-               OR (%(need_results)s AND t.result IS NULL)
-               OR (t.job_id IS NULL AND NOT EXISTS (
-                    SELECT 1 FROM pg_stat_activity a
-                    WHERE a.pid = t.claimed_by AND a.backend_start = t.claimed_session))
-            RETURNING digest
-        """
-        try:
-            claimed = {
-                bytes(row[0])
-                for row in self._db.execute(
-                    sql,
-                    {"now": now, "pid": pid, "session": session, "digests": list(digests),
-                     "since": since, "need_results": need_results},
-                )
-            }
-            known: Known = dict.fromkeys(digest for digest in digests if digest not in claimed)
-            if need_results and known:
-                rows = self._db.execute(
-                    "SELECT digest, result FROM gtmcli_submission_index "
-                    "WHERE digest = ANY(%s) AND result IS NOT NULL",
-                    (list(known),),
-                )
-                known.update((bytes(digest), bytes(result)) for digest, result in rows)
-        except self._errors as error:
-            raise self._error("read", error) from error
-        return known
-
-    def record(self, digests: Sequence[bytes], *, job_id: str, job_type: str, now: int) -> None:
-        """Confirm this worker's claims with the job."""
-        try:
-            self._db.execute(
-                "UPDATE gtmcli_submission_index SET job_id = %s, job_type = %s, submitted_at = %s "
-                "WHERE digest = ANY(%s)",
-                (job_id, job_type, now, list(digests)),
-            )
-        except self._errors as error:
-            raise self._error("written", error) from error
-
-    def record_results(self, results: Sequence[tuple[bytes, bytes]], *, now: int) -> None:
-        """Attach results to recorded items in one statement."""
-        try:
-            self._db.execute(
-                "UPDATE gtmcli_submission_index AS t SET result = v.r "
-                "FROM unnest(%s::bytea[], %s::bytea[]) AS v(d, r) WHERE t.digest = v.d",
-                ([digest for digest, _ in results], [result for _, result in results]),
-            )
-        except self._errors as error:
-            raise self._error("written", error) from error
-
-    def release(self, digests: Sequence[bytes]) -> None:
-        """Delete this worker's unconfirmed claims of these items."""
-        pid, session = self._session
-        try:
-            self._db.execute(
-                "DELETE FROM gtmcli_submission_index WHERE digest = ANY(%s) AND job_id IS NULL "
-                "AND claimed_by = %s AND claimed_session = %s",
-                (list(digests), pid, session),
-            )
-        except self._errors as error:
-            raise self._error("written", error) from error
-
-    def longest_window(self, days: int) -> int:
-        """See `SubmissionIndex.longest_window`."""
-        try:
-            row = self._db.execute(
-                "INSERT INTO gtmcli_submission_index_windows AS w VALUES ('longest', %s) "
-                "ON CONFLICT (name) DO UPDATE SET days = GREATEST(w.days, EXCLUDED.days) "
-                "RETURNING days",
-                (days,),
-            ).fetchone()
-        except self._errors as error:
-            raise self._error("read", error) from error
-        return int(row[0])
-
-    def start(self, *, since: int, prune_before: int | None = None) -> None:
-        """Delete entries (and dead claims) older than `prune_before` (default `since`)."""
-        try:
-            self._db.execute(
-                "DELETE FROM gtmcli_submission_index WHERE submitted_at < %s",
-                (since if prune_before is None else prune_before,),
-            )
-        except self._errors as error:
-            raise self._error("written", error) from error
-
-    def size_bytes(self) -> int:
-        """The table with its primary key index."""
-        row = self._db.execute("SELECT pg_total_relation_size(%s)", (POSTGRES_TABLE,)).fetchone()
-        return int(row[0])
-
-    def close(self) -> None:
-        """Close the connection."""
-        self._db.close()
-
-
-def _without_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" if parts.username else host
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))

@@ -54,6 +54,10 @@ class TargetGTMCLI(GTMCLIMapper):
         self.ledger_file: IO[str] | None = (
             Path(ledger_path).open("a", encoding="utf-8") if ledger_path else None  # noqa: SIM115
         )
+        super()._write_reconciliation()
+
+    def _write_reconciliation(self) -> None:
+        """Written once the ledger file is open (the mapper's constructor runs first)."""
 
     def _write_messages(self, messages: Iterable[Message]) -> None:
         super()._write_messages(self._confirmations(messages))
