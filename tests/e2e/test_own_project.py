@@ -115,16 +115,28 @@ def sandbox_from_plugin_venv() -> Iterator[list[subprocess.Popen[str]]]:
         process.communicate(timeout=10)
 
 
+@pytest.fixture
+def project_root(tmp_path: Path) -> Iterator[Path]:
+    """Where the new project goes; what Meltano and the sandbox write there is key-scanned."""
+    root = tmp_path / "my-project"
+    key_scan.watch_tree(root / ".meltano", since=time.time())
+    key_scan.watch_tree(root / "output", since=time.time())
+    yield root
+    key_scan.assert_clean()
+    key_scan.unwatch_tree(root / ".meltano")
+    key_scan.unwatch_tree(root / "output")
+
+
 def test_a_new_project_adds_the_plugins_and_runs_sandbox_mapper_tap_target(
-    tmp_path: Path, sandbox_from_plugin_venv: list[subprocess.Popen[str]], print_figures,
+    tmp_path: Path, project_root: Path, sandbox_from_plugin_venv: list[subprocess.Popen[str]],
+    print_figures,
 ) -> None:
     started = time.monotonic()
     meltano_in_repo = MeltanoProject(log_dir=tmp_path / "logs")
     with installing(meltano_in_repo):
         meltano_in_repo.ensure_meltano()
-    project = NewProject(tmp_path / "my-project", meltano_in_repo.executable)
+    project = NewProject(project_root, meltano_in_repo.executable)
     assert not project.root.is_relative_to(PROJECT_ROOT)
-    key_scan.watch_tree(project.root / ".meltano", since=time.time())
 
     project("meltano init my-project --no-usage-stats", cwd=tmp_path)
     # README: copy the definitions and point their pip_url at a local checkout.
@@ -149,10 +161,12 @@ def test_a_new_project_adds_the_plugins_and_runs_sandbox_mapper_tap_target(
             meltano_yml["plugins"][plugin_type].append(plugin)
 
     project.edit(configure)
-    install = project("meltano install")
-    for name in ("tap-gtmcli", "mapper-gtmcli", "target-gtmcli"):
-        assert f"Installed {name}" in install or f"'{name}'" in install
-    assert project.plugin_bin("loaders", "target-gtmcli", "target-gtmcli").exists()
+    assert "Installed 5/5 plugins" in project("meltano install")
+    for plugin_type, name in (("extractors", "tap-gtmcli"), ("mappers", "mapper-gtmcli"),
+                              ("loaders", "target-gtmcli")):
+        about = subprocess.run([str(project.plugin_bin(plugin_type, name, name)), "--about",
+                                "--format=json"], capture_output=True, text=True, check=True)
+        assert json.loads(about.stdout)["name"] == name
     installed = time.monotonic()
 
     # The sandbox and its seed, from the tap's venv (README), on a free port.
@@ -164,6 +178,7 @@ def test_a_new_project_adds_the_plugins_and_runs_sandbox_mapper_tap_target(
              "--start-delay", "0", "--processing-rate", "0"],
             stdout=subprocess.PIPE, stderr=log, text=True, env=sandbox_env)
     sandbox_from_plugin_venv.append(sandbox)
+    key_scan.watch_file("sandbox log", tmp_path / "sandbox.log")
     assert sandbox.stdout is not None
     url = sandbox.stdout.readline().split()[-1]
     seeded = subprocess.run(
