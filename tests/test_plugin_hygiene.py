@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tap_gtmcli.api.config_check import api_url_errors
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 from tests.key_scan import TEST_API_KEY, assert_no_key
 from tools.readme_settings import README
@@ -120,3 +121,48 @@ def test_the_variables_the_401_message_names_are_read(plugin, tmp_path) -> None:
         routes = sandbox.stats()["requests"]
     assert routes.get("GET /v1/jobs", 0) >= 1
     assert plugin == "tap-gtmcli" or routes.get("POST /v1/jobs") == 1
+
+
+@pytest.mark.parametrize(("url", "problem"), [
+    ("gtmcli.example.com", "must start with http:// or https://"),
+    ("ftp://api.gtmcli.com", "must start with http:// or https://"),
+    ("https://:8765", "names no host"),
+    ("https://api.gtmcli.com/v1", "must not end in /v1"),
+    ("http://127.0.0.1:8765/v1/", "must not end in /v1"),
+    ("https://api.gtmcli.com/api", "must have no path, query or fragment"),
+    ("https://api.gtmcli.com?x=1", "must have no path, query or fragment"),
+    ("https://api.gtmcli.com:http", "the port must be a number from 1 to 65535"),
+    ("https://api.gtmcli.com:70000", "the port must be a number from 1 to 65535"),
+    ("https://user:secret@api.gtmcli.com", "must not hold a user name or password"),
+])
+def test_a_bad_api_url_is_named_without_its_value(url, problem) -> None:
+    (message,) = api_url_errors({"api_url": url})
+    assert message.startswith(f"api_url: {problem}")
+    assert url not in message
+
+
+@pytest.mark.parametrize("url", ["https://api.gtmcli.com", "https://api.gtmcli.com/",
+                                 "http://127.0.0.1:8765", "http://localhost:8765/"])
+def test_a_base_url_passes(url) -> None:
+    assert api_url_errors({"api_url": url}) == []
+
+
+@pytest.mark.parametrize("plugin", PLUGINS)
+def test_every_plugin_stops_at_start_up_on_a_bad_api_url(plugin, tmp_path) -> None:
+    done = run(plugin, config={"api_key": "gtm_live_the-right-place-0001",
+                               "api_url": f"{TEST_API_KEY}.example.com/v1"}, tmp_path=tmp_path)
+    assert done.returncode == 1
+    assert error_lines(done.stderr) == [
+        "api_url: must start with http:// or https:// (http(s)://host[:port], e.g."
+        " https://api.gtmcli.com)", "Config validation failed"]
+    assert_no_key(done.stdout, done.stderr)
+
+
+def test_discovery_without_a_config_names_what_is_missing() -> None:
+    done = run("tap-gtmcli", "--discover")
+    assert done.returncode == 0
+    assert json.loads(done.stdout)["streams"]
+    warnings = [line.rsplit("| ", 1)[-1] for line in done.stderr.splitlines()
+                if "| WARNING" in line]
+    assert warnings == ["Config validation failed (going on without it): api_key: required"
+                        " setting is missing"]

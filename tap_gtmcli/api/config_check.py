@@ -6,12 +6,16 @@ another setting, would be printed. `KeySafeConfig` validates with the SDK's vali
 (defaults applied the same way) and words each error from the schema rule alone. It
 also starts masking the values of the settings marked secret in every log line
 (redaction.py) the moment the config is read, before anything can log them.
+
+`api_url` gets a check of its own, at start-up rather than at the first request: it
+must be `http(s)://host[:port]`, since the plugins add `/v1/...` to it themselves.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from jsonschema import ValidationError
 from singer_sdk.exceptions import ConfigValidationError
@@ -87,6 +91,37 @@ def config_errors(schema: dict[str, Any], config: dict[str, Any]) -> list[str]:
     return [message for error in validator.iter_errors(config) for message in describe(error)]
 
 
+API_URL_SETTING = "api_url"
+_API_URL_FORM = "http(s)://host[:port], e.g. https://api.gtmcli.com"
+
+
+def api_url_errors(config: Mapping[str, Any]) -> list[str]:
+    """What is wrong with the `api_url` setting, if set, without quoting it (a key pasted
+    into the wrong setting must not be printed)."""
+    url = config.get(API_URL_SETTING)
+    if not isinstance(url, str):
+        return []  # unset (the default applies) or the wrong type (the schema says so)
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return [f"{API_URL_SETTING}: the port must be a number from 1 to 65535"]
+    problem = None
+    if parts.scheme.lower() not in {"http", "https"}:
+        problem = f"must start with http:// or https:// ({_API_URL_FORM})"
+    elif not parts.hostname:
+        problem = f"names no host ({_API_URL_FORM})"
+    elif parts.username is not None or parts.password is not None:
+        problem = "must not hold a user name or password (the key goes in api_key)"
+    elif port == 0:
+        problem = "the port must be a number from 1 to 65535"
+    elif parts.path.rstrip("/").lower().endswith("/v1"):
+        problem = f"must not end in /v1: each request adds /v1/... itself ({_API_URL_FORM})"
+    elif parts.path.strip("/") or parts.query or parts.fragment:
+        problem = f"must have no path, query or fragment ({_API_URL_FORM})"
+    return [f"{API_URL_SETTING}: {problem}"] if problem else []
+
+
 def secret_values(schema: dict[str, Any], config: Mapping[str, Any]) -> Iterator[str]:
     """Every string held by a setting the schema marks secret (a list's items too)."""
     for name, spec in (schema.get("properties") or {}).items():
@@ -112,9 +147,12 @@ class KeySafeConfig(PluginBase):
         schema = self.config_jsonschema
         self.append_builtin_config(schema)
         redact_secrets_in_logs(*secret_values(schema, self._config))
-        errors = config_errors(schema, self._config)
+        errors = config_errors(schema, self._config) + api_url_errors(self._config)
         if errors and raise_errors:
             raise ConfigValidationError("Config validation failed", errors=errors, schema=schema)
         if errors:
-            self.logger.warning("Config validation failed")
+            # `--discover` and `--about` go on without a valid config; say what is missing
+            # rather than the SDK's bare summary.
+            self.logger.warning("Config validation failed (going on without it): %s",
+                                "; ".join(errors))
         return errors

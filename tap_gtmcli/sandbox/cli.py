@@ -1,4 +1,8 @@
-"""`gtmcli-sandbox`: run the sandbox in the foreground until SIGTERM or Ctrl-C."""
+"""`gtmcli-sandbox`: run the sandbox in the foreground until SIGTERM or Ctrl-C.
+
+`gtmcli-sandbox seed ...` is the one subcommand: it fills a running sandbox with jobs
+(seed_command.py). Serving stays the bare command, so every script's flags still work.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from tap_gtmcli.sandbox.config import (
+    API_KEY_ENV,
     CREATE_STATUSES,
     DEFAULT_API_KEY,
     DEFAULT_PORT,
@@ -21,9 +26,8 @@ from tap_gtmcli.sandbox.config import (
     SandboxConfig,
 )
 from tap_gtmcli.sandbox.quirks import QUIRKS
+from tap_gtmcli.sandbox.seed_command import main as seed_main
 from tap_gtmcli.sandbox.server import SandboxServer
-
-API_KEY_ENV = "GTMCLI_SANDBOX_API_KEY"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gtmcli-sandbox",
         description="A local GTMCLI-compatible API server for tests and benchmarks.",
+        epilog="`gtmcli-sandbox seed --help`: fill a running sandbox with jobs.",
     )
     parser.add_argument("--host", default="127.0.0.1", choices=LOOPBACK_HOSTS,
                         help="loopback only (default: 127.0.0.1)")
@@ -90,8 +95,11 @@ def config_from_arguments(arguments: argparse.Namespace) -> SandboxConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve until SIGTERM or SIGINT, then stop cleanly and return 0."""
+    arguments_given = list(sys.argv[1:] if argv is None else argv)
+    if arguments_given[:1] == ["seed"]:
+        return seed_main(arguments_given[1:])
     parser = build_parser()
-    arguments = parser.parse_args(argv)
+    arguments = parser.parse_args(arguments_given)
     logging.basicConfig(
         level=arguments.log_level, stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

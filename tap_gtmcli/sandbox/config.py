@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from tap_gtmcli.sandbox.ratelimit import TIERS, RateRule, parse_rate_limit
 
 DEFAULT_API_KEY = "sandbox-key"
+#: Where `gtmcli-sandbox` and `gtmcli-sandbox seed` read the key when no --api-key is given.
+API_KEY_ENV = "GTMCLI_SANDBOX_API_KEY"
 DEFAULT_PORT = 8765
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 CREATE_STATUSES = (200, 201, 202)

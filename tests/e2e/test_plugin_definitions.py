@@ -41,6 +41,11 @@ SDK_SETTINGS = frozenset({
     "flattening_max_depth", "flattening_max_key_length", "flattening_separator",
     "batch_config",
 })
+#: What plugins/*.yml install: the published package, so the files work in any Meltano
+#: project (README "Use it in your own Meltano project"). This repository's own
+#: meltano.yml installs the checkout instead, editable.
+PUBLISHED_PIP_URL = "tap-gtmcli"
+CHECKOUT_PIP_URL = "-e ."
 COMPARED_KEYS = ("name", "kind", "label", "description", "sensitive", "value", "options")
 
 
@@ -112,8 +117,9 @@ def test_definition_file_matches_about(plugin_type: str, name: str) -> None:
 def test_meltano_yml_matches_definition_file(plugin_type: str, name: str) -> None:
     definition = yaml.safe_load((PROJECT_ROOT / DEFINITIONS[plugin_type, name]).read_text())
     plugin = meltano_yml_plugin(plugin_type, name)
-    for key in ("namespace", "pip_url", "executable"):
+    for key in ("namespace", "executable"):
         assert plugin[key] == definition[key], key
+    assert (definition["pip_url"], plugin["pip_url"]) == (PUBLISHED_PIP_URL, CHECKOUT_PIP_URL)
     assert set(plugin["capabilities"]) == set(definition["capabilities"])
     assert compared(plugin["settings"]) == compared(definition["settings"])
 
@@ -125,7 +131,7 @@ def write_definitions() -> None:
         label, description = LABELS[name]
         definition = {
             "name": name, "namespace": name.replace("-", "_"), "variant": "gtmcli",
-            "label": label, "description": description, "pip_url": "-e .",
+            "label": label, "description": description, "pip_url": PUBLISHED_PIP_URL,
             "executable": name, "capabilities": about_json["capabilities"],
             "settings_group_validation": [["api_key"]],
             "settings": expected_settings(about_json),
