@@ -66,10 +66,12 @@ NAP = 0.25
 
 @dataclass(frozen=True)
 class _Word:
-    """What the freshest answer said: `remaining` after request `ticket` was counted."""
+    """What the freshest answer said: `remaining` after request `ticket` was counted,
+    and, when others used part of the window too, until when that holds."""
 
     ticket: int
     remaining: int
+    until: float = -math.inf
 
 
 def _number(value: str | None) -> float | None:
@@ -179,6 +181,8 @@ class Pacer:
             return 0.0, "window"  # nothing told of a limit: the window alone paces
         if word.remaining - (self._tickets - word.ticket - 1) > 0:
             return 0.0, "word"
+        if now < word.until:
+            return word.until - now, ""  # our log does not know what others used
         length = self._log_seconds()
         quota = max(1, math.floor(self.limit * self._share))
         for ticket, at in list(self._log.items()):  # forget starts out of the window
@@ -221,12 +225,19 @@ class Pacer:
         remaining = _number(headers.get("X-RateLimit-Remaining"))
         reset = _number(headers.get("X-RateLimit-Reset"))
         time_left = None if reset is None else reset - self._wall_clock()
-        if limit is not None and limit >= 1 and remaining is not None:
-            self.limit = int(limit)
-            if self._word is None or ticket > self._word.ticket:
-                self._word = _Word(ticket, int(remaining))
         if time_left is not None and time_left >= 1:
             self.window_seconds = max(self.window_seconds, float(math.floor(time_left)))
+        if limit is not None and limit >= 1 and remaining is not None and (
+                self._word is None or ticket > self._word.ticket):
+            self.limit = int(limit)
+            # Our log stands in for the server's count only while that count is all
+            # ours: else the word holds until its Reset. (Ours includes the starts after
+            # this one: some may have arrived first.)
+            since = started - self._log_seconds()
+            ours = sum(1 for at in self._log.values() if at > since)
+            others = limit - remaining - ours > 0 and time_left is not None
+            self._word = _Word(ticket, int(remaining),
+                               now + time_left if others and time_left else -math.inf)
         if response.status_code != 429:
             if probe and self._probes:
                 self._probes += 1

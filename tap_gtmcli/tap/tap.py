@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import ClassVar
 
 from singer_sdk import Tap
@@ -11,14 +12,21 @@ from singer_sdk.helpers.capabilities import CapabilitiesEnum, PluginCapabilities
 from typing_extensions import override
 
 from tap_gtmcli.api.config_check import KeySafeConfig
-from tap_gtmcli.api.settings import API_KEY, API_URL, MAX_RETRIES, REQUEST_TIMEOUT
-from tap_gtmcli.tap.in_flight_window import LIMITED_CAP, POLITE_CAP
+from tap_gtmcli.api.settings import (
+    API_KEY,
+    API_URL,
+    MAX_RATE_LIMIT_WAIT,
+    MAX_RETRIES,
+    REQUEST_TIMEOUT,
+)
+from tap_gtmcli.tap.batch_files import BatchSpool
 from tap_gtmcli.tap.job_waiter import (
     DEFAULT_POLL_INTERVAL,
     DEFAULT_POLL_INTERVAL_MAX,
     PollSchedule,
 )
 from tap_gtmcli.tap.message_writer import TapMessageWriter
+from tap_gtmcli.tap.pacer import LIMITED_CAP, POLITE_CAP, Pacer
 from tap_gtmcli.tap.streams import (
     DEFAULT_READ_AHEAD_MB,
     MAX_RESULTS_PER_PAGE,
@@ -70,6 +78,7 @@ class TapGTMCLI(KeySafeConfig, Tap):
         ),
         REQUEST_TIMEOUT,
         MAX_RETRIES,
+        MAX_RATE_LIMIT_WAIT,
         th.Property(
             "max_parallel_requests",
             th.IntegerType(minimum=1),
@@ -118,6 +127,15 @@ class TapGTMCLI(KeySafeConfig, Tap):
             "checks, in seconds.",
         ),
     ).to_dict()
+
+    #: BATCH mode's one spool of files for every stream, built by the first that needs it.
+    batch_spool: BatchSpool | None = None
+
+    @cached_property
+    def pacer(self) -> Pacer:
+        """The run's one pacer: the limit is per key, so every stream and worker shares it."""
+        setting = self.config.get("max_parallel_requests")
+        return Pacer(max_in_flight=int(setting) if setting else None)
 
     @override
     def discover_streams(self) -> list[JobsStream | JobResultsStream]:
