@@ -132,7 +132,7 @@ class RetryBudget:
                 raise error
             return self.policy.wait_seconds(self.failures, error)
         allowed = self.policy.max_rate_limit_wait
-        if self.rate_limit_waited + wait > allowed:
+        if self.rate_limit_waited + max(wait, SHORTEST_NAMED_WAIT) > allowed:
             raise GTMCLIRetriesExhaustedError(
                 f"{what}: still rate limited (429) after waiting {self.rate_limit_waited:.0f} s"
                 f" in all; the API asks for {wait:.0f} s more, beyond max_rate_limit_wait "

@@ -51,7 +51,7 @@ LIMITED_CAP = 64
 INITIAL_WINDOW = 8
 #: Seconds added to the window our log counts in: requests do not all take the same
 #: time to reach the server (tens of milliseconds on a busy link).
-SLACK = 0.05
+SLACK = 0.04
 #: Hold after a 429 that names no wait (no `Retry-After`, no `Reset`): long enough to
 #: stop a storm, short enough to find out.
 UNNAMED_HOLD = 1.0
@@ -128,6 +128,12 @@ class Pacer:
             if self.limit is not None:
                 return self.max_window
             return max(1, min(int(self._aimd), self._cap or POLITE_CAP))
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for their turn to start."""
+        with self._changed:
+            return len(self._queue)
 
     def acquire(self, stop: threading.Event | None = None) -> int:
         """Block until a request may start; its ticket, for `observe`. A set `stop` ends
@@ -247,7 +253,7 @@ class Pacer:
         if probe:
             self._probes = 0  # the limiter gives no room early: no more probes
             return
-        retry_after = parse_retry_after(headers.get("Retry-After"))
+        retry_after = parse_retry_after(headers.get("Retry-After"), self._wall_clock())
         if retry_after is None:
             retry_after = max(0.0, time_left) if time_left is not None else UNNAMED_HOLD
         self._held_until = max(self._held_until, now + retry_after)

@@ -108,7 +108,8 @@ def simulate(
             raise AssertionError(f"the run took more than {horizon} s")
         ready_retries = bool(retries) and retries[0] <= now
         in_flight = len(events) + len(retries)
-        if (fresh or ready_retries) and in_flight - ready_retries < pacer.window:
+        # A refused request is tried again whatever the window: its place is its own.
+        if ready_retries or (fresh and in_flight < pacer.window):
             if ready_retries:
                 heapq.heappop(retries)
             else:
@@ -122,7 +123,5 @@ def simulate(
             heapq.heappush(events, (max(arrival, now + latency), next(order), ticket,
                                     200 if decision.allowed else 429, decision.headers))
             continue
-        following = [moment for moment in (events[0][0] if events else None,
-                                           retries[0] if retries else None) if moment]
-        deliver(min(following))
+        deliver(min([*(events[:1] and [events[0][0]]), *retries[:1]]))
     return outcome
