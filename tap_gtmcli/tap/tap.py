@@ -83,12 +83,11 @@ class TapGTMCLI(KeySafeConfig, Tap):
             "max_parallel_requests",
             th.IntegerType(minimum=1),
             title="Max parallel requests",
-            description="Upper bound on requests in flight at once. Default: automatic, "
-            "the window sizes itself: with an advertised rate limit, allowed rate x "
-            f"measured latency (at most {LIMITED_CAP}); without one, it grows while "
-            "throughput grows and halves on 429, 5xx or timeouts (at most "
-            f"{POLITE_CAP}). Requests stay under the plan's rate limit whatever the "
-            "value; 1 reads pages one after another.",
+            description="Upper bound on requests in flight at once. Default: automatic: "
+            f"with an advertised rate limit up to {LIMITED_CAP} (the pacer spaces their "
+            "starts); without one, it doubles each round trip and halves on 429, 5xx or "
+            f"timeouts (at most {POLITE_CAP}). Requests stay under the plan's rate limit "
+            "whatever the value; 1 reads pages one after another.",
         ),
         th.Property(
             "max_read_ahead_mb",
