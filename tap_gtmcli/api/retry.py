@@ -1,5 +1,7 @@
 """When to try a request again: `Retry-After` exactly when the API gives it, else
-exponential backoff with full jitter.
+exponential backoff with full jitter. A 429 that names its wait (`Retry-After`, else
+`X-RateLimit-Reset`) is waited out for up to `max_rate_limit_wait` seconds in all, and
+does not count against `max_retries`: a rate limit is no failure (see `RetryBudget`).
 
 Shared by the tap's streams and the mapper's client; every retry and polling loop runs
 on `backoff`, sleeping in its `on_backoff` handler (see SLEEP_IN_ON_BACKOFF) so that a
@@ -20,7 +22,11 @@ import backoff
 import requests
 from backoff.types import Details
 
-from tap_gtmcli.api.errors import GTMCLICancelledError, GTMCLIRetriableError
+from tap_gtmcli.api.errors import (
+    GTMCLICancelledError,
+    GTMCLIRetriableError,
+    GTMCLIRetriesExhaustedError,
+)
 
 Answer = TypeVar("Answer")
 
@@ -68,6 +74,8 @@ class RetryPolicy:
     max_retries: int = 5
     base_seconds: float = 1.0
     max_seconds: float = 60.0
+    #: Seconds of 429s that name their wait that one request waits out in all.
+    max_rate_limit_wait: float = 300.0
 
     @property
     def max_tries(self) -> int:
@@ -82,6 +90,56 @@ class RetryPolicy:
         ceiling = min(self.max_seconds, self.base_seconds * 2 ** (retry_number - 1))
         # Full jitter: spreads the retries of many workers instead of synchronising them.
         return random.uniform(0, ceiling)
+
+
+#: What each named wait counts for at least: a server that keeps answering
+#: `Retry-After: 0` still runs the allowance out.
+SHORTEST_NAMED_WAIT = 1.0
+
+
+def named_wait(error: BaseException | None) -> float | None:
+    """The seconds a 429 says to wait (`Retry-After`, else `X-RateLimit-Reset` less now);
+    None for any other error, or a 429 that names no wait to come."""
+    if not isinstance(error, GTMCLIRetriableError) or error.status != 429:
+        return None
+    if error.retry_after is not None:
+        return error.retry_after
+    response = error.response
+    reset = response.headers.get("X-RateLimit-Reset") if response is not None else None
+    try:
+        left = float(reset) - time.time() if reset is not None else None
+    except ValueError:
+        return None
+    return left if left is not None and left > 0 else None
+
+
+@dataclass
+class RetryBudget:
+    """The retries left to one request: `max_retries` failures, and `max_rate_limit_wait`
+    seconds of 429s that name their wait."""
+
+    policy: RetryPolicy
+    failures: int = 0
+    rate_limit_waited: float = 0.0
+
+    def next_wait(self, error: BaseException, what: str) -> float:
+        """Seconds to wait before trying `what` again after `error`; raises when the
+        budget is spent (`error` itself once `max_retries` failures are spent)."""
+        wait = named_wait(error)
+        if wait is None:
+            self.failures += 1
+            if self.failures > self.policy.max_retries:
+                raise error
+            return self.policy.wait_seconds(self.failures, error)
+        allowed = self.policy.max_rate_limit_wait
+        if self.rate_limit_waited + max(wait, SHORTEST_NAMED_WAIT) > allowed:
+            raise GTMCLIRetriesExhaustedError(
+                f"{what}: still rate limited (429) after waiting {self.rate_limit_waited:.0f} s"
+                f" in all; the API asks for {wait:.0f} s more, beyond max_rate_limit_wait "
+                f"({allowed:g} s)"
+            ) from error
+        self.rate_limit_waited += max(wait, SHORTEST_NAMED_WAIT)
+        return wait
 
 
 def raise_if_stopped(stop: threading.Event | None, what: str) -> None:

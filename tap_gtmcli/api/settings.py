@@ -39,3 +39,12 @@ MAX_RETRIES = th.Property(
     "malformed body) before the run fails; Retry-After is honoured exactly. In the "
     "mapper and target it also bounds resubmissions after an ambiguous job create.",
 )
+MAX_RATE_LIMIT_WAIT = th.Property(
+    "max_rate_limit_wait",
+    th.NumberType(minimum=0),
+    default=300,
+    title="Max rate-limit wait",
+    description="Seconds one request may spend waiting out 429s that say how long to wait "
+    "(Retry-After, or X-RateLimit-Reset) before the run fails; these waits do not count "
+    "against max_retries. A 429 that names no wait counts as a retry.",
+)

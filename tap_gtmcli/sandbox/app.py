@@ -105,7 +105,8 @@ class SandboxApp:
         self._expected_authorization = f"Bearer {config.api_key}".encode()
         self.quirks = QuirkSet(config.quirks)
         rule = config.rate_rule
-        self._limiter = RateLimiter(rule, config.retry_after_format) if rule else None
+        self._limiter = RateLimiter(rule, config.retry_after_format, config.rate_algo,
+                                    config.rate_headers) if rule else None
 
     def handle(self, request: Request) -> Response:
         """Answer one request."""

@@ -26,6 +26,7 @@ from tap_gtmcli.sandbox.config import (
     SandboxConfig,
 )
 from tap_gtmcli.sandbox.quirks import QUIRKS
+from tap_gtmcli.sandbox.ratelimit import RATE_ALGORITHMS, RATE_HEADERS
 from tap_gtmcli.sandbox.seed_command import main as seed_main
 from tap_gtmcli.sandbox.server import SandboxServer
 
@@ -63,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
                         action="store_false",
                         help="async job endpoints bypass the limit: no counting and no"
                         " X-RateLimit-* headers on /v1/jobs routes")
+    parser.add_argument("--rate-algo", choices=RATE_ALGORITHMS, default="grid",
+                        help="how the limit counts: calendar windows (grid), windows opened"
+                        " by the first request with Reset rounded down (lazy) or up"
+                        " (lazy-ceil), a sliding log, a token bucket")
+    parser.add_argument("--rate-headers", choices=RATE_HEADERS, default="all",
+                        help="all: X-RateLimit-* and Retry-After; retry-after: Retry-After on"
+                        " 429s only; none: no rate-limit headers at all")
     parser.add_argument("--retry-after-format", choices=RETRY_AFTER_FORMATS, default="seconds")
     parser.add_argument("--list-page-size", type=int, default=0,
                         help="paginate GET /v1/jobs with this page size (0: unpaginated)")

@@ -5,7 +5,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from tap_gtmcli.sandbox.ratelimit import TIERS, RateRule, parse_rate_limit
+from tap_gtmcli.sandbox.ratelimit import (
+    RATE_ALGORITHMS,
+    RATE_HEADERS,
+    TIERS,
+    RateRule,
+    parse_rate_limit,
+)
 
 DEFAULT_API_KEY = "sandbox-key"
 #: Where `gtmcli-sandbox` and `gtmcli-sandbox seed` read the key when no --api-key is given.
@@ -44,6 +50,9 @@ class SandboxConfig:
     # False models GTMCLI's "async jobs bypass rate limits": the /v1/jobs routes are then
     # neither counted nor given X-RateLimit-* headers.
     limit_job_endpoints: bool = True
+    # How the limit counts (see ratelimit.py) and which headers tell of it.
+    rate_algo: str = "grid"
+    rate_headers: str = "all"
     retry_after_format: str = "seconds"
     error_share: float = 0.0
     drop_share: float = 0.0
@@ -68,6 +77,11 @@ class SandboxConfig:
             raise ValueError(f"create_status must be one of {CREATE_STATUSES}")
         if self.retry_after_format not in RETRY_AFTER_FORMATS:
             raise ValueError(f"retry_after_format must be one of {RETRY_AFTER_FORMATS}")
+        if self.rate_algo not in RATE_ALGORITHMS:
+            raise ValueError(f"rate_algo must be one of {RATE_ALGORITHMS}, not {self.rate_algo!r}")
+        if self.rate_headers not in RATE_HEADERS:
+            raise ValueError(
+                f"rate_headers must be one of {RATE_HEADERS}, not {self.rate_headers!r}")
         if self.tier is not None and self.tier not in TIER_NAMES:
             raise ValueError(f"tier must be one of {TIER_NAMES} or None")
         if self.rate_limit is not None:

@@ -1,6 +1,6 @@
 """The one place that holds GTMCLI's API policy for the tap's streams: base URL, auth,
-timeouts, error classes, retries and what to do with fields we do not know yet (and, in
-BATCH mode, that every stream of a tap shares one spool of files)."""
+timeouts, error classes, retries, pacing and what to do with fields we do not know yet
+(and, in BATCH mode, that every stream of a tap shares one spool of files)."""
 
 from __future__ import annotations
 
@@ -10,18 +10,17 @@ import time
 from collections.abc import Callable, Generator, Iterable
 from contextlib import AbstractContextManager
 from datetime import datetime, timezone
-from functools import cached_property
+from functools import cached_property, partial
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 from urllib.parse import urlparse
-from weakref import WeakKeyDictionary
 
 import backoff
 import requests
 import urllib3
 from backoff.types import Details
 from requests.adapters import HTTPAdapter
-from singer_sdk import RESTStream, SchemaDirectory, StreamSchema, Tap
+from singer_sdk import RESTStream, SchemaDirectory, StreamSchema
 from singer_sdk.authenticators import BearerTokenAuthenticator
 from singer_sdk.exceptions import RetriableAPIError
 from singer_sdk.helpers._batch import BaseBatchFileEncoding, BatchConfig
@@ -33,7 +32,6 @@ from typing_extensions import override
 from tap_gtmcli.api.client import DEFAULT_API_URL, USER_AGENT
 from tap_gtmcli.api.errors import (
     GTMCLIFatalError,
-    GTMCLIRetriableError,
     GTMCLIRetriesExhaustedError,
     check_json_object,
     decode_json,
@@ -44,6 +42,7 @@ from tap_gtmcli.api.errors import (
 from tap_gtmcli.api.retry import (
     SLEEP_IN_ON_BACKOFF,
     TRANSIENT_EXCEPTIONS,
+    RetryBudget,
     RetryPolicy,
     parse_retry_after,
     raise_if_stopped,
@@ -52,34 +51,21 @@ from tap_gtmcli.api.retry import (
 from tap_gtmcli.api.stop_signals import StopSignals
 from tap_gtmcli.tap import schemas
 from tap_gtmcli.tap.batch_files import BatchSpool, spool_for
-from tap_gtmcli.tap.in_flight_window import InFlightWindow, Outcome
-from tap_gtmcli.tap.rate_gate import RateGate
+from tap_gtmcli.tap.pacer import Pacer
 from tap_gtmcli.tap.schema_fit import EXTRA_FIELDS, SchemaFit
 
 SCHEMAS = SchemaDirectory(resources.files(schemas))
 WHOLE_BODY_CHUNK = 4 * 1024 * 1024
 Answer = TypeVar("Answer")
 
-#: One gate and one in-flight window per tap: the limit is per key, so every stream and
-#: worker shares them.
-_RATE_GATES: WeakKeyDictionary[Tap, RateGate] = WeakKeyDictionary()
-_WINDOWS: WeakKeyDictionary[Tap, InFlightWindow] = WeakKeyDictionary()
-#: One spool per tap in BATCH mode: a flush must announce the files of every stream.
-_BATCH_SPOOLS: WeakKeyDictionary[Tap, BatchSpool] = WeakKeyDictionary()
-#: The stop of the request each thread is trying, for the rate gate's waits: the gate
-#: takes one `wait` callable for every thread, not a stop per request.
-_TRYING = threading.local()
-_NEVER_SET = threading.Event()
 
 
-def _wait_at_gate(seconds: float) -> None:
-    """The rate gate's wait: cut short, and the request not sent, once its stop is set."""
-    stop: threading.Event | None = getattr(_TRYING, "stop", None)
-    if stop is None:
-        _NEVER_SET.wait(seconds)
-        return
-    stop.wait(seconds)
-    raise_if_stopped(stop, "a request held by the rate gate")
+class SharedByStreams(Protocol):
+    """What the tap holds for all its streams: the limit is per key, so every stream and
+    worker shares one pacer; in BATCH mode a flush announces every stream's files."""
+
+    pacer: Pacer
+    batch_spool: BatchSpool | None
 
 
 class _WholeBodyAdapter(HTTPAdapter):
@@ -171,25 +157,10 @@ class GTMCLIStream(RESTStream[int]):
     def timeout(self) -> int:
         return int(self.config.get("request_timeout", 60))
 
-    @property
-    def rate_gate(self) -> RateGate:
-        """The tap's one gate that spaces requests under the plan's rate limit."""
-        gate = _RATE_GATES.get(self._tap)
-        if gate is None:  # built once per tap: it is read about twice per request
-            gate = _RATE_GATES.setdefault(self._tap, RateGate(wait=_wait_at_gate))
-        return gate
-
-    @property
-    def in_flight_window(self) -> InFlightWindow:
-        """The tap's one count of requests that may be in flight at once."""
-        window = _WINDOWS.get(self._tap)
-        if window is None:
-            setting = self.config.get("max_parallel_requests")
-            window = _WINDOWS.setdefault(self._tap, InFlightWindow(
-                allowed_rate=self.rate_gate.allowed_rate,
-                upper=int(setting) if setting else None,
-            ))
-        return window
+    @cached_property
+    def pacer(self) -> Pacer:
+        """The tap's one pacer (see pacer.py), which every request of the run passes."""
+        return cast(SharedByStreams, self._tap).pacer
 
     @override
     @property
@@ -205,30 +176,35 @@ class GTMCLIStream(RESTStream[int]):
     @cached_property
     def _pooled_adapter(self) -> HTTPAdapter:
         return _WholeBodyAdapter(
-            pool_connections=1, pool_maxsize=max(10, self.in_flight_window.upper)
+            pool_connections=1, pool_maxsize=max(10, self.pacer.max_window)
         )
 
     @override
     def _request(
-        self, prepared_request: requests.PreparedRequest, context: Context | None
+        self,
+        prepared_request: requests.PreparedRequest,
+        context: Context | None,
+        stop: threading.Event | None = None,
     ) -> requests.Response:
-        self.rate_gate.wait_turn()
-        started = time.monotonic()
-        outcome = Outcome.FAILED
+        # The SDK's, with the pacer around the send: it is told of every answer before
+        # validate_response raises on it, and of no answer at all.
+        ticket = self.pacer.acquire(stop)
+        response = None
         try:
-            response = super()._request(prepared_request, context)
-            outcome = Outcome.ANSWERED
-            return response
-        except GTMCLIRetriableError as error:
-            outcome = Outcome.THROTTLED if error.status == 429 else Outcome.FAILED
-            raise
-        except TRANSIENT_EXCEPTIONS:
-            raise
-        except Exception:
-            outcome = Outcome.ANSWERED  # a definite answer such as a 404
-            raise
+            response = self.requests_session.send(
+                self.authenticator(prepared_request),
+                timeout=self.timeout,
+                allow_redirects=self.allow_redirects,
+            )
         finally:
-            self.in_flight_window.record(time.monotonic() - started, outcome)
+            self.pacer.observe(ticket, response)
+        self._write_request_duration_log(
+            endpoint=self.path, response=response, context=context,
+            extra_tags={"url": prepared_request.path_url}
+            if self._LOG_REQUEST_METRIC_URLS else None,
+        )
+        self.validate_response(response)
+        return response
 
     def send_with_retries(
         self,
@@ -238,10 +214,10 @@ class GTMCLIStream(RESTStream[int]):
     ) -> requests.Response:
         """Send `request` under the retry policy; safe to call from several threads.
 
-        Once `stop` is set, no further try is sent and no wait (a backoff, a hold at the
-        rate gate) is slept out: `GTMCLICancelledError` is raised instead.
+        Once `stop` is set, no further try is sent and no wait (a backoff, a hold by the
+        pacer) is slept out: `GTMCLICancelledError` is raised instead.
         """
-        return self.retrying(self._request, stop)(request, context)
+        return self.retrying(partial(self._request, stop=stop), stop)(request, context)
 
     @override
     def request_decorator(
@@ -256,7 +232,10 @@ class GTMCLIStream(RESTStream[int]):
     ) -> Callable[..., Answer]:
         """`func` tried again on transient failures: after `Retry-After` exactly when the
         API gives one, else after exponential backoff with full jitter, `max_retries`
-        times at most. A set `stop` ends the loop with `GTMCLICancelledError`."""
+        times at most; 429s that name their wait for `max_rate_limit_wait` seconds in
+        all (see RetryBudget). A set `stop` ends the loop with `GTMCLICancelledError`.
+        Giving up names the method, the path and what went wrong."""
+
         def described(args: tuple[Any, ...]) -> str:
             request = args[0] if args else None
             if isinstance(request, requests.PreparedRequest):
@@ -265,45 +244,50 @@ class GTMCLIStream(RESTStream[int]):
 
         def attempt(*args: Any, **kwargs: Any) -> Answer:
             raise_if_stopped(stop, described(args))
-            _TRYING.stop = stop
             try:
                 return func(*args, **kwargs)
             except requests.exceptions.TooManyRedirects as error:
                 raise GTMCLIFatalError(
                     f"{described(args)} was {describe_transport_error(error)}") from error
-            finally:
-                _TRYING.stop = None
 
-        def wait_before_retry(details: Details) -> None:
-            wait = self.retry_policy.wait_seconds(details["tries"], details.get("exception"))
-            self.backoff_handler({**details, "wait": wait})
-            with self.interruptible():
-                sleep_unless_stopped(wait, stop, described(details["args"]))
+        def tried(*args: Any, **kwargs: Any) -> Answer:
+            budget = RetryBudget(self.retry_policy)  # one per request, not per decorator
+            what = described(args)
 
-        def give_up(details: Details) -> None:
-            error = details.get("exception")
-            if error is None or isinstance(error, GTMCLIFatalError):
-                return
-            raise GTMCLIRetriesExhaustedError(
-                f"{described(details['args'])} failed after {details['tries']} attempt(s): "
-                f"{describe_transport_error(error)}") from error
+            def wait_before_retry(details: Details) -> None:
+                error = details["exception"]
+                try:
+                    wait = budget.next_wait(error, what)
+                except type(error) as spent:
+                    if spent is not error:
+                        raise
+                    raise GTMCLIRetriesExhaustedError(
+                        f"{what} failed after {details['tries']} attempt(s): "
+                        f"{describe_transport_error(error)}") from error
+                self.backoff_handler({**details, "wait": wait})
+                with self.interruptible():
+                    sleep_unless_stopped(wait, stop, what)
 
-        retried: tuple[type[Exception], ...] = (*TRANSIENT_EXCEPTIONS, RetriableAPIError)
-        return backoff.on_exception(
-            **SLEEP_IN_ON_BACKOFF,
-            exception=retried,
-            max_tries=self.retry_policy.max_tries,
-            # A TLS failure is not transient: the scheme or the certificate is wrong.
-            giveup=lambda error: isinstance(error, requests.exceptions.SSLError),
-            on_backoff=wait_before_retry,
-            on_giveup=give_up,
-            logger=None,
-        )(attempt)
+            retried: tuple[type[Exception], ...] = (*TRANSIENT_EXCEPTIONS, RetriableAPIError)
+            return backoff.on_exception(
+                **SLEEP_IN_ON_BACKOFF,
+                exception=retried,
+                max_tries=None,  # the budget decides
+                # A TLS failure is not transient: the scheme or the certificate is wrong.
+                giveup=lambda error: isinstance(error, requests.exceptions.SSLError),
+                on_backoff=wait_before_retry,
+                logger=None,
+            )(attempt)(*args, **kwargs)
+
+        return tried
 
     @cached_property
     def retry_policy(self) -> RetryPolicy:
-        """Retries from the `max_retries` setting."""
-        return RetryPolicy(max_retries=int(self.config.get("max_retries", 5)))
+        """Retries from the `max_retries` and `max_rate_limit_wait` settings."""
+        return RetryPolicy(
+            max_retries=int(self.config.get("max_retries", 5)),
+            max_rate_limit_wait=float(self.config.get("max_rate_limit_wait", 300)),
+        )
 
     @override
     def backoff_handler(self, details: Any) -> None:
@@ -321,7 +305,6 @@ class GTMCLIStream(RESTStream[int]):
     @override
     def validate_response(self, response: requests.Response) -> None:
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        self.rate_gate.observe(response.status_code, response.headers, retry_after)
         refusal = redirected_refusal(response, self.url_base)
         if refusal is not None:
             raise refusal
@@ -335,16 +318,17 @@ class GTMCLIStream(RESTStream[int]):
         if batch_config is None:
             return None
         tap = self._tap
-        if tap not in _BATCH_SPOOLS:
+        shared = cast(SharedByStreams, tap)
+        if shared.batch_spool is None:
 
             def announce(stream: str, url: str) -> None:
                 tap.streams[stream]._write_batch_message(batch_config.encoding, [url])
 
-            _BATCH_SPOOLS[tap] = spool_for(
+            shared.batch_spool = spool_for(
                 batch_config, file_prefix=f"{tap.name}--", announce=announce,
                 write_state=lambda: tap.state_writer.write_state(tap.state),
             )
-        return _BATCH_SPOOLS[tap]
+        return shared.batch_spool
 
     @override
     def get_batches(

@@ -91,16 +91,12 @@ class PagePipeline(Generic[Request]):
         window: Callable[[], int],
         workers: int,
         max_waiting_bytes: int,
-        on_bound: Callable[[], None] = lambda: None,
-        on_demand: Callable[[int], None] = lambda requests_left: None,
     ) -> None:
         self._prepare = prepare
         self._send = send
         self._window = window
         self._workers = max(1, workers)
         self.max_waiting_bytes = max_waiting_bytes
-        self._on_bound = on_bound
-        self._on_demand = on_demand
         self._changed = threading.Condition()
         self._plan: list[_Job] = []
         self._by_key: dict[str, _Job] = {}
@@ -108,7 +104,6 @@ class PagePipeline(Generic[Request]):
         self._in_flight = 0
         self._waiting_bytes = 0
         self._sizes: dict[Future[ResultPage], int] = {}
-        self._unsent = 0  # pages planned and not yet requested
         self._answered_pages = 0
         self._answered_bytes = 0
         self._pool: ThreadPoolExecutor | None = None
@@ -150,7 +145,7 @@ class PagePipeline(Generic[Request]):
                 self._hand_over(job, number)
                 # No `total_pages` means a single page, as the paginator reads it.
                 last_page = page.total_pages if page.total_pages is not None else number
-                self._set_last_page(job, last_page)
+                job.last_page = last_page
                 if number > last_page or not page.row_count:
                     return  # past the end, or an empty page: nothing further to read
                 yield page
@@ -189,7 +184,6 @@ class PagePipeline(Generic[Request]):
                 job = _Job(key, max(1, expected_pages or 1))
                 self._by_key[key] = job
                 self._plan.insert(self._reading, job)
-                self._unsent += job.unsent
             while self._plan[self._reading] is not job:
                 skipped = self._plan[self._reading]  # planned but never asked for
                 self._drop(skipped)
@@ -239,12 +233,9 @@ class PagePipeline(Generic[Request]):
             if not (job is reading and page == number) and self._over_byte_cap(writer_is_slow):
                 break  # the writer is the slow part: a wider window would not help
             if self._in_flight >= self._window():
-                self._on_bound()
                 break
             self._submit(job, page)
             job.next_to_send += 1
-            self._unsent -= 1
-        self._on_demand(self._unsent + self._in_flight)
 
     def _over_byte_cap(self, writer_is_slow: bool) -> bool:
         held = self._waiting_bytes
@@ -272,19 +263,12 @@ class PagePipeline(Generic[Request]):
         for future in pages.values():
             future.cancel()
             self._waiting_bytes -= self._sizes.pop(future, 0)
-        self._unsent -= job.unsent
         job.next_to_send = job.wanted + 1
-
-    def _set_last_page(self, job: _Job, last_page: int) -> None:
-        before = job.unsent
-        job.last_page = last_page
-        self._unsent += job.unsent - before
 
     def _add(self, key: str, expected_pages: int | None) -> None:
         job = _Job(key, max(1, expected_pages or 1))
         self._by_key[key] = job
         self._plan.append(job)
-        self._unsent += job.unsent
 
     # --- the workers ----------------------------------------------------------------
 
@@ -300,5 +284,5 @@ class PagePipeline(Generic[Request]):
                 self.peak_waiting_bytes = max(self.peak_waiting_bytes, self._waiting_bytes)
                 if page.total_pages is not None and page.total_pages > job.wanted:
                     # More pages than the job's total promised: they go out next.
-                    self._set_last_page(job, page.total_pages)
+                    job.last_page = page.total_pages
             self._changed.notify_all()

@@ -405,16 +405,14 @@ class JobResultsStream(GTMCLIStream):
     @cached_property
     def page_pipeline(self) -> PagePipeline[PageRequest]:
         """The requests for result pages of every planned job, in job and page order."""
-        window = self.in_flight_window
+        pacer = self.pacer
         megabytes = self.config.get("max_read_ahead_mb") or DEFAULT_READ_AHEAD_MB
         return PagePipeline(
             prepare=lambda job_id, page: self._page_request(self._contexts[job_id], page),
             send=lambda request, stop: self.fetch_page(*request, stop=stop),
-            window=lambda: window.size,
-            workers=window.upper,
+            window=lambda: pacer.window,
+            workers=pacer.max_window,
             max_waiting_bytes=int(megabytes * 1024 * 1024),
-            on_bound=window.bound,
-            on_demand=self.rate_gate.expect,
         )
 
     @cached_property

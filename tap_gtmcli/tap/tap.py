@@ -15,9 +15,15 @@ from typing_extensions import override
 
 from tap_gtmcli.api.config_check import KeySafeConfig
 from tap_gtmcli.api.errors import GTMCLIRetriesExhaustedError
-from tap_gtmcli.api.settings import API_KEY, API_URL, MAX_RETRIES, REQUEST_TIMEOUT
+from tap_gtmcli.api.settings import (
+    API_KEY,
+    API_URL,
+    MAX_RATE_LIMIT_WAIT,
+    MAX_RETRIES,
+    REQUEST_TIMEOUT,
+)
 from tap_gtmcli.api.stop_signals import RunStopped, StopSignals
-from tap_gtmcli.tap.in_flight_window import LIMITED_CAP, POLITE_CAP
+from tap_gtmcli.tap.batch_files import BatchSpool
 from tap_gtmcli.tap.job_rows import JobsNotReadError
 from tap_gtmcli.tap.job_waiter import (
     DEFAULT_POLL_INTERVAL,
@@ -25,6 +31,7 @@ from tap_gtmcli.tap.job_waiter import (
     PollSchedule,
 )
 from tap_gtmcli.tap.message_writer import TapMessageWriter
+from tap_gtmcli.tap.pacer import LIMITED_CAP, POLITE_CAP, Pacer
 from tap_gtmcli.tap.streams import (
     DEFAULT_READ_AHEAD_MB,
     MAX_RESULTS_PER_PAGE,
@@ -76,16 +83,16 @@ class TapGTMCLI(KeySafeConfig, Tap):
         ),
         REQUEST_TIMEOUT,
         MAX_RETRIES,
+        MAX_RATE_LIMIT_WAIT,
         th.Property(
             "max_parallel_requests",
             th.IntegerType(minimum=1),
             title="Max parallel requests",
-            description="Upper bound on requests in flight at once. Default: automatic, "
-            "the window sizes itself: with an advertised rate limit, allowed rate x "
-            f"measured latency (at most {LIMITED_CAP}); without one, it grows while "
-            "throughput grows and halves on 429, 5xx or timeouts (at most "
-            f"{POLITE_CAP}). Requests stay under the plan's rate limit whatever the "
-            "value; 1 reads pages one after another.",
+            description="Upper bound on requests in flight at once. Default: automatic: "
+            f"with an advertised rate limit up to {LIMITED_CAP} (the pacer spaces their "
+            "starts); without one, it doubles each round trip and halves on 429, 5xx or "
+            f"timeouts (at most {POLITE_CAP}). Requests stay under the plan's rate limit "
+            "whatever the value; 1 reads pages one after another.",
         ),
         th.Property(
             "max_read_ahead_mb",
@@ -124,6 +131,15 @@ class TapGTMCLI(KeySafeConfig, Tap):
             "checks, in seconds.",
         ),
     ).to_dict()
+
+    #: BATCH mode's one spool of files for every stream, built by the first that needs it.
+    batch_spool: BatchSpool | None = None
+
+    @cached_property
+    def pacer(self) -> Pacer:
+        """The run's one pacer: the limit is per key, so every stream and worker shares it."""
+        setting = self.config.get("max_parallel_requests")
+        return Pacer(max_in_flight=int(setting) if setting else None)
 
     @cached_property
     def stop_signals(self) -> StopSignals:

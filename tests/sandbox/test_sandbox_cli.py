@@ -128,7 +128,8 @@ def test_cli_creates_the_missing_folders_of_its_database(
 @pytest.mark.parametrize(
     "arguments",
     [["--host", "0.0.0.0"], ["--tier", "platinum"], ["--create-status", "204"],
-     ["--error-share", "1.5"], ["--retry-after-format", "minutes"], ["--rate-limit", "60"]],
+     ["--error-share", "1.5"], ["--retry-after-format", "minutes"], ["--rate-limit", "60"],
+     ["--rate-algo", "fixed"], ["--rate-headers", "some"]],
 )
 def test_cli_rejects_bad_flags(arguments: list[str]) -> None:
     result = subprocess.run([*sandbox_command(), "--port", "0", *arguments],

@@ -157,3 +157,96 @@ def test_per_minute_limit_over_http(make_sandbox: Callable, make_client: Callabl
         assert 1 <= retry_after <= 60
         assert abs(reset - time.time() - retry_after) <= 1.5
     assert {int(r.headers["X-RateLimit-Reset"]) % 60 for r in responses} == {0}
+
+
+# --- the zoo: the ways real APIs count -------------------------------------------------
+
+MINUTE = 1_767_225_600.0  # a multiple of 60
+
+
+def counted(limiter: RateLimiter, *moments: float) -> list[tuple[bool, str, str]]:
+    """(passed, Remaining, Reset) for requests at `moments` after MINUTE."""
+    answers = [limiter.check("key", MINUTE + moment) for moment in moments]
+    return [(a.allowed, a.headers["X-RateLimit-Remaining"], a.headers["X-RateLimit-Reset"])
+            for a in answers]
+
+
+def test_lazy_windows_open_at_the_first_request_and_round_reset_down_or_up() -> None:
+    rule = RateRule(2, 10)
+    for algorithm, reset in [("lazy", MINUTE + 13), ("lazy-ceil", MINUTE + 14)]:
+        limiter = RateLimiter(rule, algorithm=algorithm)
+        # Opened at 3.6 s: it ends at 13.6 s, told as 13 (rounded down) or 14 (up).
+        assert counted(limiter, 3.6, 5, 13.5) == [
+            (True, "1", str(int(reset))), (True, "0", str(int(reset))),
+            (False, "0", str(int(reset)))]
+        refused = limiter.check("key", MINUTE + 13.5)
+        assert refused.headers["Retry-After"] == "1"  # 0.1 s, rounded up
+        assert refused.retry_after == pytest.approx(0.1)
+        # The next window opens at the first request after 13.6 s, not on a grid.
+        assert counted(limiter, 13.7) == [(True, "1", str(int(reset) + 10))]
+
+
+def test_a_sliding_log_counts_the_trailing_window_and_resets_when_the_oldest_leaves() -> None:
+    limiter = RateLimiter(RateRule(3, 10), algorithm="sliding")
+    assert counted(limiter, 0.5, 4.2, 9.9) == [
+        (True, "2", str(int(MINUTE) + 11)), (True, "1", str(int(MINUTE) + 11)),
+        (True, "0", str(int(MINUTE) + 11))]
+    # A calendar window would have opened at 10 s; the log frees a place at 10.5 s only.
+    refused = limiter.check("key", MINUTE + 10.2)
+    assert not refused.allowed
+    assert refused.retry_after == pytest.approx(0.3)
+    assert counted(limiter, 10.6) == [(True, "0", str(int(MINUTE) + 15))]  # 4.2 s + 10
+    assert not limiter.check("key", MINUTE + 14.1).allowed
+    assert limiter.check("key", MINUTE + 14.3).allowed
+
+
+def test_a_token_bucket_refills_its_limit_per_window() -> None:
+    limiter = RateLimiter(RateRule(4, 8), algorithm="token-bucket")  # one token per 2 s
+    assert [passed for passed, _, _ in counted(limiter, 0, 0, 0, 0, 0)] == [True] * 4 + [False]
+    refused = limiter.check("key", MINUTE + 1)
+    assert refused.retry_after == pytest.approx(1.0)  # the next token, at 2 s
+    # Reset: when the bucket is full again (8 s after it emptied at 0).
+    assert counted(limiter, 2) == [(True, "0", str(int(MINUTE) + 10))]
+    assert counted(limiter, 2.5) == [(False, "0", str(int(MINUTE) + 10))]
+    assert counted(limiter, 100) == [(True, "3", str(int(MINUTE) + 102))]  # full, less one
+
+
+def test_the_grid_is_the_calendar_whatever_the_first_request() -> None:
+    limiter = RateLimiter(RateRule(2, 10), algorithm="grid")
+    assert counted(limiter, 3.6, 5, 9.9, 10) == [
+        (True, "1", str(int(MINUTE) + 10)), (True, "0", str(int(MINUTE) + 10)),
+        (False, "0", str(int(MINUTE) + 10)), (True, "1", str(int(MINUTE) + 20))]
+
+
+@pytest.mark.parametrize("headers", ["retry-after", "none"])
+def test_a_limiter_may_send_retry_after_only_or_nothing_at_all(headers: str) -> None:
+    limiter = RateLimiter(RateRule(1, 60), headers=headers)
+    passed = limiter.check("key", MINUTE)
+    refused = limiter.check("key", MINUTE + 1)
+    assert passed.allowed and passed.headers == {}
+    assert not refused.allowed
+    assert refused.headers == ({"Retry-After": "59"} if headers == "retry-after" else {})
+
+
+@pytest.mark.parametrize("algorithm", ["grid", "lazy", "lazy-ceil", "sliding", "token-bucket"])
+def test_every_algorithm_answers_over_http_with_its_headers(
+    make_sandbox: Callable, make_client: Callable, algorithm: str
+) -> None:
+    server = make_sandbox(rate_limit="2/30s", rate_algo=algorithm)
+    client = make_client(server)
+    responses = [client.get("/v1/jobs") for _ in range(3)]
+    codes = [r.status_code for r in responses]
+    resets = {r.headers["X-RateLimit-Reset"] for r in responses}
+    if algorithm == "grid" and len(resets) > 1:  # a calendar window ended in between
+        assert codes == [200, 200, 200]
+        return
+    assert codes == [200, 200, 429]
+    assert [r.headers["X-RateLimit-Remaining"] for r in responses] == ["1", "0", "0"]
+    assert 1 <= int(responses[-1].headers["Retry-After"]) <= 30
+    assert server.stats()["rate_limited"] == 1
+
+
+@pytest.mark.parametrize(("setting", "value"), [("rate_algo", "fixed"), ("rate_headers", "some")])
+def test_an_unknown_algorithm_or_header_mode_is_refused_naming_it(setting: str, value: str) -> None:
+    with pytest.raises(ValueError, match=f"{setting} must be one of .*{value}"):
+        SandboxConfig(**{setting: value})

@@ -1,6 +1,6 @@
-"""Concurrent result pages of one job: order, exact rows under faults, the shared rate
-gate, and a bounded window. No assertion depends on timing. (Pages across jobs, the
-window's size and the gate's pacing: tests/tap/test_read_ahead.py.)"""
+"""Concurrent result pages of one job: order, exact rows under faults, and a bounded
+window. No assertion depends on timing. (Pages across jobs: test_page_pipeline.py; the
+pacer: test_pacer.py and test_pacing_simulator.py.)"""
 
 from __future__ import annotations
 
@@ -13,9 +13,7 @@ from contextlib import redirect_stdout
 import pytest
 
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
-from tap_gtmcli.tap.count_delay import JITTER
 from tap_gtmcli.tap.page_pipeline import PagePipeline
-from tap_gtmcli.tap.rate_gate import RateGate
 from tap_gtmcli.tap.result_pages import ResultPage
 from tap_gtmcli.tap.tap import TapGTMCLI
 from tests.tap.conftest import API_KEY, run_tap
@@ -127,49 +125,6 @@ def test_a_failed_page_stops_the_job_and_raises_in_the_reader():
     with pytest.raises(LookupError, match="page 3 failed"):
         seen.extend(page.number for page in pages.pages("job", expected_pages=10))
     assert seen == [1, 2]
-
-
-def test_the_gate_spaces_requests_once_it_knows_the_limit():
-    now = [1000.0]
-    waits: list[float] = []
-    gate = RateGate(clock=lambda: now[0], wall_clock=lambda: now[0], wait=waits.append)
-    gate.wait_turn()
-    gate.observe(200, {"X-RateLimit-Limit": "50", "X-RateLimit-Remaining": "49",
-                       "X-RateLimit-Reset": "1001"})
-    for _ in range(3):
-        gate.wait_turn()
-    # 49 requests left for the one second left (less the jitter margin a start is placed
-    # with): spread over it, the first at once.
-    spacing = (1 - JITTER) / 49
-    assert waits == [pytest.approx(spacing), pytest.approx(2 * spacing)]
-
-
-def test_a_429_holds_every_other_worker_for_retry_after_exactly():
-    now = [1000.0]
-    waits: list[float] = []
-    gate = RateGate(clock=lambda: now[0], wall_clock=lambda: now[0], wait=waits.append)
-    gate.observe(429, {}, retry_after=7.0)
-    gate.wait_turn()  # the worker told to wait backs off by itself
-    assert waits == []
-    other = threading.Thread(target=gate.wait_turn)
-    other.start()
-    other.join()
-    assert waits == [7.0]
-    # Its retry went through: the window is open again for everyone.
-    gate.observe(200, {})
-    other = threading.Thread(target=gate.wait_turn)
-    other.start()
-    other.join()
-    assert waits == [7.0]
-
-
-def test_remaining_zero_holds_until_the_window_resets():
-    now = [1000.4]
-    waits: list[float] = []
-    gate = RateGate(clock=lambda: now[0], wall_clock=lambda: now[0], wait=waits.append)
-    gate.observe(200, {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "1001"})
-    gate.wait_turn()
-    assert waits == [pytest.approx(0.6)]
 
 
 def sync_in_process(config: dict, monkeypatch) -> tuple[list[float], str]:
