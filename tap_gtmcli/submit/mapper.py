@@ -21,6 +21,7 @@ from tap_gtmcli.api.client import GTMCLIClient
 from tap_gtmcli.api.config_check import KeySafeConfig
 from tap_gtmcli.api.errors import EnrichmentFailedError, SubmissionFailedError
 from tap_gtmcli.api.retry import RetryPolicy
+from tap_gtmcli.api.stop_signals import LineBoundary
 from tap_gtmcli.submit.router import GTMCLISubmitter
 from tap_gtmcli.submit.settings import SUBMIT_SETTINGS, SubmitSettings
 from tap_gtmcli.submit.singer_io import BufferedMsgSpecWriter, SingerLineReader, envelope_decoder
@@ -80,6 +81,7 @@ class GTMCLIMapper(KeySafeConfig, InlineMapper):
             on_bad_line=self._stop_on_bad_input,
         )
         self._pass_line: Callable[[bytes], None] = self.output_writer.write_line
+        self._line_boundary = LineBoundary(self.output_writer)
         self._write_reconciliation()
 
     def _write_reconciliation(self) -> None:
@@ -164,6 +166,10 @@ class GTMCLIMapper(KeySafeConfig, InlineMapper):
         stopped mid-input (or mid-way through its failure exit, after logging the error)
         read as a success. Nothing past the last STATE written is confirmed; a create
         already running finishes as the interpreter exits, and none starts after it."""
+        # A line being written is finished first: a RECORD is never cut by the exit.
+        boundary = getattr(self, "_line_boundary", None)
+        if boundary is not None and boundary.put_off(signum, frame):
+            return
         # The SDK installs this handler before the submitter exists (opening the index
         # can take seconds): a signal then has no create to stop.
         submitter = getattr(self, "submitter", None)
