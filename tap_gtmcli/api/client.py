@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlparse
 
 import backoff
 import requests
@@ -23,6 +24,7 @@ from tap_gtmcli.api.errors import (
     GTMCLIRetriableError,
     GTMCLIRetriesExhaustedError,
     decode_json,
+    describe_transport_error,
     error_code,
     raise_for_response,
 )
@@ -99,6 +101,8 @@ class GTMCLIClient:
         #: (None until one came). `Date` has 1-second resolution, truncated, so this
         #: underestimates by up to a second plus the answer's transit time.
         self.server_clock_offset: float | None = None
+        #: True once the server has answered anything (see refused_before_any_answer).
+        self.answered = False
 
     def close(self) -> None:
         """Release the connection pool."""
@@ -108,6 +112,7 @@ class GTMCLIClient:
         response = self.session.request(
             method, f"{self.api_url}{path}", timeout=self.timeout, **kwargs
         )
+        self.answered = True
         self._observe_clock(response.headers.get("Date"))
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         raise_for_response(response, retry_after)
@@ -146,10 +151,10 @@ class GTMCLIClient:
             # backoff gives up on a failure `can_retry` refuses, or when tries run out:
             # only the latter gets its own error.
             if can_retry(error):
-                status = getattr(error, "status", None) or type(error).__name__
+                host = urlparse(self.api_url).netloc
                 msg = (
-                    f"{method} {path} failed after {details['tries']} attempts; "
-                    f"last error: {status}"
+                    f"{method} {path} on {host} failed after {details['tries']} attempt(s); "
+                    f"last error: {_short(error)}"
                 )
                 raise GTMCLIRetriesExhaustedError(msg) from error
 
@@ -157,7 +162,8 @@ class GTMCLIClient:
             **SLEEP_IN_ON_BACKOFF,
             exception=TRANSIENT_EXCEPTIONS,
             max_tries=self.retry.max_tries,
-            giveup=lambda error: not can_retry(error),
+            giveup=lambda error: not can_retry(error) or refused_before_any_answer(
+                error, self.answered),
             on_backoff=wait_before_retry,
             on_giveup=fail_when_exhausted,
             logger=None,
@@ -232,4 +238,13 @@ def _short(error: BaseException) -> str:
         return str(error)
     if status:
         return f"status {status}"
-    return type(error).__name__
+    return describe_transport_error(error)
+
+
+def refused_before_any_answer(error: BaseException, answered: bool) -> bool:
+    """A connection refused (or a TLS failure) before the server ever answered: a wrong
+    `api_url` or a server not running, not a blip; retrying would only delay the error.
+    Once the server has answered, a refusal is a restart and is retried."""
+    if isinstance(error, requests.exceptions.SSLError):
+        return True
+    return not answered and _never_reached_server(error)

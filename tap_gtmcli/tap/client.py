@@ -30,7 +30,7 @@ from singer_sdk.helpers.types import Context, Record
 from singer_sdk.singerlib import RecordMessage
 from typing_extensions import override
 
-from tap_gtmcli.api.client import DEFAULT_API_URL, USER_AGENT
+from tap_gtmcli.api.client import DEFAULT_API_URL, USER_AGENT, refused_before_any_answer
 from tap_gtmcli.api.errors import (
     GTMCLIFatalError,
     GTMCLIRetriesExhaustedError,
@@ -266,6 +266,12 @@ class GTMCLIStream(RESTStream[int]):
                 raise GTMCLIFatalError(
                     f"{described(args)} was {describe_transport_error(error)}") from error
 
+        def give_up(details: Details, what: str) -> None:
+            error = details["exception"]
+            raise GTMCLIRetriesExhaustedError(
+                f"{what} failed after {details['tries']} attempt(s): "
+                f"{describe_transport_error(error)}") from error
+
         def tried(*args: Any, **kwargs: Any) -> Answer:
             budget = RetryBudget(self.retry_policy)  # one per request, not per decorator
             what = described(args)
@@ -289,8 +295,10 @@ class GTMCLIStream(RESTStream[int]):
                 **SLEEP_IN_ON_BACKOFF,
                 exception=retried,
                 max_tries=None,  # the budget decides
-                # A TLS failure is not transient: the scheme or the certificate is wrong.
-                giveup=lambda error: isinstance(error, requests.exceptions.SSLError),
+                # A TLS failure, or a refusal before the server ever answered, is a wrong
+                # `api_url` or a server not running: fail at once, naming the host.
+                giveup=lambda error: refused_before_any_answer(error, self._answered),
+                on_giveup=lambda details: give_up(details, what),
                 on_backoff=wait_before_retry,
                 logger=None,
             )(attempt)(*args, **kwargs)
@@ -320,12 +328,16 @@ class GTMCLIStream(RESTStream[int]):
 
     @override
     def validate_response(self, response: requests.Response) -> None:
+        self._answered = True
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         refusal = redirected_refusal(response, self.url_base)
         if refusal is not None:
             raise refusal
         raise_for_response(response, retry_after)
         check_json_object(response)  # a truncated body is retried, not parsed
+
+    #: True once the server answered this stream (see refused_before_any_answer).
+    _answered = False
 
     @cached_property
     def batch_spool(self) -> BatchSpool | None:

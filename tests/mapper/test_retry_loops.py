@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -15,6 +16,7 @@ from tap_gtmcli.api.errors import (
     GTMCLIRetriesExhaustedError,
 )
 from tap_gtmcli.api.retry import RetryPolicy, growing_pauses
+from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 from tap_gtmcli.submit.batches import OpenBatches
 from tap_gtmcli.submit.enrich import JobWaiter
 from tap_gtmcli.submit.job_creation import JobSubmitter
@@ -50,7 +52,10 @@ def test_retries_sleep_retry_after_exactly_then_fail_naming_the_attempts(sandbox
         pytest.raises(GTMCLIRetriesExhaustedError) as raised,
     ):
         client.get_job("job_missing")
-    assert str(raised.value) == "GET /v1/jobs/job_missing failed after 3 attempts; last error: 503"
+    host = sandbox.url.removeprefix("http://")
+    assert str(raised.value) == (
+        f"GET /v1/jobs/job_missing on {host} failed after 3 attempt(s); last error: "
+        "GET /v1/jobs/job_missing answered 503 (internal_error)")
     assert API_KEY not in str(raised.value)
     assert sleeps == [7.0, 7.0]
 
@@ -192,3 +197,19 @@ def test_the_look_again_stops_at_the_grace_period_then_resubmits() -> None:
     # Grace: two request timeouts (2 s); the last pause is cut to end there.
     assert sleeps == [0.25, 0.5, 1.0, 0.25]
     assert (job.job_id, client.create_calls, client.looks) == ("job_1", 2, 5)
+
+
+def test_a_refused_connection_before_any_answer_fails_at_once_naming_host_and_port() -> None:
+    with SandboxServer(SandboxConfig(api_key=API_KEY)) as server:
+        url = server.url  # stopped on leaving: nothing listens there any more
+    client = GTMCLIClient(api_url=url, api_key=API_KEY, retry=RetryPolicy(max_retries=5))
+    started = time.monotonic()
+    try:
+        with pytest.raises(GTMCLIRetriesExhaustedError) as raised:
+            client.list_jobs_page()
+    finally:
+        client.close()
+    port = url.rsplit(":", 1)[1]
+    assert f"127.0.0.1:{port} refused the connection" in str(raised.value)
+    assert "failed after 1 attempt(s)" in str(raised.value)
+    assert time.monotonic() - started < 10

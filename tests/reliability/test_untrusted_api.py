@@ -307,7 +307,7 @@ def test_connection_refused_names_the_request_and_the_host(monkeypatch):
     run = run_tap_in_process(tap_settings(url, max_retries=1), monkeypatch)
     assert isinstance(run.error, GTMCLIRetriesExhaustedError)
     port = url.rsplit(":", 1)[1]
-    assert f"GET /v1/jobs failed after 2 attempt(s): 127.0.0.1:{port} refused the connection" \
+    assert f"GET /v1/jobs failed after 1 attempt(s): 127.0.0.1:{port} refused the connection" \
         in str(run.error)
 
 
