@@ -62,47 +62,64 @@ class PostgresIndex(SubmissionIndex):
         self._errors: tuple[type[Exception], ...] = (psycopg.Error,)
         try:
             self._db: Any = psycopg.connect(url, autocommit=True, connect_timeout=30)
-            with self._db.transaction():
-                # CREATE TABLE IF NOT EXISTS is not safe against itself: two workers
-                # opening a new database at once both try to create the row type, and
-                # one fails on pg_type's unique index. The lock takes them in turn.
-                self._db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-                self._db.execute(
-                    "CREATE TABLE IF NOT EXISTS gtmcli_submission_index ("
-                    "digest bytea PRIMARY KEY, submitted_at bigint NOT NULL, "
-                    "job_id text, job_type text, result bytea, "
-                    "claimed_by integer, claimed_session timestamptz)"
-                )
-                # Indexes made before intents existed confirmed each row with its job_id.
-                self._db.execute(
-                    "ALTER TABLE gtmcli_submission_index ADD COLUMN IF NOT EXISTS intent bigint"
-                )
-                self._db.execute(
-                    "CREATE TABLE IF NOT EXISTS gtmcli_submission_intents ("
-                    "ref bigserial PRIMARY KEY, account bytea NOT NULL, job_type text NOT NULL, "
-                    "source_stream text NOT NULL, claimed_by integer NOT NULL, "
-                    "claimed_session timestamptz NOT NULL, sent_at double precision, "
-                    "batch_sha256 text, digests bytea, job_id text)"
-                )
-                self._db.execute(
-                    "CREATE TABLE IF NOT EXISTS gtmcli_submission_index_windows ("
-                    "name text PRIMARY KEY, days integer NOT NULL)"
-                )
+            if self._tables_missing():
+                self._create_tables()
             self._session = self._db.execute(
                 "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
             ).fetchone()
         except psycopg.Error as error:
             raise self._error("opened", error) from error
 
-    def new_intent(self, account: bytes, job_type: str, source_stream: str) -> int:
+    def _tables_missing(self) -> bool:
+        """Whether a table or column is missing (only then is DDL run: a worker whose role
+        does not own the tables may use them, not alter them)."""
+        row = self._db.execute(
+            "SELECT to_regclass('gtmcli_submission_intents') IS NULL "
+            "OR to_regclass('gtmcli_submission_index_windows') IS NULL "
+            "OR NOT EXISTS (SELECT 1 FROM information_schema.columns "
+            "WHERE table_name = 'gtmcli_submission_index' AND column_name = 'intent')"
+        ).fetchone()
+        return bool(row[0])
+
+    def _create_tables(self) -> None:
+        with self._db.transaction():
+            # CREATE TABLE IF NOT EXISTS is not safe against itself: two workers opening a
+            # new database at once both try to create the row type, and one fails on
+            # pg_type's unique index. The lock takes them in turn.
+            self._db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS gtmcli_submission_index ("
+                "digest bytea PRIMARY KEY, submitted_at bigint NOT NULL, "
+                "job_id text, job_type text, result bytea, "
+                "claimed_by integer, claimed_session timestamptz)"
+            )
+            # Indexes made before intents existed confirmed each row with its job_id.
+            self._db.execute(
+                "ALTER TABLE gtmcli_submission_index ADD COLUMN IF NOT EXISTS intent bigint"
+            )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS gtmcli_submission_intents ("
+                "ref bigserial PRIMARY KEY, account bytea NOT NULL, job_type text NOT NULL, "
+                "source_stream text NOT NULL, claimed_by integer NOT NULL, "
+                "claimed_session timestamptz NOT NULL, sent_at double precision, "
+                "batch_sha256 text, digests bytea, job_id text, opened_at bigint NOT NULL)"
+            )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS gtmcli_submission_index_windows ("
+                "name text PRIMARY KEY, days integer NOT NULL)"
+            )
+
+    def new_intent(
+        self, account: bytes, job_type: str, source_stream: str, *, now: int
+    ) -> int:
         """A row owned by this session, not sent yet."""
         pid, session = self._session
         try:
             row = self._db.execute(
                 "INSERT INTO gtmcli_submission_intents "
-                "(account, job_type, source_stream, claimed_by, claimed_session) "
-                "VALUES (%s, %s, %s, %s, %s) RETURNING ref",
-                (account, job_type, source_stream, pid, session),
+                "(account, job_type, source_stream, claimed_by, claimed_session, opened_at) "
+                "VALUES (%s, %s, %s, %s, %s, %s) RETURNING ref",
+                (account, job_type, source_stream, pid, session, now),
             ).fetchone()
         except self._errors as error:
             raise self._error("written", error) from error
@@ -265,13 +282,11 @@ class PostgresIndex(SubmissionIndex):
         ]
         return sorted(intents, key=lambda intent: intent.sent_at)
 
-    def recorded_job_ids(self, since: float) -> set[str]:
-        """Jobs of the intents closed since then (any account: ids never collide)."""
+    def recorded_job_ids(self) -> set[str]:
+        """Jobs of the closed intents (any account's: job ids never collide)."""
         try:
             rows = self._db.execute(
-                "SELECT job_id FROM gtmcli_submission_intents "
-                "WHERE job_id IS NOT NULL AND sent_at >= %s",
-                (since,),
+                "SELECT job_id FROM gtmcli_submission_intents WHERE job_id IS NOT NULL"
             ).fetchall()
         except self._errors as error:
             raise self._error("read", error) from error
@@ -314,7 +329,7 @@ class PostgresIndex(SubmissionIndex):
 
     def start(self, *, since: int, prune_before: int | None = None) -> None:
         """Delete entries (and dead claims) older than `prune_before` (default `since`),
-        and the closed intents sent before it."""
+        and the closed intents opened before it (their rows are gone with them)."""
         oldest = since if prune_before is None else prune_before
         try:
             self._db.execute(
@@ -322,7 +337,7 @@ class PostgresIndex(SubmissionIndex):
             )
             self._db.execute(
                 "DELETE FROM gtmcli_submission_intents WHERE job_id IS NOT NULL "
-                "AND sent_at < %s",
+                "AND opened_at < %s",
                 (oldest,),
             )
         except self._errors as error:

@@ -172,10 +172,11 @@ class ResubmitGuard:
         keys = list(batch.positions)
         job_type = batch.job_type
         digests = self.digests(job_type, keys)
-        intent = self.index.new_intent(self.account, job_type, batch.source_stream)
+        now = int(self._clock())
+        intent = self.index.new_intent(self.account, job_type, batch.source_stream, now=now)
         known: Known = self.index.claim(
             digests,
-            now=int(self._clock()),
+            now=now,
             since=self.window_start(),
             need_results=self.need_results,
             intent=intent,
@@ -249,8 +250,7 @@ class ResubmitGuard:
         intents = self.index.open_intents(self.account)
         if not intents:
             return []
-        earliest = min(intent.sent_at for intent in intents) - SECONDS_PER_DAY
-        outcomes = reconciler.reconcile(intents, self.index.recorded_job_ids(earliest))
+        outcomes = reconciler.reconcile(intents, self.index.recorded_job_ids())
         settled = []
         for outcome in outcomes:
             if outcome.job_id is not None:

@@ -119,7 +119,9 @@ class SubmissionIndex(ABC):
     location: str
 
     @abstractmethod
-    def new_intent(self, account: bytes, job_type: str, source_stream: str) -> int:
+    def new_intent(
+        self, account: bytes, job_type: str, source_stream: str, *, now: int
+    ) -> int:
         """Open an intent for a batch about to be split (not sent yet); its reference."""
 
     @abstractmethod
@@ -164,8 +166,8 @@ class SubmissionIndex(ABC):
         """
 
     @abstractmethod
-    def recorded_job_ids(self, since: float) -> set[str]:
-        """Jobs recorded from about `since` (Unix time) on: none can be an intent's."""
+    def recorded_job_ids(self) -> set[str]:
+        """Every job the index recorded (within the window): none can be an intent's."""
 
     @abstractmethod
     def adopt(self, intent: Intent, job_id: str, *, now: int) -> None:
@@ -308,7 +310,9 @@ class SQLiteIndex(SubmissionIndex):
         except sqlite3.Error as error:
             raise self._error("read", error) from error
 
-    def new_intent(self, account: bytes, job_type: str, source_stream: str) -> int:
+    def new_intent(
+        self, account: bytes, job_type: str, source_stream: str, *, now: int
+    ) -> int:
         """A row without `sent_at`: nothing is known to be sent yet."""
         try:
             cursor = self._db.execute(
@@ -417,12 +421,10 @@ class SQLiteIndex(SubmissionIndex):
             raise self._error("read", error) from error
         return [Intent(*row) for row in rows]
 
-    def recorded_job_ids(self, since: float) -> set[str]:
-        """The jobs table holds every recorded job of the window."""
+    def recorded_job_ids(self) -> set[str]:
+        """The jobs table: one row per job of the window."""
         try:
-            rows = self._db.execute(
-                "SELECT job_id FROM jobs WHERE submitted_at >= ?", (int(since),)
-            ).fetchall()
+            rows = self._db.execute("SELECT job_id FROM jobs").fetchall()
         except sqlite3.Error as error:
             raise self._error("read", error) from error
         return {row[0] for row in rows}

@@ -1,7 +1,9 @@
 """The submission index shared in a real PostgreSQL on loopback (the session's server).
 
-Each test gets a database of its own on that server; what was paid for is counted in the
-sandbox's jobs.
+Each test gets a database of its own on that server, owned by a role that is not a
+superuser (as workers' roles are): what one worker may see of another's session in
+`pg_stat_activity` is what the README's "one role or `pg_read_all_stats`" is about.
+What was paid for is counted in the sandbox's jobs.
 """
 
 from __future__ import annotations
@@ -10,33 +12,56 @@ import json
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tap_gtmcli.api.client import GTMCLIClient
 from tap_gtmcli.api.errors import SubmissionFailedError
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
-from tap_gtmcli.submit.submission_index import SCHEMA_LOCK, PostgresIndex
-from tests.mapper.conftest import API_KEY as MAPPER_KEY
-from tests.mapper.conftest import FakeGTMCLI, run_mapper
+from tap_gtmcli.submit.postgres_index import SCHEMA_LOCK, PostgresIndex
+from tests.mapper.conftest import run_mapper
 
 from .conftest import POSTGRES_BIN, PostgresServer
 
 API_KEY = "gtm_live_PG-INDEX-secret-5e0b7d"
 MAPPER = str(Path(sys.executable).parent / "mapper-gtmcli")
+DAY = 86_400.0
+
+
+def new_role(postgres_server: PostgresServer, *grants: str) -> str:
+    """A login role that is not a superuser (trust authentication: no password)."""
+    role = f"worker_{uuid.uuid4().hex[:10]}"
+    postgres_server.query(f"CREATE ROLE {role} LOGIN NOSUPERUSER")
+    for grant in grants:
+        postgres_server.query(f"GRANT {grant} TO {role}")
+    return role
 
 
 @pytest.fixture
-def index_url(postgres_server: PostgresServer) -> str:
-    """A fresh database on the session's PostgreSQL, as a `postgresql://` URL."""
+def database(postgres_server: PostgresServer) -> str:
+    """A fresh database on the session's PostgreSQL, owned by a role that is no superuser."""
     name = f"index_{uuid.uuid4().hex[:12]}"
-    postgres_server.query(f"CREATE DATABASE {name}")
-    return f"postgresql://postgres@127.0.0.1:{postgres_server.port}/{name}"
+    owner = new_role(postgres_server)
+    postgres_server.query(f"CREATE DATABASE {name} OWNER {owner}")
+    return f"{owner}/{name}"
+
+
+def url_as(postgres_server: PostgresServer, database: str, role: str | None = None) -> str:
+    owner, name = database.split("/")
+    return f"postgresql://{role or owner}@127.0.0.1:{postgres_server.port}/{name}"
+
+
+@pytest.fixture
+def index_url(postgres_server: PostgresServer, database: str) -> str:
+    """The fresh database as a `postgresql://` URL, connecting as its owner."""
+    return url_as(postgres_server, database)
 
 
 @pytest.fixture
@@ -69,11 +94,12 @@ def received(server: SandboxServer) -> Counter[str]:
 
 
 def index_counts(postgres_server: PostgresServer, database: str) -> list[list[str]]:
-    """(entries, confirmed entries) of the index table in one database."""
+    """(entries, entries confirmed with a job) of the index in one database."""
     result = subprocess.run(
         [str(POSTGRES_BIN / "psql"), "-h", "127.0.0.1", "-p",
          str(postgres_server.port), "-U", "postgres", "-d", database, "-At", "-F", "\t", "-c",
-         "SELECT count(*), count(job_id) FROM gtmcli_submission_index"],
+         "SELECT count(*), count(coalesce(t.job_id, i.job_id)) FROM gtmcli_submission_index t "
+         "LEFT JOIN gtmcli_submission_intents i ON i.ref = t.intent"],
         capture_output=True, text=True, check=True,
     )
     return [line.split("\t") for line in result.stdout.splitlines()]
@@ -122,25 +148,44 @@ def test_two_mappers_sharing_an_index_submit_each_item_once(
 
 
 def test_a_failed_create_releases_its_claims(
-    index_url: str, postgres_server: PostgresServer
+    sandbox: SandboxServer, index_url: str, postgres_server: PostgresServer
 ) -> None:
-    config = {"submission_index": index_url, "batch_size": 10}
+    config = {"api_url": sandbox.url, "api_key": API_KEY, "submission_index": index_url,
+              "batch_size": 10, "request_timeout": 5}
     messages = [json.loads(line) for line in contacts_text(list(range(25))).splitlines()]
-    failing = FakeGTMCLI(create_script=["ok", "402"])
+    # The second create is refused for want of credits: it certainly made no job.
+    sandbox.add_fault_rules([
+        {"method": "POST", "path_prefix": "/v1/jobs", "body": "slow", "delay": 0, "count": 1},
+        {"method": "POST", "path_prefix": "/v1/jobs", "status": 402, "count": 1},
+    ])
     with pytest.raises(SubmissionFailedError, match="402") as failure:
-        run_mapper(config, messages, failing)
+        run_mapper(config, messages)
     failed_output = [run_mapper.last_output, str(failure.value)]  # type: ignore[attr-defined]
     database = index_url.rsplit("/", 1)[1]
-    # The first batch's job exists and is recorded; the failed batch left no claim.
+    first_jobs = {job_id: items for job_id, items in jobs_with_items(sandbox).items()}
+    assert [sorted(items) for items in first_jobs.values()] == [
+        sorted(f"p{number}@example.com" for number in range(10))
+    ]
+    # The first batch's job exists and is recorded; the refused batch left no claim.
     assert index_counts(postgres_server, database) == [["10", "10"]]
 
-    retry = FakeGTMCLI()
-    out = run_mapper(config, messages, retry)
+    out = run_mapper(config, messages)
     for output in (failed_output, out):
-        assert MAPPER_KEY not in json.dumps(output)
-    sent = [item["email"] for items in retry.items.values() for item in items]
-    assert sorted(sent) == sorted(f"p{number}@example.com" for number in range(10, 25))
+        assert API_KEY.split("_", 2)[-1] not in json.dumps(output)
+    resent = [email for job_id, items in jobs_with_items(sandbox).items()
+              if job_id not in first_jobs for email in items]
+    assert sorted(resent) == sorted(f"p{number}@example.com" for number in range(10, 25))
     assert index_counts(postgres_server, database) == [["25", "25"]]
+
+
+def jobs_with_items(server: SandboxServer) -> dict[str, list[str]]:
+    """Each job's emails, oldest job first."""
+    client = GTMCLIClient(api_url=server.url, api_key=API_KEY)
+    try:
+        job_ids = [job["id"] for job in reversed(list(client.list_jobs()))]
+    finally:
+        client.close()
+    return {job_id: [item["email"] for item in server.job_items(job_id)] for job_id in job_ids}
 
 
 def test_claims_of_a_live_worker_hold_and_of_a_dead_one_lapse(index_url: str) -> None:
@@ -208,3 +253,118 @@ def test_the_url_password_stays_out_of_messages(postgres_server: PostgresServer)
     message = str(caught.value)
     assert "no_such_db" in message
     assert "hunter2" not in message
+
+
+@pytest.mark.parametrize(
+    ("second_role", "claim_holds"),
+    [("same role", True), ("pg_read_all_stats", True), ("another role", False)],
+)
+def test_a_live_claim_holds_for_one_role_or_pg_read_all_stats(
+    postgres_server: PostgresServer, database: str, second_role: str, claim_holds: bool
+) -> None:
+    """README: workers must see each other's sessions in `pg_stat_activity`. Without
+    that (another role, no `pg_read_all_stats`), a live worker's claim looks dead."""
+    digests = [bytes([number]) * 16 for number in range(5)]
+    now, since = 2_000_000_000, 1_000_000_000
+    worker = PostgresIndex(url_as(postgres_server, database))  # creates the tables
+    role = None
+    if second_role != "same role":
+        grants = ("pg_read_all_stats",) if second_role == "pg_read_all_stats" else ()
+        role = new_role(postgres_server, *grants)
+        name = database.split("/")[1]
+        postgres_server.query(
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}; "
+            f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}", name)
+    other = PostgresIndex(url_as(postgres_server, database, role))
+    try:
+        assert worker.claim(digests, now=now, since=since, need_results=False) == {}
+        skipped = other.claim(digests, now=now, since=since, need_results=False)
+        assert (set(skipped) == set(digests)) is claim_holds
+        assert (skipped == {}) is not claim_holds
+    finally:
+        worker.close()
+        other.close()
+
+
+def test_the_longest_window_is_kept_in_postgresql(database: str, index_url: str) -> None:
+    """The PostgreSQL path of `longest_window`: a 1-day run sharing the index with 30-day
+    runs prunes nothing they still count (the SQLite twin is in tests/mapper)."""
+    from tests.mapper.conftest import API_KEY as MAPPER_KEY
+    from tests.mapper.test_pay_once import contacts, job_ids, run_with_clock
+
+    config = SandboxConfig(api_key=MAPPER_KEY, start_delay=0, processing_rate=0)
+    with SandboxServer(config) as server:
+        now = 1_900_000_000.0
+        run_with_clock(server, contacts(20), lambda: now, submission_index=index_url)
+        before = job_ids(server)
+        run_with_clock(server, contacts(1), lambda: now + 10 * DAY,
+                       submission_index=index_url, resubmit_after_days=1)
+        resent = job_ids(server) - before
+        again = run_with_clock(server, contacts(20), lambda: now + 10 * DAY + 60,
+                               submission_index=index_url)
+        assert len(resent) == 1
+        assert job_ids(server) - before == resent  # the 30-day run sent nothing
+        ledger = [m["record"] for m in again
+                  if m["type"] == "RECORD" and m["stream"] == "gtmcli_submissions"]
+        assert [row["skipped_item_count"] for row in ledger] == [20]
+        # Past 30 days the same index lets every item go again, once.
+        run_with_clock(server, contacts(20), lambda: now + 31 * DAY, submission_index=index_url)
+        assert len(job_ids(server) - before - resent) == 1
+
+
+def test_a_mapper_killed_mid_create_in_postgresql_has_its_job_adopted(
+    index_url: str, tmp_path: Path
+) -> None:
+    """SIGKILL while GTMCLI works on a create, with the shared index: the job appears
+    after the kill, and the next run finds it instead of paying for the batch again.
+
+    (A kill once the answer is in cannot be placed with a lock here: the index write is
+    one statement, which PostgreSQL completes even when its client has died.)
+    """
+    config = SandboxConfig(api_key=API_KEY, start_delay=0, processing_rate=0)
+    with SandboxServer(config) as server:
+        settings = {"api_key": API_KEY, "api_url": server.url, "batch_size": 100,
+                    "request_timeout": 2, "submission_index": index_url}
+        config_path = tmp_path / "config.json"
+        config_path.write_text(json.dumps(settings))
+        text = contacts_text(list(range(300)))
+        # The second create waits a second at the server before it makes the job.
+        server.add_fault_rules([
+            {"method": "POST", "path_prefix": "/v1/jobs", "body": "slow", "delay": 0},
+            {"method": "POST", "path_prefix": "/v1/jobs", "body": "slow", "delay": 1.0},
+        ])
+        mapper = subprocess.Popen([MAPPER, "--config", str(config_path)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert mapper.stdin is not None and mapper.stdout is not None
+        assert mapper.stderr is not None
+        mapper.stdin.write(text.encode())
+        mapper.stdin.close()
+        wait_until(lambda: server.stats()["slowed"] == 2)
+        mapper.kill()
+        stdout, stderr = mapper.stdout.read(), mapper.stderr.read()
+        mapper.wait(timeout=30)
+        assert len(jobs_with_items(server)) == 1  # the second is still being made
+
+        rerun = subprocess.run([MAPPER, "--config", str(config_path)], input=text.encode(),
+                               capture_output=True, timeout=120, check=False)
+        assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
+        jobs = jobs_with_items(server)
+    for output in (stdout, stderr, rerun.stdout, rerun.stderr):
+        assert API_KEY.split("_", 2)[-1].encode() not in output
+    every = [email for items in jobs.values() for email in items]
+    assert sorted(every) == sorted(f"p{number}@example.com" for number in range(300))
+    second_job = list(jobs)[1]
+    assert jobs[second_job] == [f"p{number}@example.com" for number in range(100, 200)]
+    ledger = [json.loads(line)["record"] for line in rerun.stdout.splitlines()
+              if b'"gtmcli_submissions"' in line and b'"RECORD"' in line]
+    adopted = [row for row in ledger if row["job_id"] == second_job]
+    assert len(adopted) == 1, rerun.stderr.decode()[-3000:]
+    assert adopted[0]["reconciliation"].startswith("adopted:")
+    assert f"made job {second_job}" in rerun.stderr.decode()
+
+
+def wait_until(condition: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
