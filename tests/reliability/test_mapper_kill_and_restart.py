@@ -1,5 +1,6 @@
-"""The mapper (console script, submit mode) SIGKILLed at 20 points and resumed from the
-last STATE it emitted; and the sandbox (--db) restarted in the middle of a mapper run."""
+"""The mapper (console script, submit mode) SIGKILLed in 20 trials, in every phase of a
+create, and resumed from the last STATE it emitted; and the sandbox (--db) restarted in
+the middle of a mapper run."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import random
 import re
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -28,6 +30,7 @@ from tests.reliability.conftest import (
     register_output,
     replay_after,
     run_mapper_cli,
+    sandbox_jobs,
     singer_text,
     start_sandbox_process,
     state_position,
@@ -38,86 +41,166 @@ TRIALS = 20
 RECORDS = 8000
 BATCH = 1000
 STATE_EVERY = 500
+#: Where a kill lands, relative to the create of the trial's chosen batch.
+PHASES = ("before the create", "during the create", "between the answer and the index write",
+          "after the index write")
 
 
-def run_until_killed(config_path: Path, input_path: Path, kill_after_records: int) -> list[dict]:
-    """Start the mapper on the .singer file, SIGKILL it once it has passed
-    `kill_after_records` upstream records through, and return everything it had written."""
+def scripted_creates(server, batch: int, rule: dict | None) -> None:
+    """`rule` applies to the `batch`-th POST /v1/jobs; the ones before pass untouched."""
+    rules = []
+    if batch > 1:
+        rules.append({"method": "POST", "path_prefix": "/v1/jobs", "body": "slow", "delay": 0,
+                      "count": batch - 1})
+    if rule is not None:
+        rules.append({"method": "POST", "path_prefix": "/v1/jobs", "count": 1, **rule})
+    if rules:
+        server.add_fault_rules(rules)
+
+
+def wait_for(condition, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def recorded_jobs(index: Path) -> int:
+    if not index.exists():
+        return 0
+    with sqlite3.connect(index) as db:
+        try:
+            return int(db.execute("SELECT count(*) FROM jobs").fetchone()[0])
+        except sqlite3.OperationalError:  # the tables are not made yet
+            return 0
+
+
+def run_until_killed(server, config_path: Path, input_path: Path, index: Path, phase: str,
+                     batch: int) -> list[dict]:
+    """Run the mapper on the .singer file, SIGKILL it in `phase` of the create of its
+    `batch`-th job, and return everything it had written.
+
+    - before the create: the POST is dropped unanswered and unhandled (GTMCLI made no
+      job); killed while the mapper looks for one;
+    - during the create: killed while GTMCLI holds the POST; the job is made after;
+    - between the answer and the index write: the index's write lock is held from here
+      while the answer comes in, so the write waits; killed then;
+    - after the index write: killed once the index holds the job.
+    """
+    rule = {"before the create": {"body": "drop"},
+            "during the create": {"body": "slow", "delay": 1.0},
+            "between the answer and the index write": {"body": "slow", "delay": 0.8},
+            "after the index write": None}[phase]
+    scripted_creates(server, batch, rule)
+    lock = None
     with input_path.open("rb") as stdin, subprocess.Popen(
         [MAPPER, "--config", str(config_path)], stdin=stdin, stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL, env=CLI_ENV,
     ) as process:
         assert process.stdout is not None
-        messages, seen = [], 0
-        for line in process.stdout:
-            message = json.loads(line)
-            messages.append(message)
-            if message["type"] == "RECORD" and message["stream"] == "contacts":
-                seen += 1
-                if seen >= kill_after_records:
-                    process.send_signal(signal.SIGKILL)
-                    break
-        # What was already in the pipe reached the "target" before the kill took effect.
-        messages += [json.loads(line) for line in process.stdout if line.endswith(b"\n")]
-        process.wait()
+        out: list[bytes] = []
+        reader = threading.Thread(target=lambda: out.extend(process.stdout), daemon=True)
+        reader.start()
+        try:
+            if phase == "before the create":
+                wait_for(lambda: server.stats()["dropped"] == 1, "the dropped create")
+            elif phase == "during the create":
+                wait_for(lambda: server.stats()["slowed"] == batch, "the held create")
+            elif phase == "between the answer and the index write":
+                wait_for(lambda: server.stats()["slowed"] == batch, "the held create")
+                lock = sqlite3.connect(index, isolation_level=None, timeout=30)
+                lock.execute("BEGIN IMMEDIATE")  # the job's index write now waits
+                wait_for(lambda: len(sandbox_jobs(server)) == batch, "the job")
+                time.sleep(0.3)  # the answer is in
+            else:
+                wait_for(lambda: recorded_jobs(index) >= batch or process.poll() is not None,
+                         "the index write")
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            reader.join(timeout=10)
+        finally:
+            if lock is not None:
+                lock.execute("ROLLBACK")
+                lock.close()
+    messages = [json.loads(line) for line in out if line.endswith(b"\n")]
     register_output("killed mapper stdout", messages)
     return messages
 
 
-def one_trial(tmp_path: Path, trial: int, kill_after: int, messages: list[dict]) -> dict:
+def one_trial(tmp_path: Path, trial: int, phase: str, batch: int, messages: list[dict]) -> dict:
     directory = tmp_path / f"trial{trial}"
     directory.mkdir()
     input_path = directory / "input.singer"
     input_path.write_text(singer_text(messages))
+    index = directory / "index.sqlite"
     with fast_sandbox() as server:
         # An index per trial: a later trial's sandbox may get an earlier one's port, and
         # the index would take it for the same account.
-        config = mapper_settings(server, batch_size=BATCH,
-                                 submission_index=str(directory / "index.sqlite"))
+        config = mapper_settings(server, batch_size=BATCH, submission_index=str(index))
         config_path = directory / "config.json"
         config_path.write_text(json.dumps(config))
-        first = run_until_killed(config_path, input_path, kill_after)
+        first = run_until_killed(server, config_path, input_path, index, phase, batch)
+        jobs_at_kill = [job["id"] for job in sandbox_jobs(server)]
         states = [m["value"] for m in first if m["type"] == "STATE"]
         last = states[-1] if states else None
         resumed = run_mapper_cli(config, replay_after(messages, last), directory)
         assert resumed.returncode == 0, resumed.stderr[-2000:]
         assert_no_secret(first, resumed.messages, resumed.stderr)
         received = Counter(received_items(server))
+        job_ids = [job["id"] for job in sandbox_jobs(server)]
     truth = mapper_truth(messages, BATCH).items
     passed = {m["record"]["id"] for m in first if m.get("stream") == "contacts"
               and m["type"] == "RECORD"} | {r["id"] for r in resumed.records("contacts")}
+    reconciled = {row["job_id"]: row["reconciliation"] for row in resumed.records(LEDGER)
+                  if row["reconciliation"]}
     return {
-        "kill_after": kill_after,
+        "phase": phase,
+        "batch": batch,
         "resumed_from": state_position(last),
         "lost": sum((truth - received).values()),
         "unexpected": len(set(received) - set(truth)),
         "twice": sum(received.values()) - len(received),
         "passthrough_missing": RECORDS - len(passed),
-        "jobs_first": len([m for m in first if m.get("stream") == LEDGER
-                           and m["type"] == "RECORD"]),
+        "jobs_at_kill": len(jobs_at_kill),
+        "jobs": len(job_ids),
+        "kth_job": job_ids[batch - 1] if len(job_ids) >= batch else None,
+        "reconciled": reconciled,
     }
 
 
-def test_sigkill_at_20_points_never_loses_an_item(tmp_path, print_figures):
+def test_sigkill_in_every_phase_of_a_create_submits_each_item_exactly_once(
+    tmp_path, print_figures
+):
     messages = contacts_input(RECORDS, STATE_EVERY)
-    kill_points = sorted(random.Random(20261129).sample(range(1, RECORDS), TRIALS))
+    chosen = random.Random(20261203)
+    trials = [(trial, PHASES[trial % len(PHASES)], chosen.randint(1, RECORDS // BATCH))
+              for trial in range(TRIALS)]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        results = list(pool.map(lambda args: one_trial(tmp_path, *args, messages),
-                                enumerate(kill_points)))
+        results = list(pool.map(lambda args: one_trial(tmp_path, *args, messages), trials))
     for result in results:
         assert result["lost"] == 0, f"items never submitted: {result}"
+        assert result["twice"] == 0, f"items submitted twice: {result}"
         assert result["unexpected"] == 0, result
         assert result["passthrough_missing"] == 0, result
-        # At-least-once across a crash: at most the batches created after the last
-        # STATE that went downstream are submitted again.
-        assert result["twice"] <= 2 * BATCH, result
+        assert result["jobs"] == RECORDS // BATCH, result
+        reasons = list(result["reconciled"].values())
+        if result["phase"] == "before the create":
+            # GTMCLI made no job: the rerun looked, found none and sent the batch again.
+            assert result["jobs_at_kill"] == result["batch"] - 1, result
+            assert [reason.split(":")[0] for reason in reasons] == ["resent"], result
+            assert "made no job" in reasons[0], result
+        elif result["phase"] != "after the index write":
+            # The job the killed run's create made was adopted, not paid for again.
+            assert result["reconciled"].get(result["kth_job"], "").startswith("adopted:"), result
     twice = [result["twice"] for result in results]
     print_figures(
-        f"mapper kill-and-resume: {TRIALS} trials over {RECORDS} records "
-        f"(batch_size {BATCH}, STATE every {STATE_EVERY}), items lost 0 in every trial, "
-        f"items submitted twice total {sum(twice)} (min {min(twice)} / max {max(twice)}); "
-        "per trial (killed after records -> resumed from position: twice): "
-        + ", ".join(f"{r['kill_after']}->{r['resumed_from']}: {r['twice']}" for r in results)
+        f"mapper kill-and-resume: {TRIALS} trials over {RECORDS} records (batch_size {BATCH}, "
+        f"STATE every {STATE_EVERY}), kills in each phase of a create; items lost 0 and "
+        f"submitted twice {sum(twice)} in total; per trial (phase, batch -> resumed from: "
+        "reconciled): " + "; ".join(
+            f"{r['phase']}, {r['batch']} -> {r['resumed_from']}: "
+            + (", ".join(reason.split(":")[0] for reason in r["reconciled"].values()) or "-")
+            for r in results)
     )
 
 

@@ -1,8 +1,10 @@
 """The mapper SIGKILLed after GTMCLI created a job but before the submission index
-recorded it: the rerun sends that one batch again, and nothing else twice.
+recorded it: the rerun adopts that job (its intent was written before the create) and
+sends none of its items again.
 
-The test holds the index's write lock from outside, so the kill lands exactly in that
-window: the create has answered (the sandbox holds the job) and the index write waits.
+The first create is held a moment at the sandbox; meanwhile the test takes the index's
+write lock from outside, so the kill lands exactly in that window: the create has
+answered (the sandbox holds the job) and the index write waits.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from pathlib import Path
 
 from tests.reliability.conftest import (
     CLI_ENV,
+    LEDGER,
     MAPPER,
     contacts_input,
     fast_sandbox,
+    item_key,
+    job_items,
     mapper_settings,
     received_items,
     register_output,
@@ -37,10 +42,10 @@ def wait_for(condition: object, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():  # type: ignore[operator]
         assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
+        time.sleep(0.01)
 
 
-def test_sigkill_between_create_and_index_write_resends_one_batch(tmp_path: Path) -> None:
+def test_sigkill_between_create_and_index_write_adopts_the_job(tmp_path: Path) -> None:
     messages = contacts_input(RECORDS, STATE_EVERY)
     schema, rest = messages[:1], messages[1:]
     index = tmp_path / "index.sqlite"
@@ -48,6 +53,8 @@ def test_sigkill_between_create_and_index_write_resends_one_batch(tmp_path: Path
         config = mapper_settings(server, batch_size=BATCH, submission_index=str(index))
         config_path = tmp_path / "config.json"
         config_path.write_text(json.dumps(config))
+        server.add_fault_rules([{"method": "POST", "path_prefix": "/v1/jobs", "body": "slow",
+                                 "delay": 1.0}])
         mapper = subprocess.Popen([MAPPER, "--config", str(config_path)], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=CLI_ENV)
         assert mapper.stdin is not None and mapper.stdout is not None
@@ -58,11 +65,12 @@ def test_sigkill_between_create_and_index_write_resends_one_batch(tmp_path: Path
         first_out = [mapper.stdout.readline(), mapper.stdout.readline()]
         assert json.loads(first_out[-1])["type"] == "STATE"
 
-        lock = sqlite3.connect(index, isolation_level=None)
-        lock.execute("BEGIN IMMEDIATE")  # the index write of the first job now waits
+        lock = sqlite3.connect(index, isolation_level=None, timeout=30)
         try:
             mapper.stdin.write(singer_text(rest).encode())
             mapper.stdin.close()
+            wait_for(lambda: server.stats()["slowed"] == 1)  # the first create is held
+            lock.execute("BEGIN IMMEDIATE")  # its index write now waits
             wait_for(lambda: len(sandbox_jobs(server)) == 1)
             time.sleep(0.5)  # the create's answer is in; the index write is waiting
             mapper.send_signal(signal.SIGKILL)
@@ -77,20 +85,25 @@ def test_sigkill_between_create_and_index_write_resends_one_batch(tmp_path: Path
                          if b'"STATE"' in line]
         # Nothing past the opening STATE went downstream: the job was not recorded.
         assert [m["value"] for m in killed_states] == [opening_state["value"]]
-        assert len(sandbox_jobs(server)) == 1  # the next batch waited behind the first
+        [first_job] = sandbox_jobs(server)  # the next batch waited behind the first
+        first_items = [item_key(item) for item in job_items(server, first_job["id"])]
 
         resumed = run_mapper_cli(config, messages, tmp_path)
         assert resumed.returncode == 0, resumed.stderr[-2000:]
         received = Counter(received_items(server))
 
-    every_item = {("validate", m["record"]["email"]) for m in messages if m["type"] == "RECORD"}
-    assert set(received) == every_item
-    twice = [item for item, count in received.items() if count > 1]
-    assert len(twice) == BATCH  # exactly the batch created before the kill, once more
-    assert max(received.values()) == 2
-    ledger = [m["record"] for m in resumed.messages
-              if m["type"] == "RECORD" and m["stream"] == "gtmcli_submissions"]
+    emails = [("validate", m["record"]["email"]) for m in messages if m["type"] == "RECORD"]
+    # The job made before the kill holds exactly the first batch ...
+    assert first_items == emails[:BATCH]
+    # ... and the rerun adopted it: every item was paid for once.
+    assert received == Counter(emails)
+    ledger = resumed.records(LEDGER)
+    adopted = [row for row in ledger if row["job_id"] == first_job["id"]]
+    assert len(adopted) == 1
+    assert adopted[0]["reconciliation"].startswith("adopted: the create of 200 validate items")
+    assert adopted[0]["item_count"] == BATCH
     assert sum(row["item_count"] for row in ledger) == RECORDS
+    assert f"made job {first_job['id']}" in resumed.stderr
 
 
 def test_after_a_clean_run_a_replay_sends_nothing(tmp_path: Path) -> None:
