@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import subprocess
 import sys
@@ -205,9 +206,16 @@ def test_a_shorter_window_never_prunes_what_a_longer_one_still_counts(
                            submission_index=index)
     assert job_ids(sandbox) - before == resent
     assert of_stream(again, LEDGER_STREAM)[0]["record"]["skipped_item_count"] == 20
-    with sqlite3.connect(index) as db:
-        assert db.execute("SELECT days FROM windows").fetchall() == [(30,)]
-    assert_key_absent(again)
+    # Fifteen days on, another 1-day run (over a new item) still keeps the 30-day history:
+    # the longest window is remembered, not only that of the run before.
+    run_with_clock(sandbox, [schema(), record(id=99, email="late@example.com")],
+                   lambda: now + 25 * DAY, submission_index=index, resubmit_after_days=1)
+    sent = job_ids(sandbox)
+    later = run_with_clock(sandbox, messages, lambda: now + 25 * DAY + 60,
+                           submission_index=index)
+    assert job_ids(sandbox) == sent
+    assert of_stream(later, LEDGER_STREAM)[0]["record"]["skipped_item_count"] == 20
+    assert_key_absent(again, later)
 
 
 def test_resubmit_after_days_zero_sends_everything_every_run(sandbox: Any, tmp_path: Path) -> None:
@@ -372,3 +380,40 @@ def test_the_sqlite_index_prunes_what_fell_out_of_the_window(tmp_path: Path) -> 
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT job_id FROM jobs").fetchall() == [("job_new",)]
         assert db.execute("SELECT count(*) FROM results").fetchone() == (0,)
+
+
+def test_a_postgresql_index_without_its_driver_names_the_setting_and_the_extra(
+    sandbox: Any, tmp_path: Path
+) -> None:
+    """psycopg is the `postgres` extra: a user who sets a `postgresql://` index without
+    it is told which setting needs what, and how to install it; nothing is submitted."""
+    # A `psycopg` package that fails to import, first on the path: as if not installed.
+    shadow = tmp_path / "no-driver" / "psycopg"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'psycopg'\", name='psycopg')\n"
+    )
+    config = sandbox_config(sandbox, submission_index="postgresql://worker@127.0.0.1:1/index")
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(config))
+    env = {**os.environ, "PYTHONPATH": str(shadow.parent)}
+
+    done = subprocess.run([MAPPER, "--config", str(config_path)],
+                          input=singer_text_of(contacts(3)).encode(), capture_output=True,
+                          timeout=60, check=False, env=env)
+
+    stderr = done.stderr.decode()
+    assert done.returncode == 1, stderr[-2000:]
+    assert (
+        "submission_index is a postgresql:// URL, but the PostgreSQL driver (psycopg) is not "
+        "installed" in stderr
+    )
+    assert "pip install 'tap-gtmcli[postgres]'" in stderr
+    assert "Traceback" not in stderr
+    assert done.stdout == b""
+    assert sandbox_items(sandbox) == []
+    assert_key_absent(stderr)
+
+
+def singer_text_of(messages: list[dict]) -> str:
+    return "".join(json.dumps(message) + "\n" for message in messages)
