@@ -100,27 +100,32 @@ class IntentReconciler:
 
     def _match(self, intents: list[Intent], recorded_job_ids: set[str]) -> list[Outcome]:
         jobs = self._recent_jobs(min(intent.sent_at for intent in intents))
-        candidates = {
+        alike = {
             intent.ref: [
                 job for job in jobs
                 if job["id"] not in recorded_job_ids and self._could_be(job, intent)
-                and self._holds_first_item(job, intent) is not False
             ]
             for intent in intents
+        }
+        # A job whose results show another first item is not the intent's.
+        candidates = {
+            ref: [job for job in found if self._holds_first_item(job, intent) is not False]
+            for (ref, found), intent in zip(alike.items(), intents, strict=True)
         }
         shared = Counter(job["id"] for found in candidates.values() for job in found)
         outcomes = []
         for intent in intents:
-            found = candidates[intent.ref]
+            found, similar = candidates[intent.ref], len(alike[intent.ref])
             if len(found) == 1 and shared[found[0]["id"]] == 1:
-                outcomes.append(Outcome(intent, found[0]["id"], self._adopted(intent, found[0])))
+                reason = self._adopted(intent, found[0], alike=similar)
+                outcomes.append(Outcome(intent, found[0]["id"], reason))
             elif not found:
                 outcomes.append(Outcome(intent, None, self._none_found(intent)))
             else:
                 # Same type, size and second: only the content can tell them apart.
                 confirmed = [job for job in found if self._holds_first_item(job, intent)]
                 if len(confirmed) == 1:
-                    reason = self._adopted(intent, confirmed[0], alike=len(found))
+                    reason = self._adopted(intent, confirmed[0], alike=similar)
                     outcomes.append(Outcome(intent, confirmed[0]["id"], reason))
                 else:
                     outcomes.append(Outcome(intent, None, self._ambiguous(intent, found)))
