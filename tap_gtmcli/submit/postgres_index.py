@@ -60,6 +60,7 @@ class PostgresIndex(SubmissionIndex):
         self.location = _without_password(url)
         psycopg = load_driver()
         self._errors: tuple[type[Exception], ...] = (psycopg.Error,)
+        self._unique_violation: type[Exception] = psycopg.errors.UniqueViolation
         try:
             self._db: Any = psycopg.connect(url, autocommit=True, connect_timeout=30)
             if self._tables_missing():
@@ -152,22 +153,24 @@ class PostgresIndex(SubmissionIndex):
                    OR (%(need_results)s AND t.result IS NULL)
                    OR (t.job_id IS NULL
                        AND NOT EXISTS (
-                           SELECT 1 FROM pg_stat_activity a
-                           WHERE a.pid = t.claimed_by AND a.backend_start = t.claimed_session)
-                       AND NOT EXISTS (
                            SELECT 1 FROM gtmcli_submission_intents i WHERE i.ref = t.intent
-                           AND (i.job_id IS NOT NULL OR i.sent_at IS NOT NULL)))
+                           AND (i.job_id IS NOT NULL OR i.sent_at IS NOT NULL))
+                       -- Last: pg_stat_activity costs most (conditions run in this order).
+                       AND NOT EXISTS (
+                           SELECT 1 FROM pg_stat_activity a
+                           WHERE a.pid = t.claimed_by AND a.backend_start = t.claimed_session))
                 RETURNING digest
             )
             SELECT count(*), string_agg(digest, ''::bytea) FROM claimed
         """
         joined = b"".join(digests)
+        params = {"now": now, "pid": pid, "session": session, "joined": joined,
+                  "since": since, "need_results": need_results, "intent": intent}
+        if self._claim_all_new(params):
+            return {}
         try:
             count, claimed_joined = self._db.execute(
-                sql,
-                {"now": now, "pid": pid, "session": session, "joined": joined,
-                 "since": since, "need_results": need_results, "intent": intent},
-                binary=True,
+                sql, params, binary=True
             ).fetchone()
             if count == len(digests):
                 return {}
@@ -186,6 +189,29 @@ class PostgresIndex(SubmissionIndex):
         except self._errors as error:
             raise self._error("read", error) from error
         return known
+
+    def _claim_all_new(self, params: dict[str, Any]) -> bool:
+        """Claim the batch with a plain insert, when no item of it is in the index yet.
+
+        Half the cost of `INSERT ... ON CONFLICT` per row, which matters for the first
+        run over a list. Any item already there fails the statement (nothing is inserted,
+        and it fails early in a batch that holds many): `claim` then takes the long way.
+        """
+        try:
+            self._db.execute(
+                "INSERT INTO gtmcli_submission_index "
+                "(digest, submitted_at, claimed_by, claimed_session, intent) "
+                "SELECT substr(%(joined)s::bytea, i * 16 + 1, 16), %(now)s, %(pid)s, "
+                "%(session)s, %(intent)s "
+                "FROM generate_series(0, length(%(joined)s::bytea) / 16 - 1) AS i ORDER BY 1",
+                params,
+                binary=True,
+            )
+        except self._unique_violation:
+            return False
+        except self._errors as error:
+            raise self._error("read", error) from error
+        return True
 
     def mark_sent(
         self, intent: int, *, digests: Sequence[bytes], batch_sha256: str, sent_at: float
