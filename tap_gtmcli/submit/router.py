@@ -106,8 +106,12 @@ class GTMCLISubmitter:
             max_resubmissions=settings.max_retries,
             request_timeout=settings.request_timeout,
         )
-        #: Ledger rows of the jobs an interrupted run created and this one adopted.
-        self._adopted = self.jobs.reconcile_interrupted()
+        try:
+            #: Ledger rows of the jobs an interrupted run created and this one adopted.
+            self._adopted = self.jobs.reconcile_interrupted()
+        except BaseException:
+            self.jobs.close()
+            raise
         self.gate: StateGate[RawMessage] = StateGate()
         self.waiter = JobWaiter(
             client=client, poll_interval=settings.poll_interval, max_wait=settings.max_wait
