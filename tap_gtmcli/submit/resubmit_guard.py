@@ -265,7 +265,10 @@ class ResubmitGuard:
 
     def first_item_digest(self, client: Any, job: dict[str, Any]) -> bytes | None:
         """The digest of a validate job's first item, read from its first result row."""
-        rows = client.get_results_page(job["id"], 1, 1).get("results") or []
+        try:
+            rows = client.get_results_page(job["id"], 1, 1).get("results") or []
+        except (GTMCLIFatalError, GTMCLIRetriesExhaustedError, GTMCLIRetriableError):
+            return None  # unreadable: the content cannot tell, the other checks decide
         email = rows[0].get("email") if rows and isinstance(rows[0], dict) else None
         if not isinstance(email, str) or not email.strip():
             return None
