@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from types import FrameType
 
 from tap_gtmcli.demo.__main__ import (
@@ -104,12 +105,11 @@ def run() -> int:
         port = os.environ.get("DAGSTER_PORT") or DEFAULT_PORT
         say(f"[4/{STEPS}] dagster dev: the UI on http://127.0.0.1:{port}, the daemon runs "
             "schedules, the sensor and the run queue (Ctrl-C stops both and the sandbox)")
-        # `dagster dev` warns that the `dg` CLI supersedes it; `dg` needs another package
-        # and a `dg` project layout (README "Scheduling"). The filter covers this command
-        # only: Meltano and the runs' processes do not inherit it.
+        # `dagster dev` prints one SupersessionWarning ("Use 'dg dev' instead"): the `dg`
+        # CLI needs another package and a `dg` project layout (README "Scheduling").
+        dagster = Path(sys.executable).with_name("dagster")
         process = subprocess.Popen(
-            [sys.executable, "-W", "ignore::dagster.SupersessionWarning", "-m", "dagster",
-             "dev", "-m", CODE_LOCATION, "-h", "127.0.0.1", "-p", port],
+            [str(dagster), "dev", "-m", CODE_LOCATION, "-h", "127.0.0.1", "-p", port],
             cwd=PROJECT_ROOT, env=dagster_environment(url),
             # Its own process group: Ctrl-C reaches this script, which stops the group.
             start_new_session=True,
