@@ -220,13 +220,16 @@ environments:
     project = load_project_file(tmp_path)
     base = {name: value for name, value in base_environment().items()
             if not name.startswith(("TAP_X", "SECRET_FROM_ENV", "MELTANO_"))}
-    # Asked all at once: each `meltano` start costs seconds.
+    # Asked all at once (each `meltano` start costs seconds), each with a system database
+    # of its own: processes creating one new database at once race on its migration.
     asked = [subprocess.Popen(
         [str(meltano_project.executable), f"--environment={environment}", "config",
          "--unsafe", "print", "--format=json", extractor],
-        cwd=tmp_path, env={**base, "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false", **variables},
+        cwd=tmp_path, env={**base, "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false",
+                           "MELTANO_DATABASE_URI": f"sqlite:///{tmp_path / f'meltano-{case}.db'}",
+                           **variables},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    ) for extractor, environment, variables, _ in SETTING_CASES]
+    ) for case, (extractor, environment, variables, _) in enumerate(SETTING_CASES)]
     answers = []
     for process in asked:
         out, err = process.communicate(timeout=300)

@@ -58,6 +58,7 @@ SENSOR = "gtmcli_extract_on_finished_gtmcli_jobs"
 STATE_ID = "dev:tap-gtmcli-to-target-duckdb:ui"
 STARTUP_SECONDS = 180
 RUN_SECONDS = 240
+STOP_SECONDS = 10
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
 
 REPOSITORY_QUERY = """
@@ -208,10 +209,12 @@ def dagster_ui(
         yield ui
     finally:
         session.close()
+        # As `make orchestrate` stops it: SIGINT, then SIGKILL if Dagster 1.13's daemon
+        # hangs on its way out (seen under load). Meltano's runs are in the group too.
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGINT)
             try:
-                process.wait(timeout=60)
+                process.wait(timeout=STOP_SECONDS)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()

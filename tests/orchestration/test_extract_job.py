@@ -61,7 +61,9 @@ def test_extract_job_lands_exactly_the_sandbox_rows(
     assert duckdb_query(warehouse, "select count(*) from gtmcli.job_results")[0][0] == sum(
         result_rows(jobs).values())
     state = stored_state(postgres_server, "dev:tap-gtmcli-to-target-duckdb")
-    # Exactly: the newest of the sandbox's jobs, nothing open, and no other bookmark.
+    # Exactly: the newest of the sandbox's jobs, nothing open; job_results (a child of
+    # jobs, read once per completed job) keeps no bookmark of its own.
     assert jobs_bookmark(state) == settled_jobs_bookmark(jobs)
-    assert set(state["singer_state"]["bookmarks"]) == {"jobs"}, state
+    assert state["singer_state"]["bookmarks"]["job_results"] == {}
+    assert set(state["singer_state"]["bookmarks"]) == {"jobs", "job_results"}
     assert_no_key(logs, printed.out, printed.err, state)
