@@ -8,9 +8,9 @@ by the first request after the last one closed, a sliding log, a token bucket) n
 `X-RateLimit-Reset` is rounded. So the pacer leans on no scheme's arithmetic; a request
 may start when any of these says so, and requests start in the order they asked:
 
-- The server's word: the freshest answer's `Remaining`, less every request started after
-  the one it answered. In every scheme room only comes back with time, so this never
-  asks for more than there is.
+- The server's word: the freshest answer's `Remaining`, less every request in flight
+  (those that went before it may still arrive after it). In every scheme room only
+  comes back with time, so this never asks for more than there is.
 - Our own log: fewer than `Limit` of our starts in the trailing window (its length plus
   SLACK). A pace kept on the way out is kept on arrival, and every scheme accepts a
   pace with at most `Limit` requests in any window. The window's length is the most
@@ -99,9 +99,9 @@ class Pacer:
         self._cap = max_in_flight
         self._queue: list[object] = []  # requests waiting, in the order they asked
         self._tickets = 0
-        self._started: dict[int, float] = {}  # in flight: ticket -> when it started
+        #: In flight: ticket -> when it started, and the rule that let it go.
+        self._started: dict[int, tuple[float, str]] = {}
         self._log: dict[int, float] = {}  # our starts not refused, oldest first
-        self._by_log: set[int] = set()  # in flight, let go by our log alone
         self._word: _Word | None = None
         self.limit: int | None = None
         #: Seconds per window, as learned from the answers.
@@ -109,7 +109,6 @@ class Pacer:
         self._share = 1.0
         self._held_until = -math.inf
         self._probes = 1  # probes that may be in flight; 0 once one was refused
-        self._probing: set[int] = set()
         self._aimd = float(INITIAL_WINDOW)
         self._slow_start = True
         self._last_cut = -math.inf
@@ -159,11 +158,7 @@ class Pacer:
         """Learn from the answer to request `ticket` (None: no answer came)."""
         with self._changed:
             now = self._clock()
-            started = self._started.pop(ticket, now)
-            probe = ticket in self._probing
-            by_log = ticket in self._by_log
-            self._probing.discard(ticket)
-            self._by_log.discard(ticket)
+            started, rule = self._started.pop(ticket, (now, ""))
             status = response.status_code if response is not None else None
             if status is None or status == 429 or status >= 500:
                 if started >= self._last_cut:  # once per round trip
@@ -173,7 +168,7 @@ class Pacer:
                 self._aimd = min(float(POLITE_CAP), self._aimd + (
                     1.0 if self._slow_start else 1.0 / self._aimd))
             if response is not None:
-                self._learn(ticket, response, now, started, probe=probe, by_log=by_log)
+                self._learn(ticket, response, now, started, rule)
             self._changed.notify_all()
 
     # --- inside the lock --------------------------------------------------------------
@@ -185,7 +180,7 @@ class Pacer:
         word = self._word
         if self.limit is None or word is None:
             return 0.0, "window"  # nothing told of a limit: the window alone paces
-        if word.remaining - (self._tickets - word.ticket - 1) > 0:
+        if word.remaining - len(self._started) > 0:
             return 0.0, "word"
         if now < word.until:
             return word.until - now, ""  # our log does not know what others used
@@ -199,7 +194,7 @@ class Pacer:
         if len(starts) < quota:
             return 0.0, "log"
         wait = starts[-quota] + length - now
-        if len(self._probing) < self._probes:
+        if sum(rule == "probe" for _, rule in self._started.values()) < self._probes:
             probe_in = starts[-1] + length / quota - now
             if probe_in <= 0:
                 return 0.0, "probe"
@@ -216,16 +211,12 @@ class Pacer:
     def _start(self, now: float, rule: str) -> int:
         ticket = self._tickets
         self._tickets += 1
-        self._started[ticket] = now
+        self._started[ticket] = (now, rule)
         self._log[ticket] = now
-        if rule == "probe":
-            self._probing.add(ticket)
-        elif rule == "log":
-            self._by_log.add(ticket)
         return ticket
 
     def _learn(self, ticket: int, response: requests.Response, now: float, started: float,
-               *, probe: bool, by_log: bool) -> None:
+               rule: str) -> None:
         headers = response.headers
         limit = _number(headers.get("X-RateLimit-Limit"))
         remaining = _number(headers.get("X-RateLimit-Remaining"))
@@ -245,12 +236,12 @@ class Pacer:
             self._word = _Word(ticket, int(remaining),
                                now + time_left if others and time_left else -math.inf)
         if response.status_code != 429:
-            if probe and self._probes:
+            if rule == "probe" and self._probes:
                 self._probes += 1
             return
         self.throttled += 1
         self._log.pop(ticket, None)  # refused: it used none of the window
-        if probe:
+        if rule == "probe":
             self._probes = 0  # the limiter gives no room early: no more probes
             return
         retry_after = parse_retry_after(headers.get("Retry-After"), self._wall_clock())
@@ -258,7 +249,7 @@ class Pacer:
             retry_after = max(0.0, time_left) if time_left is not None else UNNAMED_HOLD
         self._held_until = max(self._held_until, now + retry_after)
         self._share = max(MIN_SHARE, self._share * SHARE_AFTER_429)
-        if by_log and started >= self._window_grown_at:
+        if rule == "log" and started > self._window_grown_at:
             # Our log let it go: the window is longer than the answers showed. Once for
             # the requests that went out together.
             self.window_seconds += 1

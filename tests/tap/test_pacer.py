@@ -178,9 +178,10 @@ def test_each_429_uses_less_of_the_limit_down_to_a_floor():
     pacer = paced(clock)
     pacer.observe(pacer.acquire(), answer(limit=20, remaining=19, reset=START + 1))
     for _ in range(12):
-        pacer.observe(pacer.acquire(), answer(429, retry_after=0))
-    # The word is spent (19 less 12 since is 7 left... all refused, so 0 counted since):
-    # drain it, then the log allows MIN_SHARE of 20 (one start counted in it).
+        pacer.observe(pacer.acquire(), answer(429, limit=20, remaining=0, reset=START + 1,
+                                              retry_after=0))
+    # Past the window, the word still says 0: our log allows MIN_SHARE of 20 (0.9 ** 12
+    # is less), then the next waits for a probe's gap.
     clock.now += 10
     free = 0
     while start(pacer, clock)[1] == 0.0:
