@@ -42,8 +42,7 @@ import requests
 
 from tap_gtmcli.api.retry import parse_retry_after, raise_if_stopped
 
-#: In flight at most without a limit: polite to a shared API and, at 300 ms a page,
-#: already some 100 pages a second.
+#: In flight at most without a limit: polite to a shared API, and 100 pages a second at 300 ms.
 POLITE_CAP = 32
 #: In flight at most with a limit: 50 requests a second at 800 ms need 40 in flight.
 LIMITED_CAP = 64
@@ -71,12 +70,13 @@ class _Word:
 
     ticket: int
     remaining: int
+    reset: float  # as told (whole Unix seconds); -inf when not told
     until: float = -math.inf
 
 
 def _number(value: str | None) -> float | None:
     try:
-        return float(value) if value is not None else None
+        return None if value is None else float(value)
     except ValueError:
         return None
 
@@ -224,8 +224,14 @@ class Pacer:
         time_left = None if reset is None else reset - self._wall_clock()
         if time_left is not None and time_left >= 1:
             self.window_seconds = max(self.window_seconds, float(math.floor(time_left)))
-        if limit is not None and limit >= 1 and remaining is not None and (
-                self._word is None or ticket > self._word.ticket):
+        word, told = self._word, -math.inf if reset is None else reset
+        # The freshest word: of a later window (Reset), else the least Remaining of the
+        # same window (answers come back in another order than they were counted);
+        # with no Reset, the answer to the latest request.
+        fresher = word is None or told > word.reset or (told == word.reset and (
+            (remaining is not None and remaining < word.remaining)
+            or (reset is None and ticket > word.ticket)))
+        if limit is not None and limit >= 1 and remaining is not None and fresher:
             self.limit = int(limit)
             # Our log stands in for the server's count only while that count is all
             # ours: else the word holds until its Reset. (Ours includes the starts after
@@ -233,7 +239,7 @@ class Pacer:
             since = started - self._log_seconds()
             ours = sum(1 for at in self._log.values() if at > since)
             others = limit - remaining - ours > 0 and time_left is not None
-            self._word = _Word(ticket, int(remaining),
+            self._word = _Word(ticket, int(remaining), told,
                                now + time_left if others and time_left else -math.inf)
         if response.status_code != 429:
             if rule == "probe" and self._probes:

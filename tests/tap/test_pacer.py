@@ -83,24 +83,23 @@ def test_before_any_limit_is_told_nothing_waits():
     assert pacer.window == INITIAL_WINDOW
 
 
-def test_remaining_less_what_went_out_since_goes_at_once_then_the_log_waits():
+def test_remaining_less_what_is_in_flight_goes_at_once_then_the_log_waits():
     clock = FakeClock(START + 0.5)
     pacer = paced(clock)
     first, _ = start(pacer, clock)
     three = [start(pacer, clock)[0] for _ in range(3)]  # out before the first answer
-    # 10 a second; 5 left after the first was counted; the window ends in 0.5 s.
-    pacer.observe(first, answer(limit=10, remaining=5, reset=START + 1))
-    # 5 less the 3 started since: 2 go at once.
-    assert [start(pacer, clock)[1] for _ in range(2)] == [0.0, 0.0]
-    for ticket in three:
-        pacer.observe(ticket, answer(limit=10, remaining=5, reset=START + 1))
-    # The word is spent; our log holds 6 starts of a 10 a second limit: 4 more at once.
-    assert [start(pacer, clock)[1] for _ in range(4)] == [0.0] * 4
-    # Then a probe after the long-run gap, and the next when the first start leaves the
-    # log's window.
+    # 10 a second; 9 left after the first was counted; the window ends in 0.5 s.
+    pacer.observe(first, answer(limit=10, remaining=9, reset=START + 1))
+    # 9 less the 3 in flight: 6 go at once, and no more.
+    assert [start(pacer, clock)[1] for _ in range(6)] == [0.0] * 6
+    # Counted after the first, answered in another order: the least Remaining holds
+    # (6, less the 6 in flight).
+    for left, ticket in zip([6, 8, 7], three, strict=True):
+        pacer.observe(ticket, answer(limit=10, remaining=left, reset=START + 1))
+    # Our log holds 10 starts of a 10 a second limit: a probe after the long-run gap,
+    # then the next start when the first leaves the log's window.
     log_seconds = 1 + SLACK
     assert start(pacer, clock)[1] == pytest.approx(log_seconds / 10, abs=1e-4)
-    assert clock.now == pytest.approx(START + 0.5 + log_seconds / 10, abs=1e-4)
     start(pacer, clock)
     assert clock.now == pytest.approx(START + 0.5 + log_seconds, abs=1e-4)
 
