@@ -138,10 +138,11 @@ class GTMCLIStream(RESTStream[int]):
         prepared_request: requests.PreparedRequest,
         context: Context | None,
         stop: threading.Event | None = None,
+        waited_out: bool = False,
     ) -> requests.Response:
         # The SDK's, with the pacer around the send: it is told of every answer before
         # validate_response raises on it, and of no answer at all.
-        ticket = self.pacer.acquire(stop)
+        ticket = self.pacer.acquire(stop, waited_out=waited_out)
         response = None
         try:
             response = self.requests_session.send(
@@ -189,12 +190,14 @@ class GTMCLIStream(RESTStream[int]):
         all (see RetryBudget). A set `stop` ends the loop with `GTMCLICancelledError`."""
         what = f"GET {self.path}"
 
-        def attempt(*args: Any, **kwargs: Any) -> Answer:
-            raise_if_stopped(stop, what)
-            return func(*args, **kwargs)
-
         def tried(*args: Any, **kwargs: Any) -> Answer:
             budget = RetryBudget(self.retry_policy)  # one per request, not per decorator
+
+            def attempt() -> Answer:
+                raise_if_stopped(stop, what)
+                if budget.waited_out:  # not held again for the 429 it waited out
+                    return func(*args, **kwargs, waited_out=True)
+                return func(*args, **kwargs)
 
             def wait_before_retry(details: Details) -> None:
                 wait = budget.next_wait(details["exception"], what)
@@ -208,7 +211,7 @@ class GTMCLIStream(RESTStream[int]):
                 max_tries=None,  # the budget decides
                 on_backoff=wait_before_retry,
                 logger=None,
-            )(attempt)(*args, **kwargs)
+            )(attempt)()
 
         return tried
 

@@ -20,14 +20,13 @@ may start when any of these says so, and requests start in the order they asked:
   has passed since the last start, so that a limiter that gives room back little by
   little (a token bucket) can say so. Probes in flight grow by one with each probe let
   through; the first probe answered 429 ends probing for the run and holds nobody.
-- Any other 429 holds every request for its `Retry-After` (else until its `Reset`, else
-  UNNAMED_HOLD) and uses SHARE_AFTER_429 less of the limit from then on.
+- Any other 429 holds every other request for its `Retry-After` (else until its
+  `Reset`, else UNNAMED_HOLD) and uses SHARE_AFTER_429 less of the limit from then on.
 
 How many requests may be in flight (`window`): with a limit, the cap (the rules above
 pace them); with none told (job endpoints may send no headers), INITIAL_WINDOW, one more
 per answer up to the cap (doubling each round trip), and half as many after a 429, a
-5xx or no answer (once per round trip: only for requests sent after the last cut),
-growing by one per round trip after that.
+5xx or no answer (once per round trip), then one more per round trip.
 """
 
 from __future__ import annotations
@@ -92,8 +91,7 @@ class Pacer:
         wall_clock: Callable[[], float] = time.time,
         nap: Callable[[float], object] | None = None,
     ) -> None:
-        self._clock = clock
-        self._wall_clock = wall_clock
+        self._clock, self._wall_clock = clock, wall_clock
         self._changed = threading.Condition()  # reentrant: a test's nap may observe
         self._nap = nap or self._changed.wait
         self._cap = max_in_flight
@@ -107,10 +105,9 @@ class Pacer:
         #: Seconds per window, as learned from the answers.
         self.window_seconds = 1.0
         self._share = 1.0
-        self._held_until = -math.inf
+        self._held_until = self._held_at = -math.inf
         self._probes = 1  # probes that may be in flight; 0 once one was refused
-        self._aimd = float(INITIAL_WINDOW)
-        self._slow_start = True
+        self._aimd, self._slow_start = float(INITIAL_WINDOW), True
         self._last_cut = -math.inf
         self._window_grown_at = -math.inf
         self.throttled = 0
@@ -134,9 +131,10 @@ class Pacer:
         with self._changed:
             return len(self._queue)
 
-    def acquire(self, stop: threading.Event | None = None) -> int:
+    def acquire(self, stop: threading.Event | None = None, *, waited_out: bool = False) -> int:
         """Block until a request may start; its ticket, for `observe`. A set `stop` ends
-        the wait with `GTMCLICancelledError`."""
+        the wait with `GTMCLICancelledError`; `waited_out`: a retry that waited out its
+        own 429's wait, which the hold after it is not for."""
         me = object()
         with self._changed:
             self._queue.append(me)
@@ -146,7 +144,7 @@ class Pacer:
                     wait = NAP  # until those ahead have gone
                     if self._queue[0] is me:
                         now = self._clock()
-                        wait, rule = self._wait(now)
+                        wait, rule = self._wait(now, waited_out)
                         if wait <= 0:
                             return self._start(now, rule)
                     self._nap(min(wait, NAP))
@@ -173,9 +171,9 @@ class Pacer:
 
     # --- inside the lock --------------------------------------------------------------
 
-    def _wait(self, now: float) -> tuple[float, str]:
+    def _wait(self, now: float, waited_out: bool = False) -> tuple[float, str]:
         """Seconds before the next request may start (0: now), and by which rule."""
-        if now < self._held_until:
+        if now < self._held_until and not waited_out:
             return self._held_until - now, ""
         word = self._word
         if self.limit is None or word is None:
@@ -242,6 +240,8 @@ class Pacer:
             self._word = _Word(ticket, int(remaining), told,
                                now + time_left if others and time_left else -math.inf)
         if response.status_code != 429:
+            if started > self._held_at:  # a retry that waited out the hold went through
+                self._held_until = min(self._held_until, now)
             if rule == "probe" and self._probes:
                 self._probes += 1
             return
@@ -253,7 +253,7 @@ class Pacer:
         retry_after = parse_retry_after(headers.get("Retry-After"), self._wall_clock())
         if retry_after is None:
             retry_after = max(0.0, time_left) if time_left is not None else UNNAMED_HOLD
-        self._held_until = max(self._held_until, now + retry_after)
+        self._held_until, self._held_at = max(self._held_until, now + retry_after), now
         self._share = max(MIN_SHARE, self._share * SHARE_AFTER_429)
         if rule == "log" and started > self._window_grown_at:
             # Our log let it go: the window is longer than the answers showed. Once for
