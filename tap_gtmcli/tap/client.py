@@ -51,7 +51,6 @@ WHOLE_BODY_CHUNK = 4 * 1024 * 1024
 Answer = TypeVar("Answer")
 
 
-
 class SharedByStreams(Protocol):
     """What the tap holds for all its streams: the limit is per key, so every stream and
     worker shares one pacer; in BATCH mode a flush announces every stream's files."""

@@ -12,7 +12,7 @@ may start when any of these says so, and requests start in the order they asked:
   (those that went before it may still arrive after it). In every scheme room only
   comes back with time, so this never asks for more than there is.
 - Our own log: fewer than `Limit` of our starts in the trailing window (its length plus
-  SLACK). A pace kept on the way out is kept on arrival, and every scheme accepts a
+  slack). A pace kept on the way out is kept on arrival, and every scheme accepts a
   pace with at most `Limit` requests in any window. The window's length is the most
   time an answer said its window had left (`Reset` minus now), in whole seconds rounded
   down: `Reset` is only approximate, and may be rounded either way.
@@ -21,7 +21,8 @@ may start when any of these says so, and requests start in the order they asked:
   little (a token bucket) can say so. Probes in flight grow by one with each probe let
   through; the first probe answered 429 ends probing for the run and holds nobody.
 - Any other 429 holds every other request for its `Retry-After` (else until its
-  `Reset`, else UNNAMED_HOLD) and uses SHARE_AFTER_429 less of the limit from then on.
+  `Reset`, else UNNAMED_HOLD); one our log let through widens its slack, any other
+  has the log use SHARE_AFTER_429 less of the limit from then on.
 
 How many requests may be in flight (`window`): with a limit, the cap (the rules above
 pace them); with none told (job endpoints may send no headers), INITIAL_WINDOW, one more
@@ -47,15 +48,15 @@ POLITE_CAP = 32
 LIMITED_CAP = 64
 #: In flight before anything is known: what the tap kept in flight before it paced.
 INITIAL_WINDOW = 8
-#: Seconds added to the window our log counts in: requests do not all take the same
-#: time to reach the server (tens of milliseconds on a busy link).
+#: Seconds added to the window our log counts in (and again after each 429 it let
+#: through): requests do not all take the same time to reach the server.
 SLACK = 0.04
 #: Hold after a 429 that names no wait (no `Retry-After`, no `Reset`): long enough to
 #: stop a storm, short enough to find out.
 UNNAMED_HOLD = 1.0
-#: After each 429 that was not a probe, the share of the limit our log uses shrinks by
-#: this factor, down to MIN_SHARE: something else (another client on the key, a counting
-#: we did not foresee) takes the rest.
+#: After each 429 the server's word or a hold let through, the share of the limit our
+#: log uses shrinks by this factor, down to MIN_SHARE: something else (another client on
+#: the key) takes the rest.
 SHARE_AFTER_429 = 0.9
 MIN_SHARE = 0.5
 #: The longest a waiting request sleeps before it looks again (and at its stop).
@@ -109,7 +110,8 @@ class Pacer:
         self._probes = 1  # probes that may be in flight; 0 once one was refused
         self._aimd, self._slow_start = float(INITIAL_WINDOW), True
         self._last_cut = -math.inf
-        self._window_grown_at = -math.inf
+        #: Seconds our log adds to the window: SLACK, and more after 429s it let through.
+        self.slack, self._slack_grown_at = SLACK, -math.inf
         self.throttled = 0
 
     @property
@@ -184,11 +186,11 @@ class Pacer:
             return word.until - now, ""  # our log does not know what others used
         length = self._log_seconds()
         quota = max(1, math.floor(self.limit * self._share))
-        for ticket, at in list(self._log.items()):  # forget starts out of the window
-            if at > now - length:
+        for ticket, at in list(self._log.items()):  # kept two windows: see `ours` below
+            if at > now - 2 * length:
                 break
             del self._log[ticket]
-        starts = list(self._log.values())
+        starts = [at for at in self._log.values() if at > now - length]
         if len(starts) < quota:
             return 0.0, "log"
         wait = starts[-quota] + length - now
@@ -204,7 +206,7 @@ class Pacer:
         # `Reset` is in whole seconds, so the most time left seen, rounded down, can be
         # a second short of the window (one-second windows aside: none is shorter).
         rounding = 1.0 if self.window_seconds > 1 else 0.0
-        return self.window_seconds + rounding + SLACK
+        return self.window_seconds + rounding + self.slack
 
     def _start(self, now: float, rule: str) -> int:
         ticket = self._tickets
@@ -254,9 +256,7 @@ class Pacer:
         if retry_after is None:
             retry_after = max(0.0, time_left) if time_left is not None else UNNAMED_HOLD
         self._held_until, self._held_at = max(self._held_until, now + retry_after), now
-        self._share = max(MIN_SHARE, self._share * SHARE_AFTER_429)
-        if rule == "log" and started > self._window_grown_at:
-            # Our log let it go: the window is longer than the answers showed. Once for
-            # the requests that went out together.
-            self.window_seconds += 1
-            self._window_grown_at = now
+        if rule != "log":
+            self._share = max(MIN_SHARE, self._share * SHARE_AFTER_429)
+        elif started > self._slack_grown_at:  # once for the requests that went together
+            self.slack, self._slack_grown_at = self.slack + SLACK, now

@@ -176,9 +176,10 @@ def test_each_429_uses_less_of_the_limit_down_to_a_floor():
     clock = FakeClock()
     pacer = paced(clock)
     pacer.observe(pacer.acquire(), answer(limit=20, remaining=19, reset=START + 1))
-    for _ in range(12):
-        pacer.observe(pacer.acquire(), answer(429, limit=20, remaining=0, reset=START + 1,
-                                              retry_after=0))
+    for _ in range(12):  # let through by the word, refused all the same
+        pacer.observe(pacer.acquire(), answer(429, retry_after=0))
+    assert pacer.slack == SLACK  # not our log's doing
+    pacer.observe(pacer.acquire(), answer(limit=20, remaining=0, reset=START + 1))
     # Past the window, the word still says 0: our log allows MIN_SHARE of 20 (0.9 ** 12
     # is less), then the next waits for a probe's gap.
     clock.now += 10
@@ -188,7 +189,7 @@ def test_each_429_uses_less_of_the_limit_down_to_a_floor():
     assert free == int(20 * MIN_SHARE)
 
 
-def test_a_refused_start_of_our_log_lengthens_the_window_once_per_burst():
+def test_a_refused_start_of_our_log_widens_its_slack_once_per_burst():
     clock = FakeClock(START + 0.5)
     pacer = paced(clock)
     first = [start(pacer, clock)[0] for _ in range(3)]
@@ -197,13 +198,14 @@ def test_a_refused_start_of_our_log_lengthens_the_window_once_per_burst():
     assert pacer.window_seconds == 2.0
     probe, _ = start(pacer, clock)
     pacer.observe(probe, answer(429, limit=3, remaining=0, reset=START + 3, retry_after=1))
-    assert pacer.window_seconds == 2.0  # a probe tells nothing of the window
-    burst = [start(pacer, clock)[0] for _ in range(3)]  # the log's 3.05 s have passed
+    assert pacer.slack == SLACK  # a probe tells nothing of the window
+    burst = [start(pacer, clock)[0] for _ in range(3)]  # the log's 3.04 s have passed
     clock.now += 0.3
-    for ticket in burst:  # refused: the window is longer than the Reset showed
+    for ticket in burst:  # refused: requests take longer to arrive than the slack allows
         pacer.observe(ticket, answer(429, limit=3, remaining=0, reset=START + 4,
                                      retry_after=1))
-    assert pacer.window_seconds == 3.0
+    assert pacer.slack == pytest.approx(2 * SLACK)
+    assert pacer.window_seconds == 2.0
 
 
 # --- probes --------------------------------------------------------------------------
