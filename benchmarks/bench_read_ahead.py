@@ -1,42 +1,32 @@
-"""How close tap-gtmcli comes to what the API allows, over many jobs and a slow network.
+"""How close tap-gtmcli comes to what the API allows, against every rate limiter the
+sandbox can play, over many jobs and a slow network.
 
 Each cell starts `gtmcli-sandbox` as a subprocess with `--latency-ms` (added to every
-answer) and, for the limited cells, `--rate-limit`, seeds completed validate jobs through
-`/_sandbox/seed`, then runs each client once per run as its own process (peak RSS from
-wait4). Every client's row count is checked against the rows seeded, and the sandbox's
-stats give its requests, its 429s and the span from its first request to its last
-answer. The tap runs with its defaults only (api_key and api_url). Writes its tables
-into their own section of RESULTS.md.
+answer), `--rate-limit`, `--rate-algo` and `--rate-headers`, seeds completed validate jobs
+through `/_sandbox/seed`, then runs the tap once as its own process (peak RSS from
+wait4). Its row count is checked against the rows seeded; the sandbox's stats give its
+requests, its 429s and the API span (first request to last answer). The tap runs with
+its defaults only (api_key and api_url).
 
-    .venv/bin/python benchmarks/bench_read_ahead.py [--runs 1] [--quick]
+    .venv/bin/python benchmarks/bench_read_ahead.py [--latencies 100,300,800]
+        [--algos grid,lazy,lazy-ceil,sliding,token-bucket] [--only second,minute,free]
+        [--peers]
 
-Cells:
-- no limit (no X-RateLimit-* headers, as GTMCLI's job endpoints may be): 400 one-page
-  jobs of 100 rows, latency 100, 300, 800 ms. Bar: tap >= 10x the sequential reader.
-- 50 requests per one-second window, latency 100, 300, 800 ms: (a) 400 jobs x 500 rows
+Cells (the limiters: see tap_gtmcli/sandbox/ratelimit.py):
+- per second, 50 requests per 1 s, every limiter and latency: (a) 400 jobs x 500 rows
   (one page each), (b) 30 jobs x 10,000 rows (ten pages each). Share of budget =
-  (requests needed / limit) / time; requests needed = the job list + every page. Bar:
-  >= 85%, <= 2% of requests answered 429.
-- 120 requests per 60-second window, 150 one-page jobs, latency 300 ms, started just
-  after a window opens: the ideal is the second window's opening (the first window
-  holds 120 of the 151 requests). Bar: within 1.2x the ideal, <= 2% 429s.
-
-Two times are given: the whole process (interpreter start-up included: on this 2-core
-machine shared with other work that alone was 1-3 s), and the API span (first request
-to last answer, from the sandbox's stats), which is what pacing and read-ahead decide.
-The budget and window bars are judged on the API span; both are printed.
-
-Clients:
-- tap-gtmcli, output written to a file, RECORD lines of job_results counted.
-- sequential raw client: one requests.Session, job after job, page after page (the
-  ceiling of any sequential reader). Its rows/s does not depend on the job count, so in
-  the no-limit cells it reads the oldest `--sequential-jobs` jobs only (default 100: 400
-  jobs at 800 ms would take five minutes); ratios compare rows/s.
-- concurrent raw client: a pool of 32 threads, each with its own requests.Session, one
-  job per task (pages in order), honouring Retry-After on 429: the ceiling reference.
-- dlt rest_api (dlt==1.31.0 in its own venv, as bench_extract.py installs it): the same
-  `jobs` parent and `job_results` child as bench_extract.py, the child with
-  `parallelized: True`; the source is iterated in Python and its rows counted.
+  (requests needed / 50 per second) / API span; requests needed = the job list + every
+  page. Goal: >= 85%, <= 1% of requests answered 429.
+- per minute, 120 requests per 60 s, 150 one-page jobs, every limiter and latency; the
+  grid cells start just after a calendar minute opens. Ideal (the shortest span any
+  client could have): grid, the second minute's opening less the first request; lazy,
+  lazy-ceil, sliding, one minute after the first request is counted (a latency after it
+  arrives); token bucket, a latency plus the refill of the requests beyond its 120.
+  Goal: <= 1.1x the ideal, <= 1% 429s. These cells mostly sleep, so they run side by
+  side (one sandbox each); --serial runs them one after another.
+- no limit (no X-RateLimit-* headers), 400 one-page jobs of 100 rows: the tap against the
+  sequential raw client (and, with --peers, the concurrent raw client and dlt's
+  parallelized rest_api). Goal: >= 15x the sequential reader at 300 ms.
 """
 
 from __future__ import annotations
@@ -169,11 +159,12 @@ class Sandbox:
         self.process.wait(timeout=30)
 
 
-def start_sandbox(jobs: int, rows: int, latency_ms: int, rate_limit: str | None) -> Sandbox:
+def start_sandbox(jobs: int, rows: int, latency_ms: int, rate_limit: str | None,
+                  algo: str = "grid", headers: str = "all") -> Sandbox:
     command = [str(BIN / "gtmcli-sandbox"), "--port", "0", "--api-key", API_KEY,
                "--start-delay", "0", "--processing-rate", "0", "--latency-ms", str(latency_ms)]
     if rate_limit:
-        command += ["--rate-limit", rate_limit]
+        command += ["--rate-limit", rate_limit, "--rate-algo", algo, "--rate-headers", headers]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                text=True)
     assert process.stdout is not None
@@ -291,8 +282,8 @@ def no_limit_cells(latencies: list[int], jobs: int, runs: int, sequential_jobs: 
             limit, sequential_run = results["sequential raw client"]
             span_ratio = (jobs / tap_run.span) / (limit / sequential_run.span)
             bars.append(f"no limit, {latency} ms: tap-gtmcli {ratio:.1f}x the sequential "
-                        f"reader, whole processes ({span_ratio:.1f}x over API spans) (bar 10x):"
-                        f" {'met' if ratio >= 10 else 'NOT met'}")
+                        f"reader, whole processes ({span_ratio:.1f}x over API spans) (goal 15x):"
+                        f" {'met' if ratio >= 15 else 'NOT met'}")
         if dlt:
             ratio = rates["tap-gtmcli"] / dlt
             dlt_run = results["dlt rest_api (parallelized)"][1]
@@ -303,130 +294,133 @@ def no_limit_cells(latencies: list[int], jobs: int, runs: int, sequential_jobs: 
     return lines, bars
 
 
-def limited_cells(latencies: list[int], shapes: list[tuple[str, int, int]], runs: int,
-                  peers: list[str]) -> tuple[list[str], list[str]]:
+ALGOS = ["grid", "lazy", "lazy-ceil", "sliding", "token-bucket"]
+
+
+def per_second_cells(latencies: list[int], algos: list[str],
+                     shapes: list[tuple[str, int, int]]) -> tuple[list[str], list[str]]:
     limit = 50
-    lines = ["| shape | latency | client | requests needed | seconds | API span s | "
-             "share of budget (process) | share of budget (API span) | 429s | peak RSS MB | "
-             "x dlt |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| shape | limiter | latency | requests needed | seconds | API span s | "
+             "share of budget (API span) | share (process) | 429s | peak RSS MB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     bars = []
     for label, jobs, rows in shapes:
-        for latency in latencies:
-            print(f"50 req/s, {label}, latency {latency} ms", file=sys.stderr)
-            sandbox = start_sandbox(jobs, rows, latency, f"{limit}/1s")
-            needed = 1 + jobs * math.ceil(rows / PER_PAGE)
-            budget = needed / limit
-            try:
-                results = {name: measure(name, sandbox, jobs * rows, runs)
-                           for name in ["tap-gtmcli", *peers]}
-            finally:
-                sandbox.stop()
-            dlt = results.get("dlt rest_api (parallelized)")
-            for name, run in results.items():
-                x_dlt = f"{dlt.seconds / run.seconds:.2f}" if dlt else "-"
+        for algo in algos:
+            for latency in latencies:
+                print(f"50 per 1 s, {label}, {algo}, {latency} ms", file=sys.stderr)
+                sandbox = start_sandbox(jobs, rows, latency, f"{limit}/1s", algo)
+                needed = 1 + jobs * math.ceil(rows / PER_PAGE)
+                budget = needed / limit
+                try:
+                    run = measure("tap-gtmcli", sandbox, jobs * rows, 1)
+                finally:
+                    sandbox.stop()
+                used = budget / run.span
+                throttled = run.throttled / max(run.requests, 1)
                 lines.append(
-                    f"| {label} | {latency} ms | {name} | {needed} | {run.seconds:.2f} | "
-                    f"{run.span:.2f} | {100 * budget / run.seconds:.0f}% | "
-                    f"{100 * budget / run.span:.0f}% | {share(run)} | {run.peak_rss_mb:.0f} | "
-                    f"{x_dlt} |")
-            tap = results["tap-gtmcli"]
-            used = budget / tap.span
-            throttled = tap.throttled / max(tap.requests, 1)
-            bars.append(
-                f"50 req/s, {label}, {latency} ms: tap-gtmcli used {100 * used:.0f}% of the "
-                f"budget over its API span ({100 * budget / tap.seconds:.0f}% of the whole "
-                f"process), 429s {100 * throttled:.1f}% (bars 85%, <= 2%): "
-                f"{'met' if used >= 0.85 and throttled <= 0.02 else 'NOT met'}")
-            if dlt and jobs >= 400:
-                ratio = dlt.seconds / tap.seconds
-                # No client can beat the limit itself: with fixed windows the shortest
-                # possible span is one window less than the budget (its first and last
-                # windows partly used), plus the tap's own time outside the API span.
-                ceiling = dlt.seconds / (max(budget - 1, 0) + tap.seconds - tap.span)
-                verdict = "met" if ratio >= 2.5 else "NOT met" + (
-                    f" (out of reach: the limit lets no client go faster than "
-                    f"{ceiling:.2f}x dlt here)" if ceiling < 2.5 else "")
-                bars.append(f"50 req/s, {label}, {latency} ms: tap-gtmcli {ratio:.2f}x dlt "
-                            f"rest_api parallelized (goal 2.5x): {verdict}")
+                    f"| {label} | {algo} | {latency} ms | {needed} | {run.seconds:.2f} | "
+                    f"{run.span:.2f} | {100 * used:.0f}% | {100 * budget / run.seconds:.0f}% | "
+                    f"{share(run)} ({run.throttled}) | {run.peak_rss_mb:.0f} |")
+                met = used >= 0.85 and throttled <= 0.01
+                bars.append(f"50 per 1 s, {label}, {algo}, {latency} ms: {100 * used:.0f}% of "
+                            f"the budget, {100 * throttled:.1f}% 429s (goals 85%, <= 1%): "
+                            f"{'met' if met else 'NOT met'}")
     return lines, bars
 
 
-def per_minute_cell(jobs: int, latency: int) -> tuple[list[str], list[str]]:
-    window = 60
-    print(f"120 per 60 s, {jobs} one-page jobs, latency {latency} ms", file=sys.stderr)
-    sandbox = start_sandbox(jobs, 100, latency, f"120/{window}s")
+def per_minute_run(algo: str, latency: int, jobs: int) -> tuple[str, Run, float]:
+    window, limit = 60, 120
+    sandbox = start_sandbox(jobs, 100, latency, f"{limit}/{window}s", algo)
     try:
-        # Start just after a window opens, so that the first window is a whole one.
-        time.sleep(window - time.time() % window + 0.2)
+        if algo == "grid":  # start just after a minute opens: the first window is whole
+            time.sleep(window - time.time() % window + 0.2)
         opened = time.time() // window * window
         with tempfile.TemporaryDirectory(dir=WORK) as tmp:
-            started = time.time()
             run = run_client("tap-gtmcli", sandbox, Path(tmp), 0)
-        stats_first = sandbox.admin("GET", "stats")["first_request_at"]
+        first = sandbox.admin("GET", "stats")["first_request_at"]
     finally:
         sandbox.stop()
     if run.rows != jobs * 100:
         raise SystemExit(f"tap-gtmcli got {run.rows} rows, expected {jobs * 100}")
-    second_window = opened + window
-    ideal_span = second_window - stats_first
-    ideal_process = second_window - started
-    ratio = run.span / ideal_span
-    throttled = run.throttled / max(run.requests, 1)
-    lines = ["| client | jobs | requests | seconds | API span s | ideal (second window opens) "
-             "s | x ideal (API span) | x ideal (process) | 429s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-             f"| tap-gtmcli | {jobs} | {run.requests} | {run.seconds:.2f} | {run.span:.2f} | "
-             f"{ideal_span:.2f} | {ratio:.2f} | {run.seconds / ideal_process:.2f} | "
-             f"{share(run)} |"]
-    bars = [f"120 per 60 s, {jobs} jobs, {latency} ms: tap-gtmcli {ratio:.2f}x the ideal "
-            f"({run.seconds / ideal_process:.2f}x for the whole process), 429s "
-            f"{100 * throttled:.1f}% (bars 1.2x, <= 2%): "
-            f"{'met' if ratio <= 1.2 and throttled <= 0.02 else 'NOT met'}"]
+    needed = jobs + 1
+    if algo == "grid":
+        ideal = opened + window - first
+    elif algo == "token-bucket":
+        ideal = latency / 1000 + (needed - limit) * window / limit
+    else:
+        ideal = latency / 1000 + window
+    return algo, run, ideal
+
+
+def per_minute_cells(latencies: list[int], algos: list[str], jobs: int,
+                     serial: bool) -> tuple[list[str], list[str]]:
+    cells = [(algo, latency) for algo in algos for latency in latencies]
+    print(f"120 per 60 s, {jobs} one-page jobs: {len(cells)} cells", file=sys.stderr)
+    with ThreadPoolExecutor(1 if serial else len(cells)) as pool:
+        results = list(pool.map(lambda cell: per_minute_run(cell[0], cell[1], jobs), cells))
+    lines = ["| limiter | latency | requests | seconds | API span s | ideal s | x ideal | "
+             "429s |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    bars = []
+    for (algo, latency), (_, run, ideal) in zip(cells, results, strict=True):
+        ratio = run.span / ideal
+        throttled = run.throttled / max(run.requests, 1)
+        lines.append(f"| {algo} | {latency} ms | {run.requests} | {run.seconds:.2f} | "
+                     f"{run.span:.2f} | {ideal:.2f} | {ratio:.2f} | {share(run)} "
+                     f"({run.throttled}) |")
+        bars.append(f"120 per 60 s, {algo}, {latency} ms: {ratio:.2f}x the ideal, "
+                    f"{100 * throttled:.1f}% 429s (goals 1.1x, <= 1%): "
+                    f"{'met' if ratio <= 1.1 and throttled <= 0.01 else 'NOT met'}")
     return lines, bars
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=1, help="runs per client (median)")
+    parser.add_argument("--latencies", default="100,300,800",
+                        help="milliseconds, comma-separated")
+    parser.add_argument("--algos", default=",".join(ALGOS), help="limiters, comma-separated")
+    parser.add_argument("--only", default="second,minute,free",
+                        help="cells to run: second, minute, free (comma-separated)")
+    parser.add_argument("--peers", action="store_true",
+                        help="no-limit cells: the concurrent raw client and dlt too")
     parser.add_argument("--sequential-jobs", type=int, default=100)
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: 100 ms only, fewer jobs, no per-minute cell")
+    parser.add_argument("--serial", action="store_true",
+                        help="run the per-minute cells one after another")
     args = parser.parse_args()
+    latencies = [int(value) for value in args.latencies.split(",")]
+    algos = args.algos.split(",")
+    only = set(args.only.split(","))
     WORK.mkdir(exist_ok=True)
     started = time.perf_counter()
-    peers = ["concurrent raw client"]
-    if (DLT_VENV / "bin" / "python").exists():
-        peers.append("dlt rest_api (parallelized)")
-    else:
-        print(f"  skipping dlt: {DLT_VENV} is not installed", file=sys.stderr)
-    latencies = [100] if args.quick else [100, 300, 800]
-    jobs = 60 if args.quick else 400
+    peers = ["sequential raw client"]
+    if args.peers:
+        peers.append("concurrent raw client")
+        if (DLT_VENV / "bin" / "python").exists():
+            peers.append("dlt rest_api (parallelized)")
     shapes = [("(a) 400 x 500", 400, 500), ("(b) 30 x 10,000", 30, 10_000)]
-    if args.quick:
-        shapes = [("(a) 60 x 500", 60, 500), ("(b) 5 x 10,000", 5, 10_000)]
-    free, free_bars = no_limit_cells(latencies, jobs, args.runs, args.sequential_jobs,
-                                     ["sequential raw client", *peers])
-    limited, limited_bars = limited_cells(latencies, shapes, args.runs, peers)
-    minute, minute_bars = ([], []) if args.quick else per_minute_cell(150, 300)
-    bars = free_bars + limited_bars + minute_bars
+    sections: list[str] = []
+    bars: list[str] = []
+    if "second" in only:
+        lines, more = per_second_cells(latencies, algos, shapes)
+        sections += ["## 50 requests per second, every limiter", "", *lines, ""]
+        bars += more
+    if "minute" in only:
+        lines, more = per_minute_cells(latencies, algos, 150, args.serial)
+        sections += ["## 120 requests per minute, every limiter", "", *lines, ""]
+        bars += more
+    if "free" in only:
+        lines, more = no_limit_cells(latencies, 400, 1, args.sequential_jobs, peers)
+        sections += ["## No rate-limit headers", "", *lines, ""]
+        bars += more
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     report = "\n".join([
         f"- machine: {machine()}", f"- date: {when}", f"- commit: {commit()}",
-        f"- command: `benchmarks/bench_read_ahead.py --runs {args.runs} --sequential-jobs "
-        f"{args.sequential_jobs}`",
-        f"- each figure is the median of {args.runs} run(s); per_page {PER_PAGE}; the "
-        f"sequential reader reads the oldest {args.sequential_jobs} jobs only (its rows/s "
-        f"does not depend on the job count); took {time.perf_counter() - started:.0f} s",
-        "", "## No rate-limit headers", "", *free, "",
-        "## 50 requests per one-second window", "", *limited, "",
-        *(["## 120 requests per 60-second window", "", *minute, ""] if minute else []),
-        "## Bars", "", *[f"- {bar}" for bar in bars], "",
+        f"- command: `benchmarks/bench_read_ahead.py {' '.join(sys.argv[1:])}`",
+        f"- one run per cell; per_page {PER_PAGE}; took {time.perf_counter() - started:.0f} s",
+        "", *sections, "## Goals", "", *[f"- {bar}" for bar in bars], "",
     ])
     print(report)
-    if args.quick:
-        print("(a --quick run: RESULTS.md left as it is)")
-        return
-    write_section(HERE / "RESULTS.md", READ_AHEAD_TITLE, report)
+    if only == {"second", "minute", "free"} and len(algos) == len(ALGOS):
+        write_section(HERE / "RESULTS.md", READ_AHEAD_TITLE, report)
 
 
 if __name__ == "__main__":

@@ -60,7 +60,6 @@ WHOLE_BODY_CHUNK = 4 * 1024 * 1024
 Answer = TypeVar("Answer")
 
 
-
 class SharedByStreams(Protocol):
     """What the tap holds for all its streams: the limit is per key, so every stream and
     worker shares one pacer; in BATCH mode a flush announces every stream's files."""
@@ -201,10 +200,11 @@ class GTMCLIStream(RESTStream[int]):
         prepared_request: requests.PreparedRequest,
         context: Context | None,
         stop: threading.Event | None = None,
+        waited_out: bool = False,
     ) -> requests.Response:
         # The SDK's, with the pacer around the send: it is told of every answer before
         # validate_response raises on it, and of no answer at all.
-        ticket = self.pacer.acquire(stop)
+        ticket = self.pacer.acquire(stop, waited_out=waited_out)
         response = None
         try:
             response = self.requests_session.send(
@@ -258,14 +258,6 @@ class GTMCLIStream(RESTStream[int]):
                 return f"{request.method} {urlparse(request.url or '').path}"
             return f"GET {self.path}"
 
-        def attempt(*args: Any, **kwargs: Any) -> Answer:
-            raise_if_stopped(stop, described(args))
-            try:
-                return func(*args, **kwargs)
-            except requests.exceptions.TooManyRedirects as error:
-                raise GTMCLIFatalError(
-                    f"{described(args)} was {describe_transport_error(error)}") from error
-
         def give_up(details: Details, what: str) -> None:
             error = details["exception"]
             raise GTMCLIRetriesExhaustedError(
@@ -275,6 +267,16 @@ class GTMCLIStream(RESTStream[int]):
         def tried(*args: Any, **kwargs: Any) -> Answer:
             budget = RetryBudget(self.retry_policy)  # one per request, not per decorator
             what = described(args)
+
+            def attempt() -> Answer:
+                raise_if_stopped(stop, what)
+                try:
+                    if budget.waited_out:  # not held again for the 429 it waited out
+                        return func(*args, **kwargs, waited_out=True)
+                    return func(*args, **kwargs)
+                except requests.exceptions.TooManyRedirects as error:
+                    raise GTMCLIFatalError(
+                        f"{what} was {describe_transport_error(error)}") from error
 
             def wait_before_retry(details: Details) -> None:
                 error = details["exception"]
@@ -301,7 +303,7 @@ class GTMCLIStream(RESTStream[int]):
                 on_giveup=lambda details: give_up(details, what),
                 on_backoff=wait_before_retry,
                 logger=None,
-            )(attempt)(*args, **kwargs)
+            )(attempt)()
 
         return tried
 

@@ -18,11 +18,9 @@ while earlier jobs are still being written:
   is the slow part, and every page in flight will wait too: they count against the cap
   (at the mean size of the pages answered so far). The reader's next page is never
   held back by the cap, so a large page cannot stall the run.
-- Each worker allocates its pages' buffers; glibc gives every new thread an arena of
-  its own (up to 8 per core) and keeps what is freed in it: with 16 workers on loopback
-  that kept 6-8 MB more resident than the pages held. The pool caps the arenas at
-  MALLOC_ARENAS when it starts: Python threads allocate holding the GIL, so more
-  arenas buy no concurrency (and measured no slower).
+- glibc gives every new thread a malloc arena (up to 8 per core) and keeps what is freed
+  in it: with 16 workers that held 6-8 MB more than the pages did. The pool caps the
+  arenas at MALLOC_ARENAS (threads allocate holding the GIL: more buy no concurrency).
 - Requests are prepared and submitted only in the reading thread; workers only send.
 - `close()` drops every page not read and sets the stop handed to each request it sent:
   a worker inside a retry sends no further try and sleeps out no backoff, so a run that
@@ -181,9 +179,7 @@ class PagePipeline(Generic[Request]):
             job = self._by_key.get(key)
             if job is None:
                 # Not planned (or read already): read it now, before anything planned.
-                job = _Job(key, max(1, expected_pages or 1))
-                self._by_key[key] = job
-                self._plan.insert(self._reading, job)
+                job = self._add(key, expected_pages, at=self._reading)
             while self._plan[self._reading] is not job:
                 skipped = self._plan[self._reading]  # planned but never asked for
                 self._drop(skipped)
@@ -265,10 +261,10 @@ class PagePipeline(Generic[Request]):
             self._waiting_bytes -= self._sizes.pop(future, 0)
         job.next_to_send = job.wanted + 1
 
-    def _add(self, key: str, expected_pages: int | None) -> None:
-        job = _Job(key, max(1, expected_pages or 1))
-        self._by_key[key] = job
-        self._plan.append(job)
+    def _add(self, key: str, expected_pages: int | None, at: int | None = None) -> _Job:
+        job = self._by_key[key] = _Job(key, max(1, expected_pages or 1))
+        self._plan.insert(len(self._plan) if at is None else at, job)
+        return job
 
     # --- the workers ----------------------------------------------------------------
 

@@ -83,24 +83,23 @@ def test_before_any_limit_is_told_nothing_waits():
     assert pacer.window == INITIAL_WINDOW
 
 
-def test_remaining_less_what_went_out_since_goes_at_once_then_the_log_waits():
+def test_remaining_less_what_is_in_flight_goes_at_once_then_the_log_waits():
     clock = FakeClock(START + 0.5)
     pacer = paced(clock)
     first, _ = start(pacer, clock)
     three = [start(pacer, clock)[0] for _ in range(3)]  # out before the first answer
-    # 10 a second; 5 left after the first was counted; the window ends in 0.5 s.
-    pacer.observe(first, answer(limit=10, remaining=5, reset=START + 1))
-    # 5 less the 3 started since: 2 go at once.
-    assert [start(pacer, clock)[1] for _ in range(2)] == [0.0, 0.0]
-    for ticket in three:
-        pacer.observe(ticket, answer(limit=10, remaining=5, reset=START + 1))
-    # The word is spent; our log holds 6 starts of a 10 a second limit: 4 more at once.
-    assert [start(pacer, clock)[1] for _ in range(4)] == [0.0] * 4
-    # Then a probe after the long-run gap, and the next when the first start leaves the
-    # log's window.
+    # 10 a second; 9 left after the first was counted; the window ends in 0.5 s.
+    pacer.observe(first, answer(limit=10, remaining=9, reset=START + 1))
+    # 9 less the 3 in flight: 6 go at once, and no more.
+    assert [start(pacer, clock)[1] for _ in range(6)] == [0.0] * 6
+    # Counted after the first, answered in another order: the least Remaining holds
+    # (6, less the 6 in flight).
+    for left, ticket in zip([6, 8, 7], three, strict=True):
+        pacer.observe(ticket, answer(limit=10, remaining=left, reset=START + 1))
+    # Our log holds 10 starts of a 10 a second limit: a probe after the long-run gap,
+    # then the next start when the first leaves the log's window.
     log_seconds = 1 + SLACK
     assert start(pacer, clock)[1] == pytest.approx(log_seconds / 10, abs=1e-4)
-    assert clock.now == pytest.approx(START + 0.5 + log_seconds / 10, abs=1e-4)
     start(pacer, clock)
     assert clock.now == pytest.approx(START + 0.5 + log_seconds, abs=1e-4)
 
@@ -177,10 +176,12 @@ def test_each_429_uses_less_of_the_limit_down_to_a_floor():
     clock = FakeClock()
     pacer = paced(clock)
     pacer.observe(pacer.acquire(), answer(limit=20, remaining=19, reset=START + 1))
-    for _ in range(12):
+    for _ in range(12):  # let through by the word, refused all the same
         pacer.observe(pacer.acquire(), answer(429, retry_after=0))
-    # The word is spent (19 less 12 since is 7 left... all refused, so 0 counted since):
-    # drain it, then the log allows MIN_SHARE of 20 (one start counted in it).
+    assert pacer.slack == SLACK  # not our log's doing
+    pacer.observe(pacer.acquire(), answer(limit=20, remaining=0, reset=START + 1))
+    # Past the window, the word still says 0: our log allows MIN_SHARE of 20 (0.9 ** 12
+    # is less), then the next waits for a probe's gap.
     clock.now += 10
     free = 0
     while start(pacer, clock)[1] == 0.0:
@@ -188,7 +189,7 @@ def test_each_429_uses_less_of_the_limit_down_to_a_floor():
     assert free == int(20 * MIN_SHARE)
 
 
-def test_a_refused_start_of_our_log_lengthens_the_window_once_per_burst():
+def test_a_refused_start_of_our_log_widens_its_slack_once_per_burst():
     clock = FakeClock(START + 0.5)
     pacer = paced(clock)
     first = [start(pacer, clock)[0] for _ in range(3)]
@@ -197,13 +198,14 @@ def test_a_refused_start_of_our_log_lengthens_the_window_once_per_burst():
     assert pacer.window_seconds == 2.0
     probe, _ = start(pacer, clock)
     pacer.observe(probe, answer(429, limit=3, remaining=0, reset=START + 3, retry_after=1))
-    assert pacer.window_seconds == 2.0  # a probe tells nothing of the window
-    burst = [start(pacer, clock)[0] for _ in range(3)]  # the log's 3.05 s have passed
+    assert pacer.slack == SLACK  # a probe tells nothing of the window
+    burst = [start(pacer, clock)[0] for _ in range(3)]  # the log's 3.04 s have passed
     clock.now += 0.3
-    for ticket in burst:  # refused: the window is longer than the Reset showed
+    for ticket in burst:  # refused: requests take longer to arrive than the slack allows
         pacer.observe(ticket, answer(429, limit=3, remaining=0, reset=START + 4,
                                      retry_after=1))
-    assert pacer.window_seconds == 3.0
+    assert pacer.slack == pytest.approx(2 * SLACK)
+    assert pacer.window_seconds == 2.0
 
 
 # --- probes --------------------------------------------------------------------------

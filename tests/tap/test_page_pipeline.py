@@ -276,7 +276,7 @@ class WatchedStream:
         self.reader_raised: list[BaseException] = []
 
     def start_reading(self, job_id: str) -> threading.Thread:
-        context = {"job_id": job_id, "job_type": "validate", "total": 10}
+        context = {"job_id": job_id, "job_type": "validate", "rows": 10}
         self.stream.read_ahead([context])
 
         def read() -> None:
@@ -342,7 +342,7 @@ def test_a_page_waiting_for_its_turn_counts_the_bytes_it_holds(sandbox, tap_conf
     """The byte cap counts the RECORD lines a page holds, not the (smaller) answer."""
     job_id = sandbox.seed_jobs("validate", 300)[0]
     stream = TapGTMCLI(config=tap_config).streams["job_results"]
-    context = {"job_id": job_id, "job_type": "validate", "total": 300}
+    context = {"job_id": job_id, "job_type": "validate", "rows": 300}
     request = stream.prepare_page_request(context, 1)
     page = stream.fetch_page(1, request, context)
     assert page.row_count == 300 and page.record_lines is not None
