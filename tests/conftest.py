@@ -44,6 +44,9 @@ os.environ.pop("MELTANO_PROJECT_ROOT", None)
 #: writes and its plugin reads, the config with the key); one worker also keeps one
 #: sandbox with its submitted contacts, one PostgreSQL server, one migrated system database.
 MELTANO_TESTS = ("tests/e2e/", "tests/orchestration/")
+#: Meltano tests with a project of their own (a fresh `meltano init` in a temporary
+#: directory): they share nothing with the others and run in whichever worker is free.
+OWN_PROJECT_TESTS = ("tests/e2e/test_own_project.py",)
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)  # before pytest-xdist's own
@@ -59,7 +62,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     class MeltanoInOneWorker(LoadGroupScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            if nodeid.startswith(MELTANO_TESTS):
+            if nodeid.startswith(MELTANO_TESTS) and not nodeid.startswith(OWN_PROJECT_TESTS):
                 return "meltano"
             return str(super()._split_scope(nodeid))
 
