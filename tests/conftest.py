@@ -1,12 +1,13 @@
 """Session-wide test rules.
 
-- Every plugin run is scanned for the API key (tests/key_scan.py).
+- Every plugin run is scanned for the API key (tests/helpers/key_scan.py).
+- `sandbox`: the fast, fault-free sandbox most tests talk to, on 127.0.0.1.
 - Every test starts with an empty default submission index, apart from the user's. The
   mapper and the target keep a submission index by default (README "What you pay for"):
   without this, tests would write into the user's data directory and skip items an
-  earlier test submitted. In-process runs get a data directory of their own per test;
-  console scripts started with a copy of the environment taken at import time share the
-  session's, which is emptied before each test.
+  earlier test submitted. Each test gets a data directory of its own (console scripts
+  the helpers start inherit it); the session's, which a process started with a copy of
+  the environment taken earlier would use, is emptied before each test.
 - The suite runs in two pytest-xdist workers (`-n 2 --dist loadgroup`, pyproject.toml):
   it mostly waits on subprocesses and sandboxes. Each worker is a process with its own
   session fixtures (data directory, key scan, sandboxes). The tests that run Meltano
@@ -28,7 +29,9 @@ from typing import Any
 
 import pytest
 
-from tests import key_scan
+from tap_gtmcli.sandbox import SandboxServer
+from tests.helpers import key_scan
+from tests.helpers.sandboxes import fast_sandbox
 
 key_scan.install()
 
@@ -117,3 +120,11 @@ def _own_submission_index(tmp_path_factory: pytest.TempPathFactory,
     data_home = tmp_path_factory.mktemp("data-home")
     monkeypatch.setenv("XDG_DATA_HOME", str(data_home))
     return data_home
+
+
+@pytest.fixture
+def sandbox() -> Iterator[SandboxServer]:
+    """A fast, fault-free sandbox on 127.0.0.1: it takes `API_KEY` (tests/helpers/keys.py)
+    and its jobs complete the moment they are created."""
+    with fast_sandbox() as server:
+        yield server

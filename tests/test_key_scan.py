@@ -1,4 +1,4 @@
-"""The key scan (tests/key_scan.py) sees every kind of output a plugin run can leave."""
+"""The key scan (tests/helpers/key_scan.py) sees every kind of output a plugin run can leave."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from pathlib import Path
 
 from tap_gtmcli.submit.singer_io import BufferedMsgSpecWriter
 from tap_gtmcli.tap.message_writer import TapMessageWriter
-from tests import key_scan
-from tests.key_scan import TEST_API_KEY
+from tests.helpers import key_scan
+from tests.helpers.keys import API_KEY
 
-PRINT_KEY = f"import sys; print({TEST_API_KEY!r}); print('tail ' + sys.argv[1], file=sys.stderr)"
-TAIL = TEST_API_KEY.removeprefix("gtm_live_")
+PRINT_KEY = f"import sys; print({API_KEY!r}); print('tail ' + sys.argv[1], file=sys.stderr)"
+TAIL = API_KEY.removeprefix("gtm_live_")
 
 
 def found_then_forget() -> list[str]:
@@ -48,7 +48,7 @@ def test_a_killed_run_whose_stderr_the_test_discards_is_scanned() -> None:
 def test_a_log_line_and_a_file_a_run_wrote_are_scanned(tmp_path: Path) -> None:
     # Made without the record factory, so the plugins' mask does not hide it here.
     record = logging.LogRecord("some.library", logging.ERROR, __file__, 1, "key %s",
-                               (TEST_API_KEY,), None)
+                               (API_KEY,), None)
     logging.getLogger("some.library").handle(record)
     log_file = tmp_path / "run.log"
     with log_file.open("w") as log:
@@ -61,12 +61,12 @@ def test_a_log_line_and_a_file_a_run_wrote_are_scanned(tmp_path: Path) -> None:
 
 def test_in_process_plugin_output_and_watched_trees_are_scanned(tmp_path, capsys) -> None:
     mapper_output = io.BytesIO()
-    BufferedMsgSpecWriter(mapper_output).write_line(f'{{"key": "{TEST_API_KEY}"}}\n'.encode())
+    BufferedMsgSpecWriter(mapper_output).write_line(f'{{"key": "{API_KEY}"}}\n'.encode())
     TapMessageWriter._write(f'{{"key": "{TAIL}"}}\n'.encode())
     capsys.readouterr()
     (tmp_path / "logs").mkdir()
     key_scan.watch_tree(tmp_path / "logs", since=time.time() - 1)
-    (tmp_path / "logs" / "elt.log").write_text(f"Bearer {TEST_API_KEY}")
+    (tmp_path / "logs" / "elt.log").write_text(f"Bearer {API_KEY}")
     try:
         found = found_then_forget()
     finally:

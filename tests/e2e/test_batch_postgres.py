@@ -1,8 +1,10 @@
 """`meltano run tap-gtmcli-batch target-postgres`: BATCH files loaded with COPY, exactly.
 
 The rows in PostgreSQL are compared field by field with what the sandbox serves (plus the
-fields the tap adds), a full-refresh rerun re-sends every row and must leave one copy of
-each, and a run with nothing new must write no file and load nothing.
+fields the tap adds); PostgreSQL's own statistics (pg_stat_statements) show every row
+went in through a COPY of at most BATCH_SIZE rows, one per file; a full-refresh rerun
+re-sends every row and must leave one copy of each, and a run with nothing new must write
+no file and load nothing.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import pytest
 from tap_gtmcli.api.paging import iterate_pages
 from tap_gtmcli.demo.meltano_project import MeltanoRun
 from tap_gtmcli.tap.tap import TapGTMCLI
+from tests.helpers.key_scan import assert_no_key
+from tests.helpers.meltano import Pipelines
+from tests.helpers.postgres import PostgresServer
 
-from .conftest import Pipelines, PostgresServer
 from .test_meltano_pipelines import NOTHING_NEW, assert_small_state, submit_more
 
 pytestmark = pytest.mark.e2e
@@ -67,6 +71,25 @@ def batch_file_rows(batch_dir: Path) -> dict[str, int]:
     return counts
 
 
+def copies(postgres: PostgresServer) -> dict[str, list[int]]:
+    """Rows of each COPY since the statistics were last reset, by the table it filled
+    ("jobs" or "job_results", told by the columns): target-postgres copies each file
+    into a temporary table of its own, so each COPY is one entry of pg_stat_statements."""
+    found: dict[str, list[int]] = {"jobs": [], "job_results": []}
+    for query, calls, rows in postgres.query(
+            "select query, calls, rows from pg_stat_statements where query ilike 'copy %'"):
+        assert int(calls) == 1, f"one COPY per temporary table, not {calls}: {query}"
+        found["job_results" if '"row_number"' in query else "jobs"].append(int(rows))
+    return found
+
+
+def rows_inserted_from_values(postgres: PostgresServer) -> int:
+    """Rows any INSERT ... VALUES statement wrote (the path `use_copy: false` takes)."""
+    rows = postgres.query("select coalesce(sum(rows), 0) from pg_stat_statements "
+                          "where query ilike 'insert%values%'")
+    return int(rows[0][0])
+
+
 def test_batch_runs_into_postgres_are_exact_upsert_and_then_load_nothing(
     pipelines: Pipelines, submitted: MeltanoRun, postgres_server: PostgresServer,
 ) -> None:
@@ -85,10 +108,13 @@ def test_batch_runs_into_postgres_are_exact_upsert_and_then_load_nothing(
     def one(sql: str) -> int:
         return int(postgres_server.query(sql)[0][0])
 
+    postgres_server.query("select pg_stat_statements_reset()")
     runs = [run("batch-postgres-1")]
     submit_more(pipelines, "batch-postgres-submit-find")
     jobs, result_rows = pipelines.sandbox_truth()
     runs.append(run("batch-postgres-2"))
+    loaded_by = copies(postgres_server)
+    assert rows_inserted_from_values(postgres_server) == 0
 
     assert one(f"select count(*) from {SCHEMA}.jobs") == len(jobs)
     assert one(f"select count(distinct id) from {SCHEMA}.jobs") == len(jobs)
@@ -109,14 +135,23 @@ def test_batch_runs_into_postgres_are_exact_upsert_and_then_load_nothing(
     assert {column for row in loaded for column in row if column.startswith("_sdc_")}
     assert all(row[column] is None for row in loaded for column in row
                if column.startswith("_sdc_"))
-    files_before = sorted(batch_dir.iterdir())
-    # Several files of at most BATCH_SIZE rows each; jobs rows went through files too.
-    assert len(files_before) > result_rows // BATCH_SIZE
-    assert batch_file_rows(batch_dir)["job_results"] == result_rows
+    # Every row went in through COPY, from files of at most BATCH_SIZE rows each: one
+    # COPY per file, jobs rows too, and together exactly the rows the files hold.
+    in_files = batch_file_rows(batch_dir)
+    assert in_files["job_results"] == result_rows
+    assert sum(loaded_by["job_results"]) == result_rows
+    # (a job row twice in one file is loaded once: the loader keeps the last per key)
+    assert len(jobs) <= sum(loaded_by["jobs"]) <= in_files["jobs"]
+    assert all(0 < rows <= BATCH_SIZE for stream in loaded_by for rows in loaded_by[stream])
+    assert len(loaded_by["job_results"]) >= -(-result_rows // BATCH_SIZE)  # several files
+    assert len(loaded_by["job_results"]) == len(list(batch_dir.glob("tap-gtmcli--job_results-*")))
 
     # A full refresh re-sends every row: the upsert keeps one copy of each.
+    postgres_server.query("select pg_stat_statements_reset()")
     runs.append(run("batch-postgres-refresh", "--full-refresh"))
     assert batch_file_rows(batch_dir)["job_results"] == 2 * result_rows
+    assert sum(copies(postgres_server)["job_results"]) == result_rows
+    assert rows_inserted_from_values(postgres_server) == 0
     assert one(f"select count(*) from {SCHEMA}.job_results") == result_rows
     assert one(f"select count(*) from (select distinct job_id, row_number "
                f"from {SCHEMA}.job_results) as k") == result_rows
@@ -124,14 +159,19 @@ def test_batch_runs_into_postgres_are_exact_upsert_and_then_load_nothing(
 
     # Nothing new: no file written, nothing loaded.
     files_before = sorted(batch_dir.iterdir())
+    postgres_server.query("select pg_stat_statements_reset()")
     runs.append(run("batch-postgres-nothing-new"))
+    assert copies(postgres_server) == {"jobs": [], "job_results": []}
     assert NOTHING_NEW in runs[-1].log_path.read_text()
     assert sorted(batch_dir.iterdir()) == files_before
     assert one(f"select count(*) from {SCHEMA}.job_results") == result_rows
     assert_small_state(pipelines, STATE_ID)
 
-    key = pipelines.sandbox.api_key
+    # Neither the key nor its tail: in the run logs, the BATCH files, the warehouse.
     for output in [*(r.log_path for r in runs), *batch_dir.iterdir()]:
         text = (gzip.decompress(output.read_bytes()) if output.suffix == ".gz"
                 else output.read_bytes())
-        assert key.encode() not in text, f"the API key is in {output.name}"
+        assert_no_key(text)
+    assert_no_key(postgres_server.query(
+        f"select row_to_json(r) from {SCHEMA}.job_results r"),
+        postgres_server.query(f"select row_to_json(r) from {SCHEMA}.jobs r"))

@@ -16,9 +16,9 @@ import requests
 from tap_gtmcli.demo.generate_contacts import CSV_PATH
 from tap_gtmcli.demo.meltano_project import MeltanoRun
 from tap_gtmcli.demo.sandbox_process import SandboxProcess
-from tests.key_scan import TEST_API_KEY
-
-from .conftest import Pipelines, PostgresServer
+from tests.helpers.keys import API_KEY
+from tests.helpers.meltano import Pipelines
+from tests.helpers.postgres import PostgresServer
 
 pytestmark = pytest.mark.e2e
 
@@ -160,7 +160,7 @@ def test_validate_and_collect_lands_the_results_of_its_own_submission_in_one_run
     # that happens once tap-gtmcli logs that it waits, so it surely found the job open.
     sandbox = SandboxProcess(pipelines.workdir / "collect-sandbox.db",
                              pipelines.workdir / "logs" / "collect-sandbox.log",
-                             api_key=TEST_API_KEY,  # the key the e2e plugins are given
+                             api_key=API_KEY,  # the key the e2e plugins are given
                              extra_args=("--start-delay", "3600", "--processing-rate", "1000"))
     url = sandbox.start()
     waiting = threading.Event()

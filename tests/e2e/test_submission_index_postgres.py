@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import threading
 import uuid
 from collections import Counter
@@ -22,13 +21,10 @@ from tap_gtmcli.api.client import GTMCLIClient
 from tap_gtmcli.api.errors import SubmissionFailedError
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 from tap_gtmcli.submit.submission_index import SCHEMA_LOCK, PostgresIndex
-from tests.mapper.conftest import API_KEY as MAPPER_KEY
-from tests.mapper.conftest import FakeGTMCLI, run_mapper
-
-from .conftest import POSTGRES_BIN, PostgresServer
-
-API_KEY = "gtm_live_PG-INDEX-secret-5e0b7d"
-MAPPER = str(Path(sys.executable).parent / "mapper-gtmcli")
+from tests.helpers.fake_client import FakeGTMCLI
+from tests.helpers.keys import API_KEY
+from tests.helpers.mapper_runs import MAPPER, run_mapper
+from tests.helpers.postgres import POSTGRES_BIN, PostgresServer
 
 
 @pytest.fixture
@@ -137,7 +133,7 @@ def test_a_failed_create_releases_its_claims(
     retry = FakeGTMCLI()
     out = run_mapper(config, messages, retry)
     for output in (failed_output, out):
-        assert MAPPER_KEY not in json.dumps(output)
+        assert API_KEY not in json.dumps(output)
     sent = [item["email"] for items in retry.items.values() for item in items]
     assert sorted(sent) == sorted(f"p{number}@example.com" for number in range(10, 25))
     assert index_counts(postgres_server, database) == [["25", "25"]]

@@ -10,19 +10,10 @@ from tap_gtmcli.api.client import GTMCLIClient
 from tap_gtmcli.api.errors import EnrichmentFailedError
 from tap_gtmcli.submit.enrich import ENRICHMENT_SCHEMA
 from tap_gtmcli.submit.router import LEDGER_STREAM, REJECTED_STREAM
-
-from .conftest import (
-    API_KEY,
-    FakeGTMCLI,
-    fixture_messages,
-    fixture_text,
-    of_stream,
-    record,
-    run_mapper,
-    sandbox_config,
-    schema,
-    state,
-)
+from tests.helpers.fake_client import FakeGTMCLI
+from tests.helpers.keys import API_KEY
+from tests.helpers.mapper_runs import mapper_settings, run_mapper
+from tests.helpers.singer import fixture_messages, fixture_text, of_stream, record, schema, state
 
 ENRICH = {"mode": "enrich", "poll_interval": 0.01, "max_wait": 5}
 NULLS = dict.fromkeys(ENRICHMENT_SCHEMA)
@@ -43,7 +34,7 @@ def test_contacts_fixture_is_enriched_in_order(sandbox: Any) -> None:
         "batch_size": 3,
         **ENRICH,
     }
-    out = run_mapper(sandbox_config(sandbox, **settings), fixture_text("contacts.singer"))
+    out = run_mapper(mapper_settings(sandbox, **settings), fixture_text("contacts.singer"))
     upstream = fixture_messages("contacts.singer")
 
     (contacts_schema,) = of_stream(out, "contacts", "SCHEMA")

@@ -18,8 +18,8 @@ from tap_gtmcli.api.retry import RetryPolicy, growing_pauses
 from tap_gtmcli.submit.batches import OpenBatches
 from tap_gtmcli.submit.enrich import JobWaiter
 from tap_gtmcli.submit.job_creation import JobSubmitter
-
-from .conftest import API_KEY, FakeGTMCLI
+from tests.helpers.fake_client import FakeGTMCLI
+from tests.helpers.keys import API_KEY
 
 
 @contextmanager

@@ -11,8 +11,9 @@ from singer_sdk.singerlib.exceptions import InvalidInputLine
 from tap_gtmcli.api.errors import SubmissionFailedError
 from tap_gtmcli.submit.router import LEDGER_STREAM, REJECTED_STREAM
 from tap_gtmcli.submit.state_gate import StateGate
-
-from .conftest import FakeGTMCLI, of_stream, record, run_mapper, schema, state
+from tests.helpers.fake_client import FakeGTMCLI
+from tests.helpers.mapper_runs import run_mapper
+from tests.helpers.singer import of_stream, record, schema, state
 
 
 def test_passthrough_is_unchanged_and_state_waits_for_the_batch(fake: FakeGTMCLI) -> None:

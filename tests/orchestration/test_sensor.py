@@ -13,7 +13,7 @@ import pytest
 
 from orchestration.definitions import build_definitions
 from tap_gtmcli.sandbox import SandboxServer
-from tests.reliability.conftest import API_KEY
+from tests.helpers.keys import API_KEY
 
 from .conftest import assert_no_key, start_sandbox
 

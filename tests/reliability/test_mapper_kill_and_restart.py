@@ -14,25 +14,19 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests.reliability.conftest import (
-    API_KEY,
-    CLI_ENV,
-    LEDGER,
-    MAPPER,
-    assert_no_secret,
-    contacts_input,
+from tests.helpers import key_scan
+from tests.helpers.key_scan import assert_no_key
+from tests.helpers.keys import API_KEY
+from tests.helpers.mapper_runs import LEDGER, MAPPER, mapper_settings, run_mapper_cli
+from tests.helpers.sandboxes import (
     fast_sandbox,
-    mapper_settings,
-    mapper_truth,
     received_items,
-    register_output,
-    replay_after,
-    run_mapper_cli,
-    singer_text,
     start_sandbox_process,
-    state_position,
     stop_sandbox_process,
 )
+from tests.helpers.singer import singer_text
+from tests.helpers.submit_oracle import contacts_input, mapper_truth, replay_after, state_position
+from tests.helpers.tap_runs import cli_environment
 
 TRIALS = 20
 RECORDS = 8000
@@ -45,7 +39,7 @@ def run_until_killed(config_path: Path, input_path: Path, kill_after_records: in
     `kill_after_records` upstream records through, and return everything it had written."""
     with input_path.open("rb") as stdin, subprocess.Popen(
         [MAPPER, "--config", str(config_path)], stdin=stdin, stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, env=CLI_ENV,
+        stderr=subprocess.DEVNULL, env=cli_environment(),
     ) as process:
         assert process.stdout is not None
         messages, seen = [], 0
@@ -60,7 +54,7 @@ def run_until_killed(config_path: Path, input_path: Path, kill_after_records: in
         # What was already in the pipe reached the "target" before the kill took effect.
         messages += [json.loads(line) for line in process.stdout if line.endswith(b"\n")]
         process.wait()
-    register_output("killed mapper stdout", messages)
+    key_scan.record("killed mapper stdout", messages)
     return messages
 
 
@@ -81,7 +75,7 @@ def one_trial(tmp_path: Path, trial: int, kill_after: int, messages: list[dict])
         last = states[-1] if states else None
         resumed = run_mapper_cli(config, replay_after(messages, last), directory)
         assert resumed.returncode == 0, resumed.stderr[-2000:]
-        assert_no_secret(first, resumed.messages, resumed.stderr)
+        assert_no_key(first, resumed.messages, resumed.stderr)
         received = Counter(received_items(server))
     truth = mapper_truth(messages, BATCH).items
     passed = {m["record"]["id"] for m in first if m.get("stream") == "contacts"
@@ -151,7 +145,7 @@ def test_mapper_completes_exactly_across_a_sandbox_restart(tmp_path):
     half = next(i for i, m in enumerate(messages) if m["type"] == "STATE"
                 and state_position(m["value"]) == 1500) + 1
     mapper = subprocess.Popen([MAPPER, "--config", str(config_path)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=CLI_ENV)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_environment())
     assert mapper.stdin and mapper.stdout and mapper.stderr
     out: list[bytes] = []
     err: list[bytes] = []
@@ -174,8 +168,8 @@ def test_mapper_completes_exactly_across_a_sandbox_restart(tmp_path):
         for reader in readers:
             reader.join(timeout=10)
         stderr = b"".join(err).decode()
-        register_output("mapper stderr", stderr)
-        register_output("mapper stdout", b"".join(out))
+        key_scan.record("mapper stderr", stderr)
+        key_scan.record("mapper stdout", b"".join(out))
         assert mapper.returncode == 0, stderr[-3000:]
         emitted = [json.loads(line) for line in out]
         truth = mapper_truth(messages, 500).items
@@ -183,7 +177,7 @@ def test_mapper_completes_exactly_across_a_sandbox_restart(tmp_path):
         assert received == truth, f"missing {truth - received}, extra {received - truth}"
         assert [m for m in emitted if m.get("stream") != LEDGER] == messages
         assert re.search(r"POST /v1/jobs (failed|may or may not)", stderr), stderr[-2000:]
-        assert_no_secret(stderr, emitted)
+        assert_no_key(stderr, emitted)
     finally:
         if mapper.poll() is None:
             mapper.kill()
@@ -200,7 +194,7 @@ def test_state_of_created_batches_goes_downstream_while_upstream_is_idle(tmp_pat
         config_path = tmp_path / "config.json"
         config_path.write_text(json.dumps(mapper_settings(server, batch_size=500)))
         mapper = subprocess.Popen([MAPPER, "--config", str(config_path)], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=CLI_ENV)
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=cli_environment())
         assert mapper.stdin and mapper.stdout
         out: list[bytes] = []
         reader = threading.Thread(target=lambda: out.extend(mapper.stdout), daemon=True)  # type: ignore[arg-type]
@@ -215,5 +209,5 @@ def test_state_of_created_batches_goes_downstream_while_upstream_is_idle(tmp_pat
             mapper.stdin.close()
             mapper.wait(timeout=60)
             reader.join(timeout=10)
-        register_output("mapper stdout", b"".join(out))
+        key_scan.record("mapper stdout", b"".join(out))
         assert states and state_position(states[-1]) == 1500

@@ -11,8 +11,9 @@ import time
 
 import requests
 
-from tests.reliability.conftest import start_sandbox_process, stop_sandbox_process
-from tests.tap.conftest import API_KEY, TAP
+from tests.helpers.keys import API_KEY
+from tests.helpers.sandboxes import start_sandbox_process, stop_sandbox_process
+from tests.helpers.tap_runs import TAP
 
 
 def test_tap_completes_exactly_across_a_sandbox_restart(tmp_path):

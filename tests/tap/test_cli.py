@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 
-from tests.tap.conftest import API_KEY, TAP
+from tests.helpers.keys import API_KEY
+from tests.helpers.tap_runs import TAP
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

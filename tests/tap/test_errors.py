@@ -13,7 +13,8 @@ import pytest
 
 from tap_gtmcli.api.errors import GTMCLIAuthError, GTMCLIRetriableError
 from tap_gtmcli.tap.tap import TapGTMCLI
-from tests.tap.conftest import API_KEY, run_tap
+from tests.helpers.keys import API_KEY
+from tests.helpers.tap_runs import run_tap
 
 LIST_RULE = {"method": "GET", "path_prefix": "/v1/jobs"}
 RESULTS_RULE = {"method": "GET", "path_prefix": "/v1/jobs/job_"}

@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from tests.tap.conftest import API_KEY, TAP, run_tap
+from tests.helpers.keys import API_KEY
+from tests.helpers.tap_runs import TAP, run_tap
 from tests.tap.test_batch_mode import batch_rows
 
 TRIALS = 20

@@ -18,7 +18,8 @@ from tap_gtmcli.tap.page_pipeline import PagePipeline
 from tap_gtmcli.tap.rate_gate import RateGate
 from tap_gtmcli.tap.result_pages import ResultPage
 from tap_gtmcli.tap.tap import TapGTMCLI
-from tests.tap.conftest import API_KEY, run_tap
+from tests.helpers.keys import API_KEY
+from tests.helpers.tap_runs import run_tap
 from tests.tap.test_errors import RESULTS_RULE, result_rows
 
 RESULTS = "GET /v1/jobs/{id}/results"

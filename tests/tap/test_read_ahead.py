@@ -30,7 +30,7 @@ from tap_gtmcli.tap.page_pipeline import PagePipeline
 from tap_gtmcli.tap.rate_gate import RECHECK, RateGate
 from tap_gtmcli.tap.result_pages import ResultPage
 from tap_gtmcli.tap.tap import TapGTMCLI
-from tests.tap.conftest import run_tap
+from tests.helpers.tap_runs import run_tap
 
 RESULTS = "GET /v1/jobs/{id}/results"
 PAGE_BYTES = 1000

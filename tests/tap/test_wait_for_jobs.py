@@ -8,7 +8,6 @@ to wait). From then on they process at `RATE` items per second of real time.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -21,14 +20,16 @@ import pytest
 
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 from tap_gtmcli.tap.job_waiter import PollSchedule
-from tests.tap.conftest import API_KEY, TapRun, run_tap, tap_command
+from tests.helpers.keys import API_KEY
+from tests.helpers.singer import TapRun
+from tests.helpers.tap_runs import cli_environment, run_tap, tap_command
 
 START_DELAY = 3600.0
 RATE = 2000.0
 LIST = "GET /v1/jobs"
 ONE_JOB = "GET /v1/jobs/{id}"
 RESULTS = "GET /v1/jobs/{id}/results"
-CHECKS = re.compile(r"stopped waiting after [\d.]+ s and (\d+) checks?:")
+CHECKS = re.compile(r"stopped waiting after ([\d.]+) s and (\d+) checks?:")
 WAIT_SETTINGS = {"poll_interval": 0.2, "poll_interval_max": 1.0, "results_per_page": 500}
 
 #: What a test does when the tap has emitted a message: "kill" stops the tap.
@@ -91,10 +92,9 @@ def run_tap_watched(
     """Run the console script, handing each message to `watch` as it arrives."""
     command = tap_command(tmp_path, config, state, prefix="watched-")
     stderr_path = tmp_path / "watched-stderr.log"
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     messages: list[dict[str, Any]] = []
     with stderr_path.open("w") as stderr, subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env,
+        command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=cli_environment(),
     ) as process:
         assert process.stdout is not None
         try:
@@ -110,11 +110,8 @@ def run_tap_watched(
             if process.poll() is None:  # a failed assertion in `watch` must not leave it
                 process.kill()
     stdout = "".join(json.dumps(message) + "\n" for message in messages)
-    return TapRun(process.returncode, stdout, stderr_path.read_text(), messages)
-
-
-def result_keys(run: TapRun) -> list[tuple[str, int]]:
-    return [(row["job_id"], row["row_number"]) for row in run.records("job_results")]
+    return TapRun(messages, returncode=process.returncode, stdout=stdout,
+                  stderr=stderr_path.read_text())
 
 
 def truth(sandbox: SandboxServer, job_ids: list[str]) -> set[tuple[str, int]]:
@@ -123,8 +120,24 @@ def truth(sandbox: SandboxServer, job_ids: list[str]) -> set[tuple[str, int]]:
 
 
 def checks_made(run: TapRun) -> int:
-    (count,) = CHECKS.findall(run.stderr)
-    return int(count)
+    (match,) = CHECKS.findall(run.stderr)
+    return int(match[1])
+
+
+def seconds_waited(run: TapRun) -> float:
+    (match,) = CHECKS.findall(run.stderr)
+    return float(match[0])
+
+
+def checks_that_fit(seconds: float, first: float, longest: float) -> int:
+    """The most checks a wait of `seconds` holds when the pause before each is `first`,
+    then 1.5 times the one before, up to `longest` (README "wait_for_jobs")."""
+    checks, elapsed, pause = 0, 0.0, first
+    while elapsed + pause <= seconds + 0.05:  # the reported seconds are rounded to 0.1
+        elapsed += pause
+        checks += 1
+        pause = min(pause * 1.5, longest)
+    return checks
 
 
 def test_one_run_collects_each_job_as_it_finishes(slow_sandbox, tmp_path):
@@ -142,7 +155,7 @@ def test_one_run_collects_each_job_as_it_finishes(slow_sandbox, tmp_path):
         *[(job_id, "pending") for job_id in job_ids],
         *[(job_id, "completed") for job_id in job_ids],
     ]
-    keys = result_keys(run)
+    keys = run.result_keys
     assert len(keys) == len(set(keys)) and set(keys) == truth(slow_sandbox, job_ids)
     emails = [row["email"] for row in run.records("job_results") if row["job_id"] == job_ids[2]]
     assert emails == [item["email"] for item in slow_sandbox.job_items(job_ids[2])]
@@ -154,20 +167,30 @@ def test_one_run_collects_each_job_as_it_finishes(slow_sandbox, tmp_path):
                          and m["stream"] == "jobs" and m["record"]["id"] == job_ids[2]
                          and m["record"]["status"] == "completed")
     assert last_small_row < big_completed
-    # Each job completed during the wait is settled by a STATE before the next job.
-    for job_id in job_ids:
-        settled_from = big_completed if job_id == job_ids[2] else next(
-            position[id(m)] for m in run.messages if is_record(m, "jobs")
-            and m["record"]["id"] == job_id and m["record"]["status"] == "completed")
-        following = run.messages[settled_from + 1:]
-        state = next(m["value"] for m in following if m["type"] == "STATE")
-        assert job_id not in state["bookmarks"]["jobs"]["open_jobs"]
+    # Each job completed during the wait is settled by a STATE before the next job's
+    # first message (its completed row or a result row), the last one before the end.
+    completed_at = sorted(
+        (position[id(m)], m["record"]["id"]) for m in run.messages if is_record(m, "jobs")
+        and m["record"]["status"] == "completed")
+    assert [job_id for _, job_id in completed_at] == job_ids  # they finished in this order
+    for (start, job_id), (next_start, _) in zip(
+            completed_at, [*completed_at[1:], (len(run.messages), None)], strict=True):
+        between = run.messages[start + 1:next_start]
+        settling = [m["value"] for m in between if m["type"] == "STATE"
+                    and job_id not in m["value"]["bookmarks"]["jobs"]["open_jobs"]]
+        assert settling, f"no STATE settles {job_id} before the next job"
+        assert not [m for m in between if m["type"] == "RECORD" and m["stream"] == "job_results"
+                    and m["record"]["job_id"] != job_id]
     assert run.last_state["bookmarks"]["jobs"]["open_jobs"] == {}
     # One request per check: the list while several jobs were open, then the job itself.
     requests = slow_sandbox.stats()["requests"]
     checks = checks_made(run)
     assert requests[LIST] + requests.get(ONE_JOB, 0) == 1 + checks
-    assert checks <= PollSchedule(0.2, 1.0).max_checks(60)
+    # The checks keep the documented schedule over the wait the run reports (pauses of
+    # 0.2 s growing 1.5 times to 1 s), not the bound of the whole 60 s wait_for_jobs.
+    waited = seconds_waited(run)
+    assert waited >= 4.0  # the big job takes 5 s once started
+    assert 2 <= checks <= checks_that_fit(waited, first=0.2, longest=1.0)
     assert requests[RESULTS] == 1 + 2 + 20  # pages of 500 rows
     assert re.search(r"waiting for \d jobs?: [\d,]+ of [\d,]+ items done, next check in", run.stderr)
 
@@ -190,7 +213,7 @@ def test_time_up_exits_0_keeps_open_jobs_and_the_next_run_completes_them(slow_sa
     # Its latest progress was emitted before the run ended, and no result of it.
     assert first.records("jobs")[-1]["id"] == slow
     assert first.records("jobs")[-1]["completed"] == open_jobs[slow]["completed"] > 0
-    assert {job_id for job_id, _ in result_keys(first)} == {quick}
+    assert {job_id for job_id, _ in first.result_keys} == {quick}
     # Once only `slow` was open, each check was one GET /v1/jobs/{id}.
     requests = slow_sandbox.stats()["requests"]
     checks = checks_made(first)
@@ -203,7 +226,7 @@ def test_time_up_exits_0_keeps_open_jobs_and_the_next_run_completes_them(slow_sa
     assert second.returncode == 0, second.stderr
     assert_key_absent(second.stdout, second.stderr)
     assert [(job["id"], job["status"]) for job in second.records("jobs")] == [(slow, "completed")]
-    emitted = result_keys(first) + result_keys(second)
+    emitted = first.result_keys + second.result_keys
     assert Counter(emitted).most_common(1)[0][1] == 1, "a result row was emitted twice"
     assert set(emitted) == truth(slow_sandbox, [quick, slow])
     assert second.last_state["bookmarks"]["jobs"]["open_jobs"] == {}
@@ -227,7 +250,7 @@ def test_a_job_that_fails_while_waited_for_is_emitted_with_its_error(slow_sandbo
     assert final[failing]["status"] == "failed"
     assert final[failing]["error"] == "mailbox provider unreachable"
     assert final[ok_first]["status"] == final[ok_last]["status"] == "completed"
-    keys = result_keys(run)
+    keys = run.result_keys
     assert len(keys) == len(set(keys)) and set(keys) == truth(slow_sandbox, [ok_first, ok_last])
     assert run.last_state["bookmarks"]["jobs"]["open_jobs"] == {}
 
@@ -259,7 +282,7 @@ def test_sigkill_during_the_wait_then_resume_loses_no_row(tmp_path, kill_at):
 
         assert resumed.returncode == 0, resumed.stderr
         assert_key_absent(killed.stdout, killed.stderr, resumed.stdout, resumed.stderr)
-        emitted = result_keys(killed) + result_keys(resumed)
+        emitted = killed.result_keys + resumed.result_keys
         assert truth(sandbox, job_ids) - set(emitted) == set(), f"rows lost (killed at {kill_at})"
         assert set(emitted) <= truth(sandbox, job_ids)
         # Resuming redoes at most the job whose rows were being emitted at the kill.
@@ -288,7 +311,7 @@ def test_a_429_on_a_check_is_retried_after_its_retry_after(slow_sandbox, tmp_pat
     assert stats["rate_limited"] == 2
     # The first check took 3 requests (2 answered 429); each check is one job request.
     assert stats["requests"][ONE_JOB] == checks_made(run) + 2
-    assert set(result_keys(run)) == truth(slow_sandbox, [job_id])
+    assert set(run.result_keys) == truth(slow_sandbox, [job_id])
 
 
 def test_poll_intervals_that_cannot_work_fail_before_any_request(slow_sandbox, tmp_path):

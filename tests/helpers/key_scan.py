@@ -28,10 +28,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-#: The one key every test gives its plugins and sandboxes: distinctive, so a hit is a leak.
-TEST_API_KEY = "gtm_live_KEYSCAN-5c0f9e17a2b84d63"
+from tests.helpers.keys import API_KEY
+
 #: A partial leak (the key minus its prefix) counts too.
-_NEEDLES = [TEST_API_KEY, TEST_API_KEY.removeprefix("gtm_live_")]
+_NEEDLES = [API_KEY, API_KEY.removeprefix("gtm_live_")]
 
 _lock = threading.Lock()
 _outputs: dict[str, list[str]] = {}
