@@ -1,5 +1,6 @@
 # The two commands of a fresh machine: `make demo` and `make test`.
 # Each creates its own virtualenv (.venv) and installs what it needs.
+# For a developer's edit-test loop: `make lint` and `make test-fast`.
 
 PYTHON ?= python3
 VENV := .venv
@@ -9,7 +10,7 @@ STAMP := $(VENV)/.installed
 export MELTANO_SEND_ANONYMOUS_USAGE_STATS := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint install clean
+.PHONY: demo test test-fast lint install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,11 +24,19 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m tap_gtmcli.demo
 
-## Lint, type checks, then the whole test suite.
-test: $(STAMP)
+## ruff, then mypy (type-checked for the lowest Python supported: pyproject [tool.mypy]).
+lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+## Lint, type checks, then the whole test suite.
+test: lint
 	$(BIN)/pytest
+
+## The unit tests: no Meltano, no PostgreSQL, no long kill-and-restart trials or soaks
+## (markers `e2e` and `slow`, tests/conftest.py). Under a minute on 2 cores.
+test-fast: $(STAMP)
+	$(BIN)/pytest -m "not e2e and not slow" --durations=5
 
 clean:
 	rm -rf $(VENV) .venv-meltano .meltano output .pytest_cache .mypy_cache .ruff_cache

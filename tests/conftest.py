@@ -23,6 +23,7 @@ import atexit
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,11 @@ from tests.helpers import key_scan
 from tests.helpers.sandboxes import fast_sandbox
 
 key_scan.install()
+#: Meltano writes files of its own under the project (`meltano elt` logs; the plugins'
+#: config, with the key, and logging files under `.meltano/run`): whichever test runs it.
+_PROJECT_MELTANO = Path(__file__).resolve().parent.parent / ".meltano"
+for _directory in (_PROJECT_MELTANO / "logs", _PROJECT_MELTANO / "run"):
+    key_scan.watch_tree(_directory, since=time.time())
 
 _SESSION_DATA_HOME = tempfile.mkdtemp(prefix="gtmcli-tests-data-")
 atexit.register(shutil.rmtree, _SESSION_DATA_HOME, ignore_errors=True)
@@ -47,6 +53,14 @@ os.environ.pop("MELTANO_PROJECT_ROOT", None)
 #: writes and its plugin reads, the config with the key); one worker also keeps one
 #: sandbox with its submitted contacts, one PostgreSQL server, one migrated system database.
 MELTANO_TESTS = ("tests/e2e/", "tests/orchestration/")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that runs Meltano or PostgreSQL is `e2e` (`make test-fast` skips them),
+    marked by where it lives, so that no file can forget the mark."""
+    for item in items:
+        if item.nodeid.startswith(MELTANO_TESTS):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)  # before pytest-xdist's own
@@ -92,6 +106,17 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_sep("=", "figures measured by tests")
         for line in _figures:
             terminalreporter.write_line(line)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """What the test printed, and what children that inherit its stdout / stderr printed
+    (pytest captures both), goes to the key scan before the check after the test."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when in ("setup", "call"):
+        key_scan.record(f"output captured during {report.when} of the test",
+                        report.capstdout + report.capstderr)
 
 
 @pytest.fixture(autouse=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -80,3 +81,54 @@ def test_a_clean_run_passes() -> None:
     subprocess.run([sys.executable, "-c", "print('nothing secret')"], capture_output=True,
                    check=True)
     assert key_scan.leaks() == []
+
+
+def test_what_a_test_never_read_from_a_pipe_is_scanned_once_the_child_exits() -> None:
+    process = subprocess.Popen([sys.executable, "-c", PRINT_KEY, TAIL],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.wait(timeout=30)  # neither pipe is ever read by the test
+    found = found_then_forget()
+    assert f"{Path(sys.executable).name} stdout (left unread by the test)" in found, found
+    assert f"{Path(sys.executable).name} stderr (left unread by the test)" in found, found
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()
+    process.stderr.close()
+
+
+def test_a_child_writing_to_a_raw_file_descriptor_is_scanned(tmp_path: Path) -> None:
+    target = tmp_path / "raw-fd.log"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT)
+    try:
+        subprocess.run([sys.executable, "-c", PRINT_KEY, TAIL], stdout=fd, stderr=fd,
+                       check=True)
+    finally:
+        os.close(fd)
+    found = found_then_forget()
+    assert any(str(target) in label for label in found), found
+
+
+def test_a_child_inheriting_the_tests_stdout_is_scanned(tmp_path: Path) -> None:
+    """In a pytest run of its own with this suite's conftest, a test whose child prints
+    the key to the stdout it inherits fails, naming the output pytest captured."""
+    (tmp_path / "conftest.py").write_text(
+        "from tests.conftest import _api_key_in_no_output, pytest_runtest_makereport\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_inherits.py").write_text(
+        "import subprocess, sys\n\n\ndef test_child_prints_the_key():\n"
+        f"    subprocess.run([sys.executable, '-c', {PRINT_KEY!r}, 'tail'], check=True)\n")
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:xdist",
+         "-p", "no:cacheprovider", "-q", "test_inherits.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "PYTHONPATH": str(root)})
+    found_then_forget()  # the inner run's report shows the key: that is the point here
+    assert "1 passed, 1 error" in done.stdout, done.stdout[-3000:]
+    assert "the API key appeared in: ['output captured during call of the test']" in (
+        done.stdout), done.stdout[-3000:]
+
+
+def test_meltano_own_files_are_watched_for_the_whole_session() -> None:
+    project = Path(__file__).resolve().parent.parent / ".meltano"
+    watched = {path for path, _ in key_scan._trees}
+    assert {project / "logs", project / "run"} <= watched

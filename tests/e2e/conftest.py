@@ -45,10 +45,9 @@ def e2e_dir() -> Iterator[Path]:
 def meltano_project(e2e_dir: Path) -> Iterator[MeltanoProject]:
     """Meltano and every plugin installed once (reused across runs), state in e2e_dir.
 
-    What Meltano writes of its own during the session (`.meltano/logs`, where `meltano
-    elt` keeps logs; `.meltano/run`, the plugins' state and logging files) and this
-    session's run logs are part of the key scan (tests/helpers/key_scan.py), as is the output of
-    every `meltano` command (through its pipe).
+    This session's run logs are part of the key scan (tests/helpers/key_scan.py), as are
+    the output of every `meltano` command (through its pipe) and what Meltano writes of
+    its own (`.meltano/logs`, `.meltano/run`: watched by tests/conftest.py).
     """
     started = time.time()
     project = MeltanoProject(
@@ -64,17 +63,13 @@ def meltano_project(e2e_dir: Path) -> Iterator[MeltanoProject]:
         },
     )
     (e2e_dir / "jsonl").mkdir()
-    scanned = (project.root / ".meltano" / "logs", project.root / ".meltano" / "run",
-               e2e_dir / "logs")
-    for directory in scanned:
-        key_scan.watch_tree(directory, since=started)
+    key_scan.watch_tree(e2e_dir / "logs", since=started)
     with installing(project):
         project.ensure_meltano()
         project.install(E2E_PLUGINS)
     yield project
     key_scan.assert_clean()
-    for directory in scanned:
-        key_scan.unwatch_tree(directory)
+    key_scan.unwatch_tree(e2e_dir / "logs")
 
 
 @pytest.fixture(scope="session")

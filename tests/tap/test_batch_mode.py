@@ -145,8 +145,10 @@ def test_no_state_settles_a_job_before_its_rows_are_in_announced_files(
     rows_per_job = job_rows_in_file_order(run.messages)
     assert sorted(rows_per_job) == sorted(
         (job["id"], 1 + (job["total"] if job["status"] == "completed" else 0)) for job in jobs)
-    assert states == states_by_the_rule(rows_per_job, BATCH_SIZE)
-    assert len(states) < len(jobs), "a STATE after every job, not every batch_size rows"
+    # (The SDK's own STATEs at the end of each stream settle nothing new: left aside.)
+    settling = [jobs_settled for jobs_settled in states if jobs_settled]
+    assert settling == states_by_the_rule(rows_per_job, BATCH_SIZE)
+    assert len(settling) < len(jobs), "a STATE after every job, not every batch_size rows"
     assert_no_key_in_run_or_files(run, batch_dir)
 
 
@@ -162,8 +164,8 @@ def job_rows_in_file_order(messages: list[dict[str, Any]]) -> list[tuple[str, in
 
 
 def states_by_the_rule(rows_per_job: list[tuple[str, int]], batch_size: int) -> list[set[str]]:
-    """The jobs each STATE settles under the rule: one once `batch_size` rows went out
-    since the last, at the end of a job; one at the end of the run."""
+    """The jobs each STATE that settles any settles under the rule: one once `batch_size`
+    rows went out since the last, at the end of a job; one at the end of the run."""
     states: list[set[str]] = []
     since_state, waiting = 0, set()
     for job_id, rows in rows_per_job:
@@ -172,7 +174,8 @@ def states_by_the_rule(rows_per_job: list[tuple[str, int]], batch_size: int) -> 
         if since_state >= batch_size:
             states.append(waiting)
             since_state, waiting = 0, set()
-    states.append(waiting)  # the end of the run
+    if waiting:
+        states.append(waiting)  # the end of the run
     return states
 
 
