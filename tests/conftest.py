@@ -55,12 +55,29 @@ os.environ.pop("MELTANO_PROJECT_ROOT", None)
 MELTANO_TESTS = ("tests/e2e/", "tests/orchestration/")
 
 
+#: Long trials, soaks and 100,000-item runs (node id prefixes): `make test-fast` leaves
+#: them out, `make test` runs them.
+SLOW_TESTS = (
+    "tests/tap/test_kill_and_resume.py",
+    "tests/reliability/test_mapper_kill_and_restart.py",
+    "tests/reliability/test_mapper_soak.py",
+    "tests/reliability/test_submission_index_kill.py",
+    "tests/reliability/test_sandbox_restart.py",
+    "tests/sandbox/test_sandbox_processing.py::test_a_restart_mid_computation_",
+    "tests/sandbox/test_sandbox_processing.py::test_a_100000_item_create_",
+    "tests/sandbox/test_sandbox_processing.py::test_progress_never_exceeds_",
+    "tests/sandbox/test_sandbox_admin.py::test_seeding_100000_items_is_fast",
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test that runs Meltano or PostgreSQL is `e2e` (`make test-fast` skips them),
-    marked by where it lives, so that no file can forget the mark."""
+    """Mark by where a test lives, so that no file can forget the mark: `e2e`, every test
+    that runs Meltano or PostgreSQL; `slow`, SLOW_TESTS (`make test-fast` skips both)."""
     for item in items:
         if item.nodeid.startswith(MELTANO_TESTS):
             item.add_marker(pytest.mark.e2e)
+        if item.nodeid.startswith(SLOW_TESTS):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)  # before pytest-xdist's own

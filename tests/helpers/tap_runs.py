@@ -81,3 +81,12 @@ def run_tap_in_process(
     key_scan.record("tap stdout", text)
     key_scan.record("tap error", repr(error))
     return TapRun(read_messages(text), stdout=text, error=error, log=log.text, sleeps=sleeps)
+
+
+def sync_in_process(config: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> tuple[
+        list[float], str]:
+    """`run_tap_in_process`, raising what stopped the run: (backoff sleeps, stdout)."""
+    run = run_tap_in_process(config, monkeypatch)
+    if run.error is not None:
+        raise run.error
+    return run.sleeps, run.stdout

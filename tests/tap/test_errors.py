@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import email.utils
-import io
 import json
 import time
-from contextlib import redirect_stdout
 from types import SimpleNamespace
 
 import pytest
 
 from tap_gtmcli.api.errors import GTMCLIAuthError, GTMCLIRetriableError
-from tap_gtmcli.tap.tap import TapGTMCLI
 from tests.helpers.keys import API_KEY
-from tests.helpers.tap_runs import run_tap
+from tests.helpers.tap_runs import run_tap, sync_in_process
 
 LIST_RULE = {"method": "GET", "path_prefix": "/v1/jobs"}
 RESULTS_RULE = {"method": "GET", "path_prefix": "/v1/jobs/job_"}
@@ -23,17 +20,6 @@ RESULTS_RULE = {"method": "GET", "path_prefix": "/v1/jobs/job_"}
 def result_rows(output: str) -> list[dict]:
     messages = [json.loads(line) for line in output.splitlines()]
     return [m["record"] for m in messages if m["type"] == "RECORD" and m["stream"] == "job_results"]
-
-
-def sync_in_process(config: dict, monkeypatch) -> tuple[list[float], str]:
-    """Run the tap in this process, recording each backoff sleep instead of sleeping."""
-    sleeps: list[float] = []
-    monkeypatch.setattr("tap_gtmcli.tap.client.sleep_unless_stopped",
-                        lambda seconds, _stop, _what: sleeps.append(seconds))
-    out = io.StringIO()
-    with redirect_stdout(out):
-        TapGTMCLI(config=config).sync_all()
-    return sleeps, out.getvalue()
 
 
 def test_retry_after_seconds_is_honoured_exactly(sandbox, tap_config, monkeypatch):

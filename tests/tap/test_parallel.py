@@ -4,11 +4,9 @@ window's size and the gate's pacing: tests/tap/test_read_ahead.py.)"""
 
 from __future__ import annotations
 
-import io
 import random
 import threading
 import time
-from contextlib import redirect_stdout
 
 import pytest
 
@@ -17,9 +15,8 @@ from tap_gtmcli.tap.count_delay import JITTER
 from tap_gtmcli.tap.page_pipeline import PagePipeline
 from tap_gtmcli.tap.rate_gate import RateGate
 from tap_gtmcli.tap.result_pages import ResultPage
-from tap_gtmcli.tap.tap import TapGTMCLI
 from tests.helpers.keys import API_KEY
-from tests.helpers.tap_runs import run_tap
+from tests.helpers.tap_runs import run_tap, sync_in_process
 from tests.tap.test_errors import RESULTS_RULE, result_rows
 
 RESULTS = "GET /v1/jobs/{id}/results"
@@ -171,16 +168,6 @@ def test_remaining_zero_holds_until_the_window_resets():
     gate.observe(200, {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "1001"})
     gate.wait_turn()
     assert waits == [pytest.approx(0.6)]
-
-
-def sync_in_process(config: dict, monkeypatch) -> tuple[list[float], str]:
-    sleeps: list[float] = []
-    monkeypatch.setattr("tap_gtmcli.tap.client.sleep_unless_stopped",
-                        lambda seconds, _stop, _what: sleeps.append(seconds))
-    out = io.StringIO()
-    with redirect_stdout(out):
-        TapGTMCLI(config=config).sync_all()
-    return sleeps, out.getvalue()
 
 
 def test_rows_are_exact_and_in_order_with_faults_under_concurrency(
