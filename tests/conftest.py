@@ -32,14 +32,10 @@ import pytest
 
 from tap_gtmcli.sandbox import SandboxServer
 from tests.helpers import key_scan
+from tests.helpers.meltano import MELTANO_OWN_FILES
 from tests.helpers.sandboxes import fast_sandbox
 
 key_scan.install()
-#: Meltano writes files of its own under the project (`meltano elt` logs; the plugins'
-#: config, with the key, and logging files under `.meltano/run`): whichever test runs it.
-_PROJECT_MELTANO = Path(__file__).resolve().parent.parent / ".meltano"
-for _directory in (_PROJECT_MELTANO / "logs", _PROJECT_MELTANO / "run"):
-    key_scan.watch_tree(_directory, since=time.time())
 
 _SESSION_DATA_HOME = tempfile.mkdtemp(prefix="gtmcli-tests-data-")
 atexit.register(shutil.rmtree, _SESSION_DATA_HOME, ignore_errors=True)
@@ -145,6 +141,27 @@ def _api_key_in_no_output() -> Iterator[None]:
         key_scan.assert_clean()
     finally:
         key_scan.reset()
+
+
+@pytest.fixture(autouse=True)
+def _meltano_own_files_in_the_key_scan(request: pytest.FixtureRequest) -> Iterator[None]:
+    """For a test that runs Meltano, the files Meltano wrote while it ran are scanned.
+
+    Only then: the other worker's tests would find the config of a Meltano run still in
+    flight (its tests run one after another in one worker, see MELTANO_TESTS).
+    """
+    if not request.node.nodeid.startswith(MELTANO_TESTS):
+        yield
+        return
+    started = time.time()
+    for directory in MELTANO_OWN_FILES:
+        key_scan.watch_tree(directory, since=started)
+    try:
+        yield
+        key_scan.assert_clean()
+    finally:
+        for directory in MELTANO_OWN_FILES:
+            key_scan.unwatch_tree(directory)
 
 
 @pytest.fixture(scope="session", autouse=True)

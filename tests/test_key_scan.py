@@ -126,9 +126,3 @@ def test_a_child_inheriting_the_tests_stdout_is_scanned(tmp_path: Path) -> None:
     assert "1 passed, 1 error" in done.stdout, done.stdout[-3000:]
     assert "the API key appeared in: ['output captured during call of the test']" in (
         done.stdout), done.stdout[-3000:]
-
-
-def test_meltano_own_files_are_watched_for_the_whole_session() -> None:
-    project = Path(__file__).resolve().parent.parent / ".meltano"
-    watched = {path for path, _ in key_scan._trees}
-    assert {project / "logs", project / "run"} <= watched

@@ -23,6 +23,11 @@ E2E_PLUGINS = ("tap-spreadsheets", "mapper-gtmcli", "tap-gtmcli", "target-gtmcli
 #: The environment prefixes of the project's own plugins.
 GTMCLI_PLUGIN_ENV = ("TAP_GTMCLI", "MAPPER_GTMCLI", "TARGET_GTMCLI")
 JOB_SETTLE_SECONDS = 120.0
+#: What Meltano writes of its own under the project, whichever test runs it: `meltano
+#: elt` logs, and under `.meltano/run` the plugins' logging files and the config files
+#: each run writes its plugin (with the key; Meltano deletes them when the run ends).
+MELTANO_OWN_FILES = tuple(Path(__file__).resolve().parents[2] / ".meltano" / name
+                          for name in ("logs", "run"))
 
 
 @dataclass

@@ -15,6 +15,7 @@ from tap_gtmcli.api.client import GTMCLIClient
 from tap_gtmcli.api.errors import SubmissionFailedError
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 from tap_gtmcli.submit.router import LEDGER_STREAM, REJECTED_STREAM
+from tests.helpers.key_scan import assert_no_key
 from tests.helpers.keys import API_KEY
 from tests.helpers.mapper_runs import MAPPER, mapper_settings, run_mapper
 from tests.helpers.singer import FIXTURES, fixture_messages, fixture_text, of_stream, read_messages
@@ -290,7 +291,7 @@ def test_invalid_settings_stop_the_run_at_start(settings: dict, named: str, tmp_
     assert result.returncode == 1
     assert result.stdout == b""
     assert named in result.stderr.decode()
-    assert API_KEY not in result.stderr.decode()
+    assert_no_key(result.stderr.decode())
 
 
 def test_the_api_key_never_appears_in_any_output(sandbox: Any, tmp_path: Path) -> None:
@@ -319,7 +320,7 @@ def test_the_api_key_never_appears_in_any_output(sandbox: Any, tmp_path: Path) -
     assert outputs[0].returncode == 1
     assert "401" in outputs[0].stderr.decode()
     for result in outputs:
-        assert API_KEY.encode() not in result.stdout
-        assert API_KEY.encode() not in result.stderr
+        assert_no_key(result.stdout)
+        assert_no_key(result.stderr)
     about = subprocess.run([MAPPER, "--about", "--format", "json"], capture_output=True, check=True)
     assert b'"secret": true' in about.stdout

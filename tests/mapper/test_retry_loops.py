@@ -19,6 +19,7 @@ from tap_gtmcli.submit.batches import OpenBatches
 from tap_gtmcli.submit.enrich import JobWaiter
 from tap_gtmcli.submit.job_creation import JobSubmitter
 from tests.helpers.fake_client import FakeGTMCLI
+from tests.helpers.key_scan import assert_no_key
 from tests.helpers.keys import API_KEY
 
 
@@ -51,7 +52,7 @@ def test_retries_sleep_retry_after_exactly_then_fail_naming_the_attempts(sandbox
     ):
         client.get_job("job_missing")
     assert str(raised.value) == "GET /v1/jobs/job_missing failed after 3 attempts; last error: 503"
-    assert API_KEY not in str(raised.value)
+    assert_no_key(str(raised.value))
     assert sleeps == [7.0, 7.0]
 
 

@@ -18,12 +18,17 @@ import pytest
 
 from tap_gtmcli.api.client import GTMCLIClient
 from tap_gtmcli.api.retry import RetryPolicy
-from tests.helpers import key_scan
 from tests.helpers.key_scan import assert_no_key
 from tests.helpers.keys import API_KEY
-from tests.helpers.mapper_runs import LEDGER, mapper_settings, run_mapper_cli, run_mapper_in_process
+from tests.helpers.mapper_runs import (
+    LEDGER,
+    mapper_settings,
+    run_mapper_cli,
+    run_mapper_in_process,
+    run_plugin,
+)
 from tests.helpers.sandboxes import fast_sandbox, received_items, received_jobs, sandbox_jobs
-from tests.helpers.singer import MapperRun, singer_text
+from tests.helpers.singer import MapperRun
 from tests.helpers.submit_oracle import contacts_input, mapper_truth, replay_after, state_position
 
 RECORDS = 30
@@ -301,25 +306,11 @@ class _AfterCreate(GTMCLIClient):
 
 
 def _run_with_client(config: dict, messages: list[dict], client: GTMCLIClient) -> MapperRun:
-    import io
-    import json
-
-    from tap_gtmcli.submit.mapper import GTMCLIMapper
-
-    output = io.BytesIO()
-    error = None
-    mapper = GTMCLIMapper(config=config, output=output, client=client)
+    """The mapper in process with the given client, closed after."""
     try:
-        mapper.listen(io.StringIO(singer_text(messages)))
-    except Exception as raised:
-        error = raised
+        return run_plugin(config, messages, client)
     finally:
-        mapper.output_writer.flush()
         client.close()
-    text = output.getvalue().decode()
-    key_scan.record("mapper stdout", text)
-    key_scan.record("mapper error", repr(error))
-    return MapperRun([json.loads(line) for line in text.splitlines()], error)
 
 
 @pytest.mark.parametrize(("action", "named"), [("delete", "404"), ("fail", "failed: provider outage")])

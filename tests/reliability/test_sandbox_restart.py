@@ -11,6 +11,7 @@ import time
 
 import requests
 
+from tests.helpers.key_scan import assert_no_key
 from tests.helpers.keys import API_KEY
 from tests.helpers.sandboxes import start_sandbox_process, stop_sandbox_process
 from tests.helpers.tap_runs import TAP
@@ -67,4 +68,4 @@ def test_tap_completes_exactly_across_a_sandbox_restart(tmp_path):
     assert rows == 6000
     log = "".join(stderr_lines)
     assert re.search(r"Retry 1 of 8 for /v1/jobs/\{job_id\}/results .* after ConnectionError", log)
-    assert API_KEY not in log
+    assert_no_key(log)

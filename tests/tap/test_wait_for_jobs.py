@@ -21,6 +21,7 @@ import pytest
 
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 from tap_gtmcli.tap.job_waiter import PollSchedule
+from tests.helpers.key_scan import assert_no_key
 from tests.helpers.keys import API_KEY
 from tests.helpers.singer import TapRun
 from tests.helpers.tap_runs import cli_environment, run_tap, tap_command
@@ -57,12 +58,6 @@ def start_jobs(sandbox: SandboxServer) -> None:
     """Push the clock so that the last job created starts now, each earlier one a second
     before the next (create_jobs spaced them so)."""
     sandbox.advance_clock(START_DELAY - 1)
-
-
-def assert_key_absent(*outputs: str) -> None:
-    for output in outputs:
-        assert API_KEY not in output
-        assert API_KEY.split("_", 2)[-1] not in output  # nor a part of it
 
 
 def is_record(message: dict[str, Any], stream: str) -> bool:
@@ -170,7 +165,7 @@ def test_one_run_collects_each_job_as_it_finishes(slow_sandbox, tmp_path):
         3, lambda: start_jobs(slow_sandbox)))
 
     assert run.returncode == 0, run.stderr
-    assert_key_absent(run.stdout, run.stderr)
+    assert_no_key(run.stdout, run.stderr)
     assert [(job["id"], job["status"]) for job in run.records("jobs")] == [
         *[(job_id, "pending") for job_id in job_ids],
         *[(job_id, "completed") for job_id in job_ids],
@@ -220,7 +215,7 @@ def test_time_up_exits_0_keeps_open_jobs_and_the_next_run_completes_them(slow_sa
         2, lambda: start_jobs(slow_sandbox)))
 
     assert first.returncode == 0, first.stderr
-    assert_key_absent(first.stdout, first.stderr)
+    assert_no_key(first.stdout, first.stderr)
     warning = re.search(r"wait_for_jobs \(3 s\) is up with 1 job still unfinished, ([\d,]+) of "
                         r"40,000 items not yet processed; they stay open in state", first.stderr)
     assert warning, first.stderr
@@ -240,7 +235,7 @@ def test_time_up_exits_0_keeps_open_jobs_and_the_next_run_completes_them(slow_sa
     second = run_tap(tmp_path, config, state=first.last_state)
 
     assert second.returncode == 0, second.stderr
-    assert_key_absent(second.stdout, second.stderr)
+    assert_no_key(second.stdout, second.stderr)
     assert [(job["id"], job["status"]) for job in second.records("jobs")] == [(slow, "completed")]
     emitted = first.result_keys + second.result_keys
     assert Counter(emitted).most_common(1)[0][1] == 1, "a result row was emitted twice"
@@ -261,7 +256,7 @@ def test_a_job_that_fails_while_waited_for_is_emitted_with_its_error(slow_sandbo
     run = run_tap_watched(tmp_path, config, when_waiting(3, start_then_fail_one))
 
     assert run.returncode == 0, run.stderr
-    assert_key_absent(run.stdout, run.stderr)
+    assert_no_key(run.stdout, run.stderr)
     final = {job["id"]: job for job in run.records("jobs") if job["status"] != "pending"}
     assert final[failing]["status"] == "failed"
     assert final[failing]["error"] == "mailbox provider unreachable"
@@ -297,7 +292,7 @@ def test_sigkill_during_the_wait_then_resume_loses_no_row(tmp_path, kill_at):
         resumed = run_tap(tmp_path, config, state=killed.last_state)
 
         assert resumed.returncode == 0, resumed.stderr
-        assert_key_absent(killed.stdout, killed.stderr, resumed.stdout, resumed.stderr)
+        assert_no_key(killed.stdout, killed.stderr, resumed.stdout, resumed.stderr)
         emitted = killed.result_keys + resumed.result_keys
         assert truth(sandbox, job_ids) - set(emitted) == set(), f"rows lost (killed at {kill_at})"
         assert set(emitted) <= truth(sandbox, job_ids)
@@ -319,7 +314,7 @@ def test_a_429_on_a_check_is_retried_after_its_retry_after(slow_sandbox, tmp_pat
     run = run_tap_watched(tmp_path, config, when_waiting(1, start_behind_a_rate_limit))
 
     assert run.returncode == 0, run.stderr
-    assert_key_absent(run.stdout, run.stderr)
+    assert_no_key(run.stdout, run.stderr)
     assert re.findall(r"Retry (\d) of 5 for /v1/jobs in (\S+) s", run.stderr) == [
         ("1", "1.00"), ("2", "1.00"),
     ]
@@ -338,7 +333,7 @@ def test_poll_intervals_that_cannot_work_fail_before_any_request(slow_sandbox, t
     run = run_tap(tmp_path, config)
 
     assert run.returncode != 0
-    assert_key_absent(run.stdout, run.stderr)
+    assert_no_key(run.stdout, run.stderr)
     assert "poll_interval_max (10 s) must not be below poll_interval (30 s)" in run.stderr
     assert slow_sandbox.stats()["requests"] == {}
 
@@ -352,7 +347,7 @@ def test_a_job_deleted_while_waited_for_is_forgotten(slow_sandbox, tmp_path):
         1, lambda: slow_sandbox.delete_job(deleted) and None))
 
     assert run.returncode == 0, run.stderr
-    assert_key_absent(run.stdout, run.stderr)
+    assert_no_key(run.stdout, run.stderr)
     # Its one check was GET /v1/jobs/{id}, answered 404.
     assert slow_sandbox.stats()["requests"] == {LIST: 1, ONE_JOB: 1}
     assert f"Job {deleted} is no longer known to GTMCLI; forgetting it" in run.stderr
