@@ -98,15 +98,10 @@ def submitted(pipelines: Pipelines) -> MeltanoRun:
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    """PostgreSQL started for the session on 127.0.0.1, stopped and deleted after.
-
-    With pg_stat_statements: the batch test reads there which statements loaded the
-    rows (a COPY into each temporary table is an entry of its own, with its row count).
-    """
+    """PostgreSQL started for the session on 127.0.0.1, stopped and deleted after."""
     if not postgres_installed():
         pytest.skip(f"PostgreSQL binaries not found in {POSTGRES_BIN} (set POSTGRES_BIN)")
-    with running_postgres("shared_preload_libraries=pg_stat_statements") as server:
-        server.query("create extension pg_stat_statements")
+    with running_postgres() as server:
         yield server
 
 

@@ -24,7 +24,7 @@ from tap_gtmcli.submit.submission_index import SCHEMA_LOCK, PostgresIndex
 from tests.helpers.fake_client import FakeGTMCLI
 from tests.helpers.keys import API_KEY
 from tests.helpers.mapper_runs import MAPPER, run_mapper
-from tests.helpers.postgres import POSTGRES_BIN, PostgresServer
+from tests.helpers.postgres import PostgresServer
 
 
 @pytest.fixture
@@ -66,13 +66,8 @@ def received(server: SandboxServer) -> Counter[str]:
 
 def index_counts(postgres_server: PostgresServer, database: str) -> list[list[str]]:
     """(entries, confirmed entries) of the index table in one database."""
-    result = subprocess.run(
-        [str(POSTGRES_BIN / "psql"), "-h", "127.0.0.1", "-p",
-         str(postgres_server.port), "-U", "postgres", "-d", database, "-At", "-F", "\t", "-c",
-         "SELECT count(*), count(job_id) FROM gtmcli_submission_index"],
-        capture_output=True, text=True, check=True,
-    )
-    return [line.split("\t") for line in result.stdout.splitlines()]
+    return postgres_server.query("SELECT count(*), count(job_id) FROM gtmcli_submission_index",
+                                 database=database)
 
 
 def test_two_mappers_sharing_an_index_submit_each_item_once(

@@ -32,7 +32,8 @@ from tap_gtmcli.submit.submission_index import (
 )
 from tap_gtmcli.submit.target import TargetGTMCLI
 from tests.helpers.keys import API_KEY
-from tests.helpers.mapper_runs import mapper_settings, run_mapper
+from tests.helpers.mapper_runs import mapper_settings as sandbox_config  # the lead renames
+from tests.helpers.mapper_runs import run_mapper
 from tests.helpers.singer import fixture_messages, of_stream, record, schema, state
 
 DAY = 86_400.0
@@ -92,7 +93,7 @@ def run_with_clock(
     server: Any, messages: list[dict], clock: Callable[[], float], **settings: Any
 ) -> list[dict]:
     """The submitter core fed message by message with an injected clock; its output."""
-    config = SubmitSettings.from_config(mapper_settings(server, **settings))
+    config = SubmitSettings.from_config(sandbox_config(server, **settings))
     client = GTMCLIClient(api_url=server.url, api_key=API_KEY)
     submitter = GTMCLISubmitter(settings=config, client=client, clock=clock)
     out: list[dict] = []
@@ -116,7 +117,7 @@ def run_with_clock(
 def test_unchanged_rerun_submits_nothing_and_passes_every_record(
     sandbox: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    config = mapper_settings(sandbox, batch_size=30, submission_index=str(tmp_path / "i.sqlite"))
+    config = sandbox_config(sandbox, batch_size=30, submission_index=str(tmp_path / "i.sqlite"))
     messages = contacts(100)
     first = run_mapper(config, messages)
     paid = sandbox_items(sandbox)
@@ -142,7 +143,7 @@ def test_unchanged_rerun_submits_nothing_and_passes_every_record(
 def test_one_new_contact_submits_exactly_that_item(
     sandbox: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    config = mapper_settings(sandbox, submission_index=str(tmp_path / "i.sqlite"))
+    config = sandbox_config(sandbox, submission_index=str(tmp_path / "i.sqlite"))
     run_mapper(config, contacts(1969))
     before = job_ids(sandbox)
 
@@ -203,7 +204,7 @@ def test_a_shorter_window_never_prunes_what_a_longer_one_still_counts(
 
 
 def test_resubmit_after_days_zero_sends_everything_every_run(sandbox: Any, tmp_path: Path) -> None:
-    config = mapper_settings(sandbox, resubmit_after_days=0,
+    config = sandbox_config(sandbox, resubmit_after_days=0,
                             submission_index=str(tmp_path / "never-made" / "i.sqlite"))
     outputs = [run_mapper(config, contacts(5)), run_mapper(config, contacts(5))]
     assert len(sandbox_items(sandbox)) == 10
@@ -214,7 +215,7 @@ def test_resubmit_after_days_zero_sends_everything_every_run(sandbox: Any, tmp_p
 def test_enriching_an_unchanged_list_costs_nothing_and_enriches_every_record(
     sandbox: Any, tmp_path: Path
 ) -> None:
-    config = mapper_settings(sandbox, **ENRICH, streams=["contacts"], batch_size=4,
+    config = sandbox_config(sandbox, **ENRICH, streams=["contacts"], batch_size=4,
                             domain_field="company.domain",
                             submission_index=str(tmp_path / "i.sqlite"))
     messages = fixture_messages("contacts.singer")
@@ -253,7 +254,7 @@ def test_enrich_fetches_again_what_fell_out_of_the_window(sandbox: Any, tmp_path
 
 
 def test_target_skips_what_it_submitted(sandbox: Any, tmp_path: Path) -> None:
-    config = mapper_settings(sandbox, submission_index=str(tmp_path / "i.sqlite"))
+    config = sandbox_config(sandbox, submission_index=str(tmp_path / "i.sqlite"))
     run_mapper(config, contacts(12), plugin=TargetGTMCLI)
     before = job_ids(sandbox)
     out = run_mapper(config, contacts(13), plugin=TargetGTMCLI)
@@ -264,7 +265,7 @@ def test_target_skips_what_it_submitted(sandbox: Any, tmp_path: Path) -> None:
 
 def test_submit_then_enrich_fetches_results_it_never_kept(sandbox: Any, tmp_path: Path) -> None:
     """Submit mode keeps no result, so a later enrich of the same items sends them."""
-    config = mapper_settings(sandbox, submission_index=str(tmp_path / "i.sqlite"))
+    config = sandbox_config(sandbox, submission_index=str(tmp_path / "i.sqlite"))
     run_mapper(config, contacts(3))
     enriched = run_mapper({**config, **ENRICH}, contacts(3))
     assert len(sandbox_items(sandbox)) == 6
@@ -282,12 +283,12 @@ def test_a_broken_index_stops_the_run_before_anything_is_submitted(
     elif damage == "directory":
         index.mkdir()
     else:
-        run_mapper(mapper_settings(sandbox, submission_index=str(index)), contacts(3))
+        run_mapper(sandbox_config(sandbox, submission_index=str(index)), contacts(3))
         with sqlite3.connect(index) as db:
             db.execute("UPDATE jobs SET digests = substr(digests, 1, 20)")
     paid = len(sandbox_items(sandbox))
     config_path = tmp_path / "config.json"
-    config_path.write_text(json.dumps(mapper_settings(sandbox, submission_index=str(index))))
+    config_path.write_text(json.dumps(sandbox_config(sandbox, submission_index=str(index))))
     text = "".join(json.dumps(m) + "\n" for m in contacts(30))
 
     done = subprocess.run([MAPPER, "--config", str(config_path)], input=text.encode(),
@@ -312,7 +313,7 @@ def test_accounts_never_share_entries() -> None:
 
 def test_the_index_holds_no_personal_data_and_no_key(sandbox: Any, tmp_path: Path) -> None:
     index = tmp_path / "i.sqlite"
-    config = mapper_settings(sandbox, **ENRICH, submission_index=str(index))
+    config = sandbox_config(sandbox, **ENRICH, submission_index=str(index))
     out = run_mapper(config, [schema(), record(id=1, email="Ada.Lovelace@Example.com")])
     assert_key_absent(out)
     data = b"".join(path.read_bytes() for path in tmp_path.glob("i.sqlite*"))
