@@ -33,8 +33,8 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest
 
-## The unit tests: no Meltano, no PostgreSQL, no long kill-and-restart trials or soaks
-## (markers `e2e` and `slow`, tests/conftest.py). Under a minute on 2 cores.
+## The edit-test loop: no Meltano, no PostgreSQL, none of the tests that cost seconds
+## each (markers `e2e` and `slow`, both set by path in tests/conftest.py).
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not e2e and not slow" --durations=5
 

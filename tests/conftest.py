@@ -51,14 +51,22 @@ os.environ.pop("MELTANO_PROJECT_ROOT", None)
 MELTANO_TESTS = ("tests/e2e/", "tests/orchestration/")
 
 
-#: Long trials, soaks and 100,000-item runs (node id prefixes): `make test-fast` leaves
-#: them out, `make test` runs them.
+#: Tests that cost seconds each (node id prefixes): kill-and-restart trials, soaks and
+#: the reliability matrix (every fault reruns the plugins), real-time waits, 100,000-item
+#: runs, and the files that start the console scripts over and over. `make test-fast`
+#: leaves them out, `make test` runs them.
 SLOW_TESTS = (
+    "tests/reliability/",
     "tests/tap/test_kill_and_resume.py",
-    "tests/reliability/test_mapper_kill_and_restart.py",
-    "tests/reliability/test_mapper_soak.py",
-    "tests/reliability/test_submission_index_kill.py",
-    "tests/reliability/test_sandbox_restart.py",
+    "tests/tap/test_wait_for_jobs.py",
+    "tests/tap/test_incremental.py",
+    "tests/tap/test_batch_mode.py",
+    "tests/tap/test_cli.py",
+    "tests/tap/test_parallel.py::test_the_shared_gate_keeps_growth_tier_429s_to_a_handful",
+    "tests/test_plugin_hygiene.py",
+    "tests/test_key_scan.py::test_a_child_inheriting_the_tests_stdout_is_scanned",
+    "tests/mapper/test_mapper_sandbox.py::test_the_api_key_never_appears_in_any_output",
+    "tests/mapper/test_target.py::test_a_failed_create_always_exits_non_zero",
     "tests/sandbox/test_sandbox_processing.py::test_a_restart_mid_computation_",
     "tests/sandbox/test_sandbox_processing.py::test_a_100000_item_create_",
     "tests/sandbox/test_sandbox_processing.py::test_progress_never_exceeds_",
