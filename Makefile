@@ -1,5 +1,6 @@
 # The commands of a fresh machine: `make demo`, `make test` and `make orchestrate`.
 # Each creates its own virtualenv (.venv) and installs what it needs.
+# For a developer's edit-test loop: `make lint` and `make test-fast`.
 
 PYTHON ?= python3
 VENV := .venv
@@ -9,7 +10,7 @@ STAMP := $(VENV)/.installed
 export MELTANO_SEND_ANONYMOUS_USAGE_STATS := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo orchestrate test lint install clean
+.PHONY: demo orchestrate test test-fast lint install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,11 +29,19 @@ demo: $(STAMP)
 orchestrate: $(STAMP)
 	$(BIN)/python -m tap_gtmcli.demo.orchestrate
 
-## Lint, type checks, then the whole test suite.
-test: $(STAMP)
+## ruff, then mypy (type-checked for the lowest Python supported: pyproject [tool.mypy]).
+lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+## Lint, type checks, then the whole test suite.
+test: lint
 	$(BIN)/pytest
+
+## The edit-test loop: no Meltano, no PostgreSQL, none of the tests that cost seconds
+## each (markers `e2e` and `slow`, both set by path in tests/conftest.py).
+test-fast: $(STAMP)
+	$(BIN)/pytest -m "not e2e and not slow" --durations=5
 
 clean:
 	rm -rf $(VENV) .venv-meltano .meltano output .pytest_cache .mypy_cache .ruff_cache

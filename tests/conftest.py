@@ -1,12 +1,13 @@
 """Session-wide test rules.
 
-- Every plugin run is scanned for the API key (tests/key_scan.py).
+- Every plugin run is scanned for the API key (tests/helpers/key_scan.py).
+- `sandbox`: the fast, fault-free sandbox most tests talk to, on 127.0.0.1.
 - Every test starts with an empty default submission index, apart from the user's. The
   mapper and the target keep a submission index by default (README "What you pay for"):
   without this, tests would write into the user's data directory and skip items an
-  earlier test submitted. In-process runs get a data directory of their own per test;
-  console scripts started with a copy of the environment taken at import time share the
-  session's, which is emptied before each test.
+  earlier test submitted. Each test gets a data directory of its own (console scripts
+  the helpers start inherit it); the session's, which a process started with a copy of
+  the environment taken earlier would use, is emptied before each test.
 - The suite runs in two pytest-xdist workers (`-n 2 --dist loadgroup`, pyproject.toml):
   it mostly waits on subprocesses and sandboxes. Each worker is a process with its own
   session fixtures (data directory, key scan, sandboxes). The tests that run Meltano
@@ -22,13 +23,17 @@ import atexit
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests import key_scan
+from tap_gtmcli.sandbox import SandboxServer
+from tests.helpers import key_scan
+from tests.helpers.meltano import MELTANO_OWN_FILES
+from tests.helpers.sandboxes import fast_sandbox
 
 key_scan.install()
 
@@ -47,6 +52,42 @@ MELTANO_TESTS = ("tests/e2e/", "tests/orchestration/")
 #: Meltano tests with a project of their own (a fresh `meltano init` in a temporary
 #: directory): they share nothing with the others and run in whichever worker is free.
 OWN_PROJECT_TESTS = ("tests/e2e/test_own_project.py",)
+
+
+#: Tests that cost seconds each (node id prefixes): kill-and-restart trials, soaks and
+#: the reliability matrix (every fault reruns the plugins), real-time waits, 100,000-item
+#: runs, and the files that start the console scripts over and over. `make test-fast`
+#: leaves them out, `make test` runs them.
+SLOW_TESTS = (
+    "tests/reliability/",
+    "tests/tap/test_kill_and_resume.py",
+    "tests/tap/test_wait_for_jobs.py",
+    "tests/tap/test_incremental.py",
+    "tests/tap/test_batch_mode.py",
+    "tests/tap/test_cli.py",
+    "tests/tap/test_parallel.py::test_the_shared_gate_keeps_growth_tier_429s_to_a_handful",
+    "tests/test_plugin_hygiene.py",
+    "tests/test_key_scan.py::test_a_child_inheriting_the_tests_stdout_is_scanned",
+    "tests/tap/test_errors.py::test_key_never_appears_in_any_output_of_failing_syncs",
+    "tests/mapper/test_mapper_sandbox.py::test_the_api_key_never_appears_in_any_output",
+    "tests/mapper/test_mapper_sandbox.py::test_402_mid_run_stops_before_the_state_of_",
+    "tests/mapper/test_mapper_sandbox.py::test_ambiguous_create_yields_exactly_one_job_",
+    "tests/mapper/test_target.py::test_a_failed_create_always_exits_non_zero",
+    "tests/sandbox/test_sandbox_processing.py::test_a_restart_mid_computation_",
+    "tests/sandbox/test_sandbox_processing.py::test_a_100000_item_create_",
+    "tests/sandbox/test_sandbox_processing.py::test_progress_never_exceeds_",
+    "tests/sandbox/test_sandbox_admin.py::test_seeding_100000_items_is_fast",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark by where a test lives, so that no file can forget the mark: `e2e`, every test
+    that runs Meltano or PostgreSQL; `slow`, SLOW_TESTS (`make test-fast` skips both)."""
+    for item in items:
+        if item.nodeid.startswith(MELTANO_TESTS):
+            item.add_marker(pytest.mark.e2e)
+        if item.nodeid.startswith(SLOW_TESTS):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)  # before pytest-xdist's own
@@ -94,6 +135,17 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(line)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """What the test printed, and what children that inherit its stdout / stderr printed
+    (pytest captures both), goes to the key scan before the check after the test."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when in ("setup", "call"):
+        key_scan.record(f"output captured during {report.when} of the test",
+                        report.capstdout + report.capstderr)
+
+
 @pytest.fixture(autouse=True)
 def _api_key_in_no_output() -> Iterator[None]:
     """Fail the test if the API key appeared in anything printed or logged since the last
@@ -103,6 +155,27 @@ def _api_key_in_no_output() -> Iterator[None]:
         key_scan.assert_clean()
     finally:
         key_scan.reset()
+
+
+@pytest.fixture(autouse=True)
+def _meltano_own_files_in_the_key_scan(request: pytest.FixtureRequest) -> Iterator[None]:
+    """For a test that runs Meltano, the files Meltano wrote while it ran are scanned.
+
+    Only then: the other worker's tests would find the config of a Meltano run still in
+    flight (its tests run one after another in one worker, see MELTANO_TESTS).
+    """
+    if not request.node.nodeid.startswith(MELTANO_TESTS):
+        yield
+        return
+    started = time.time()
+    for directory in MELTANO_OWN_FILES:
+        key_scan.watch_tree(directory, since=started)
+    try:
+        yield
+        key_scan.assert_clean()
+    finally:
+        for directory in MELTANO_OWN_FILES:
+            key_scan.unwatch_tree(directory)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -120,3 +193,11 @@ def _own_submission_index(tmp_path_factory: pytest.TempPathFactory,
     data_home = tmp_path_factory.mktemp("data-home")
     monkeypatch.setenv("XDG_DATA_HOME", str(data_home))
     return data_home
+
+
+@pytest.fixture
+def sandbox() -> Iterator[SandboxServer]:
+    """A fast, fault-free sandbox on 127.0.0.1: it takes `API_KEY` (tests/helpers/keys.py)
+    and its jobs complete the moment they are created."""
+    with fast_sandbox() as server:
+        yield server

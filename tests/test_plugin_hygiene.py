@@ -14,7 +14,8 @@ import pytest
 
 from tap_gtmcli.api.config_check import api_url_errors
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
-from tests.key_scan import TEST_API_KEY, assert_no_key
+from tests.helpers.key_scan import assert_no_key
+from tests.helpers.keys import API_KEY
 from tools.readme_settings import README
 
 BIN = Path(sys.executable).parent
@@ -43,7 +44,7 @@ def error_lines(stderr: str) -> list[str]:
 
 @pytest.mark.parametrize("plugin", PLUGINS)
 def test_a_list_valued_key_is_named_not_echoed(plugin, tmp_path) -> None:
-    done = run(plugin, config={"api_key": [TEST_API_KEY]}, tmp_path=tmp_path)
+    done = run(plugin, config={"api_key": [API_KEY]}, tmp_path=tmp_path)
     assert done.returncode == 1
     assert error_lines(done.stderr) == ["api_key: must be string, not array",
                                         "Config validation failed"]
@@ -53,7 +54,7 @@ def test_a_list_valued_key_is_named_not_echoed(plugin, tmp_path) -> None:
 @pytest.mark.parametrize("plugin", PLUGINS)
 def test_a_key_pasted_into_another_setting_is_named_not_echoed(plugin, tmp_path) -> None:
     setting = NUMBER_SETTING[plugin]
-    done = run(plugin, config={"api_key": "gtm_live_the-right-place-0001", setting: TEST_API_KEY},
+    done = run(plugin, config={"api_key": "gtm_live_the-right-place-0001", setting: API_KEY},
                tmp_path=tmp_path)
     assert done.returncode == 1
     assert f"{setting}: must be integer or null, not string" in error_lines(done.stderr)
@@ -83,7 +84,7 @@ def test_every_plugin_masks_the_key_in_log_lines_of_handlers_added_later(plugin)
         "logging.getLogger().addHandler(handler)\n"
         "logging.getLogger('urllib3.connectionpool.child').warning('Bearer %s', sys.argv[1])\n"
     )
-    done = subprocess.run([sys.executable, "-c", script, TEST_API_KEY], capture_output=True,
+    done = subprocess.run([sys.executable, "-c", script, API_KEY], capture_output=True,
                           text=True, timeout=60, env=ENV, check=True)
     assert done.stdout == "Bearer ***\n"
 
@@ -98,8 +99,8 @@ def test_about_and_the_start_up_line_report_the_package_version(plugin, tmp_path
 
 
 def test_the_401_message_is_the_one_the_readme_quotes(tmp_path) -> None:
-    with SandboxServer(SandboxConfig(api_key=TEST_API_KEY)) as sandbox:
-        done = run("tap-gtmcli", config={"api_key": TEST_API_KEY + "-wrong",
+    with SandboxServer(SandboxConfig(api_key=API_KEY)) as sandbox:
+        done = run("tap-gtmcli", config={"api_key": API_KEY + "-wrong",
                                          "api_url": sandbox.url}, tmp_path=tmp_path)
     assert done.returncode == 1
     message = next(line for line in error_lines(done.stderr) if "401" in line)
@@ -113,9 +114,9 @@ def test_the_variables_the_401_message_names_are_read(plugin, tmp_path) -> None:
     prefix = plugin.upper().replace("-", "_")
     contacts = (b'{"type":"SCHEMA","stream":"c","schema":{"type":"object"},"key_properties":[]}\n'
                 b'{"type":"RECORD","stream":"c","record":{"email":"a@example.com"}}\n')
-    with SandboxServer(SandboxConfig(api_key=TEST_API_KEY, start_delay=0,
+    with SandboxServer(SandboxConfig(api_key=API_KEY, start_delay=0,
                                      processing_rate=0)) as sandbox:
-        env = {f"{prefix}_API_KEY": TEST_API_KEY, f"{prefix}_API_URL": sandbox.url}
+        env = {f"{prefix}_API_KEY": API_KEY, f"{prefix}_API_URL": sandbox.url}
         done = run(plugin, "--config", "ENV", env=env, stdin=contacts)
         assert done.returncode == 0, done.stderr[-2000:]
         routes = sandbox.stats()["requests"]
@@ -150,7 +151,7 @@ def test_a_base_url_passes(url) -> None:
 @pytest.mark.parametrize("plugin", PLUGINS)
 def test_every_plugin_stops_at_start_up_on_a_bad_api_url(plugin, tmp_path) -> None:
     done = run(plugin, config={"api_key": "gtm_live_the-right-place-0001",
-                               "api_url": f"{TEST_API_KEY}.example.com/v1"}, tmp_path=tmp_path)
+                               "api_url": f"{API_KEY}.example.com/v1"}, tmp_path=tmp_path)
     assert done.returncode == 1
     assert error_lines(done.stderr) == [
         "api_url: must start with http:// or https:// (http(s)://host[:port], e.g."

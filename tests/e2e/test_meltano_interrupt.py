@@ -13,7 +13,7 @@ from pathlib import Path
 import requests
 
 from tap_gtmcli.demo.meltano_project import base_environment
-from tests.e2e.conftest import Pipelines
+from tests.helpers.meltano import Pipelines
 
 STATE_SUFFIX = "interrupt"
 

@@ -16,9 +16,10 @@ import requests
 from tap_gtmcli.demo.generate_contacts import CSV_PATH
 from tap_gtmcli.demo.meltano_project import MeltanoRun
 from tap_gtmcli.demo.sandbox_process import SandboxProcess
-from tests.key_scan import TEST_API_KEY
-
-from .conftest import Pipelines, PostgresServer
+from tests.helpers.key_scan import assert_no_key
+from tests.helpers.keys import API_KEY
+from tests.helpers.meltano import Pipelines
+from tests.helpers.postgres import PostgresServer
 
 pytestmark = pytest.mark.e2e
 
@@ -160,7 +161,7 @@ def test_validate_and_collect_lands_the_results_of_its_own_submission_in_one_run
     # that happens once tap-gtmcli logs that it waits, so it surely found the job open.
     sandbox = SandboxProcess(pipelines.workdir / "collect-sandbox.db",
                              pipelines.workdir / "logs" / "collect-sandbox.log",
-                             api_key=TEST_API_KEY,  # the key the e2e plugins are given
+                             api_key=API_KEY,  # the key the e2e plugins are given
                              extra_args=("--start-delay", "3600", "--processing-rate", "1000"))
     url = sandbox.start()
     waiting = threading.Event()
@@ -188,7 +189,7 @@ def test_validate_and_collect_lands_the_results_of_its_own_submission_in_one_run
         sandbox.stop()
 
     log = run.log_path.read_text()
-    assert "sandbox-key" not in log  # the dev environment's API key
+    assert_no_key(log)  # the key these plugins were given, nor its tail
     assert "waiting up to 600 s for 1 job" in log
     assert re.search(r"stopped waiting after [\d.]+ s and \d+ checks?: 1 finished, 0 still open",
                      log)
@@ -204,5 +205,7 @@ def test_validate_and_collect_lands_the_results_of_its_own_submission_in_one_run
     rows = duckdb_query(warehouse, "select job_id, row_number, email from gtmcli.job_results "
                                    "order by row_number")
     assert rows == [[job["id"], n, item["email"]] for n, item in enumerate(items, start=1)]
+    assert_no_key(duckdb_query(warehouse, "select * from gtmcli.job_results"),
+                  duckdb_query(warehouse, "select * from gtmcli.jobs"))
     state = pipelines.state("dev:tap-gtmcli-to-target-duckdb:collect")
     assert state["singer_state"]["bookmarks"]["jobs"]["open_jobs"] == {}

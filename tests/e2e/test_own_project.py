@@ -21,11 +21,10 @@ import pytest
 import yaml
 
 from tap_gtmcli.demo.meltano_project import PROJECT_ROOT, MeltanoProject, base_environment
-from tests import key_scan
-from tests.key_scan import TEST_API_KEY
+from tests.helpers import key_scan
+from tests.helpers.keys import API_KEY as TEST_API_KEY
+from tests.helpers.meltano import installing
 from tools.readme_settings import README
-
-from .conftest import installing
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -26,12 +25,10 @@ from tap_gtmcli.api.client import GTMCLIClient
 from tap_gtmcli.api.errors import SubmissionFailedError
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 from tap_gtmcli.submit.postgres_index import SCHEMA_LOCK, PostgresIndex
-from tests.mapper.conftest import run_mapper
+from tests.helpers.keys import API_KEY
+from tests.helpers.mapper_runs import MAPPER, run_mapper
+from tests.helpers.postgres import PostgresServer
 
-from .conftest import POSTGRES_BIN, PostgresServer
-
-API_KEY = "gtm_live_PG-INDEX-secret-5e0b7d"
-MAPPER = str(Path(sys.executable).parent / "mapper-gtmcli")
 DAY = 86_400.0
 
 
@@ -95,14 +92,9 @@ def received(server: SandboxServer) -> Counter[str]:
 
 def index_counts(postgres_server: PostgresServer, database: str) -> list[list[str]]:
     """(entries, entries confirmed with a job) of the index in one database."""
-    result = subprocess.run(
-        [str(POSTGRES_BIN / "psql"), "-h", "127.0.0.1", "-p",
-         str(postgres_server.port), "-U", "postgres", "-d", database, "-At", "-F", "\t", "-c",
-         "SELECT count(*), count(coalesce(t.job_id, i.job_id)) FROM gtmcli_submission_index t "
-         "LEFT JOIN gtmcli_submission_intents i ON i.ref = t.intent"],
-        capture_output=True, text=True, check=True,
-    )
-    return [line.split("\t") for line in result.stdout.splitlines()]
+    return postgres_server.query(
+        "SELECT count(*), count(coalesce(t.job_id, i.job_id)) FROM gtmcli_submission_index t "
+        "LEFT JOIN gtmcli_submission_intents i ON i.ref = t.intent", database=database)
 
 
 def test_two_mappers_sharing_an_index_submit_each_item_once(
@@ -171,7 +163,7 @@ def test_a_failed_create_releases_its_claims(
 
     out = run_mapper(config, messages)
     for output in (failed_output, out):
-        assert API_KEY.split("_", 2)[-1] not in json.dumps(output)
+        assert API_KEY not in json.dumps(output)
     resent = [email for job_id, items in jobs_with_items(sandbox).items()
               if job_id not in first_jobs for email in items]
     assert sorted(resent) == sorted(f"p{number}@example.com" for number in range(10, 25))
@@ -289,7 +281,7 @@ def test_a_live_claim_holds_for_one_role_or_pg_read_all_stats(
 def test_the_longest_window_is_kept_in_postgresql(database: str, index_url: str) -> None:
     """The PostgreSQL path of `longest_window`: a 1-day run sharing the index with 30-day
     runs prunes nothing they still count (the SQLite twin is in tests/mapper)."""
-    from tests.mapper.conftest import API_KEY as MAPPER_KEY
+    from tests.helpers.keys import API_KEY as MAPPER_KEY
     from tests.mapper.test_pay_once import contacts, job_ids, run_with_clock
 
     config = SandboxConfig(api_key=MAPPER_KEY, start_delay=0, processing_rate=0)

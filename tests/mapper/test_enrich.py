@@ -10,19 +10,11 @@ from tap_gtmcli.api.client import GTMCLIClient
 from tap_gtmcli.api.errors import EnrichmentFailedError
 from tap_gtmcli.submit.enrich import ENRICHMENT_SCHEMA
 from tap_gtmcli.submit.router import LEDGER_STREAM, REJECTED_STREAM
-
-from .conftest import (
-    API_KEY,
-    FakeGTMCLI,
-    fixture_messages,
-    fixture_text,
-    of_stream,
-    record,
-    run_mapper,
-    sandbox_config,
-    schema,
-    state,
-)
+from tests.helpers.fake_client import FakeGTMCLI
+from tests.helpers.keys import API_KEY
+from tests.helpers.mapper_runs import mapper_settings, run_mapper
+from tests.helpers.sandboxes import fast_sandbox, sandbox_jobs
+from tests.helpers.singer import fixture_messages, fixture_text, of_stream, record, schema, state
 
 ENRICH = {"mode": "enrich", "poll_interval": 0.01, "max_wait": 5}
 NULLS = dict.fromkeys(ENRICHMENT_SCHEMA)
@@ -43,7 +35,7 @@ def test_contacts_fixture_is_enriched_in_order(sandbox: Any) -> None:
         "batch_size": 3,
         **ENRICH,
     }
-    out = run_mapper(sandbox_config(sandbox, **settings), fixture_text("contacts.singer"))
+    out = run_mapper(mapper_settings(sandbox, **settings), fixture_text("contacts.singer"))
     upstream = fixture_messages("contacts.singer")
 
     (contacts_schema,) = of_stream(out, "contacts", "SCHEMA")
@@ -123,31 +115,38 @@ def test_failed_job_ends_the_run_without_its_state(fake: FakeGTMCLI) -> None:
     assert of_stream(out, "contacts") == []
 
 
-def test_job_not_done_within_max_wait_times_out(fake: FakeGTMCLI) -> None:
-    fake.job_status = "processing"
-    with pytest.raises(EnrichmentFailedError, match=r"did not complete within max_wait=0\.05 s"):
-        run_mapper({**ENRICH, "max_wait": 0.05}, [record(id=1, email="a@x.io")], fake)
+def test_job_not_done_within_max_wait_times_out() -> None:
+    with fast_sandbox(start_delay=3600) as pending:  # its jobs start in an hour
+        with pytest.raises(EnrichmentFailedError,
+                           match=r"did not complete within max_wait=0\.05 s"):
+            run_mapper(mapper_settings(pending, **{**ENRICH, "max_wait": 0.05}),
+                       [record(id=1, email="a@x.io")])
+        assert [job["status"] for job in sandbox_jobs(pending)] == ["pending"]
 
 
-def test_find_results_are_attached_by_position(fake: FakeGTMCLI) -> None:
+def test_find_results_are_attached_by_position(sandbox: Any) -> None:
     messages = [
         record(id=1, first_name="Ann", last_name="Lee", domain="x.io"),
         record(id=2, first_name="Bo", last_name="Ray", domain="y.io"),
         record(id=3, first_name="ann", last_name="LEE", domain="X.io"),
     ]
-    out = run_mapper({**ENRICH, "job_type": "find"}, messages, fake)
-    emails = [m["record"]["gtmcli_email"] for m in of_stream(out, "contacts")]
-    assert emails == ["ann.lee@x.io", "bo.ray@y.io", "ann.lee@x.io"]
-    assert {m["record"]["gtmcli_confidence"] for m in of_stream(out, "contacts")} == {0.9}
-    assert fake.items["job_1"] == [
+    out = run_mapper(mapper_settings(sandbox, **ENRICH, job_type="find"), messages)
+    [job] = sandbox_jobs(sandbox)
+    assert sandbox.job_items(job["id"]) == [
         {"first_name": "ann", "last_name": "lee", "domain": "x.io"},
         {"first_name": "bo", "last_name": "ray", "domain": "y.io"},
     ]
+    first, second = results_by_item(sandbox, job["id"])
+    # Records 1 and 3 are one item: both get its row, record 2 the second row.
+    enriched = [(m["record"]["gtmcli_email"], m["record"]["gtmcli_confidence"])
+                for m in of_stream(out, "contacts")]
+    assert enriched == [(row["email"], row.get("confidence")) for row in (first, second, first)]
+    assert first["email"] != second["email"]
 
 
-def test_a_new_schema_flushes_the_records_waiting_under_the_old_one(fake: FakeGTMCLI) -> None:
+def test_a_new_schema_flushes_the_records_waiting_under_the_old_one(sandbox: Any) -> None:
     messages = [schema(), record(id=1, email="a@x.io"), schema(), record(id=2, email="b@x.io")]
-    out = run_mapper(ENRICH, messages, fake)
+    out = run_mapper(mapper_settings(sandbox, **ENRICH), messages)
     kinds = [(m["type"], m.get("stream"), m.get("record", {}).get("id")) for m in out]
     assert kinds == [
         ("SCHEMA", "contacts", None),

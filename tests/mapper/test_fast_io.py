@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +14,10 @@ from singer_sdk.singerlib.exceptions import InvalidInputLine
 from tap_gtmcli.api.errors import SubmissionFailedError
 from tap_gtmcli.submit.mapper import GTMCLIMapper
 from tap_gtmcli.submit.router import LEDGER_STREAM
-
-from .conftest import (
-    API_KEY,
-    FakeGTMCLI,
-    of_stream,
-    read_messages,
-    record,
-    run_mapper,
-    sandbox_config,
-    schema,
-    state,
-)
-
-MAPPER = str(Path(sys.executable).parent / "mapper-gtmcli")
+from tests.helpers.fake_client import FakeGTMCLI
+from tests.helpers.keys import API_KEY
+from tests.helpers.mapper_runs import MAPPER, mapper_settings, run_mapper
+from tests.helpers.singer import of_stream, read_messages, record, schema, state
 
 # Odd but valid JSON: spacing, key order, escapes, numbers no float can hold.
 RAW_LINES = [
@@ -66,7 +55,7 @@ def test_passthrough_is_byte_for_byte_the_input_line(fake: FakeGTMCLI) -> None:
 
 def test_console_script_passes_lines_through_verbatim(sandbox: Any, tmp_path: Path) -> None:
     config_path = tmp_path / "config.json"
-    config_path.write_text(json.dumps(sandbox_config(sandbox, streams=["contacts"])))
+    config_path.write_text(json.dumps(mapper_settings(sandbox, streams=["contacts"])))
     result = subprocess.run(
         [MAPPER, "--config", str(config_path)],
         input=b"".join(RAW_LINES),

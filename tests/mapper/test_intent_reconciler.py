@@ -19,8 +19,11 @@ from tap_gtmcli.submit.items import ItemKey, item_payload
 from tap_gtmcli.submit.resubmit_guard import ResubmitGuard
 from tap_gtmcli.submit.router import LEDGER_STREAM
 from tap_gtmcli.submit.submission_index import SQLiteIndex, account_secret
+from tests.helpers.keys import API_KEY
+from tests.helpers.mapper_runs import mapper_settings as sandbox_config
+from tests.helpers.mapper_runs import run_mapper
+from tests.helpers.singer import of_stream, record, schema
 
-from .conftest import API_KEY, of_stream, record, run_mapper, sandbox_config, schema
 from .test_pay_once import job_ids, sandbox_items
 
 STREAM = "contacts"

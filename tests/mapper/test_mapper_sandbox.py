@@ -15,20 +15,12 @@ from tap_gtmcli.api.client import GTMCLIClient
 from tap_gtmcli.api.errors import SubmissionFailedError
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 from tap_gtmcli.submit.router import LEDGER_STREAM, REJECTED_STREAM
-
-from .conftest import (
-    API_KEY,
-    FIXTURES,
-    fixture_messages,
-    fixture_text,
-    of_stream,
-    read_messages,
-    run_mapper,
-    sandbox_config,
-)
+from tests.helpers.key_scan import assert_no_key
+from tests.helpers.keys import API_KEY
+from tests.helpers.mapper_runs import MAPPER, mapper_settings, run_mapper
+from tests.helpers.singer import FIXTURES, fixture_messages, fixture_text, of_stream, read_messages
 
 CONTACTS_SETTINGS = {"streams": ["contacts"], "domain_field": "company.domain", "batch_size": 3}
-MAPPER = str(Path(sys.executable).parent / "mapper-gtmcli")
 
 
 def run_cli(
@@ -146,13 +138,13 @@ def check_contacts_run(out: list[dict], server: Any) -> None:
 
 
 def test_contacts_fixture_in_process(sandbox: Any) -> None:
-    out = run_mapper(sandbox_config(sandbox, **CONTACTS_SETTINGS), fixture_text("contacts.singer"))
+    out = run_mapper(mapper_settings(sandbox, **CONTACTS_SETTINGS), fixture_text("contacts.singer"))
     check_contacts_run(out, sandbox)
 
 
 def test_contacts_fixture_through_the_console_script(sandbox: Any, tmp_path: Path) -> None:
     result = run_cli(
-        "mapper-gtmcli", sandbox_config(sandbox, **CONTACTS_SETTINGS), "contacts.singer", tmp_path
+        "mapper-gtmcli", mapper_settings(sandbox, **CONTACTS_SETTINGS), "contacts.singer", tmp_path
     )
     assert result.returncode == 0, result.stderr.decode()
     check_contacts_run(read_messages(result.stdout), sandbox)
@@ -167,7 +159,7 @@ def test_402_mid_run_stops_before_the_state_of_unsubmitted_records(tmp_path: Pat
         SandboxConfig(api_key=API_KEY, start_delay=0, processing_rate=0, credits=0.6, db_path=db)
     ) as server:
         result = run_cli(
-            "mapper-gtmcli", sandbox_config(server, batch_size=2), "two_batches.singer", tmp_path
+            "mapper-gtmcli", mapper_settings(server, batch_size=2), "two_batches.singer", tmp_path
         )
         out = read_messages(result.stdout)
         stderr = result.stderr.decode()
@@ -190,7 +182,7 @@ def test_402_mid_run_stops_before_the_state_of_unsubmitted_records(tmp_path: Pat
     with SandboxServer(
         SandboxConfig(api_key=API_KEY, start_delay=0, processing_rate=0, credits=10, db_path=db)
     ) as server:
-        rerun = run_cli("mapper-gtmcli", sandbox_config(server, batch_size=2), str(
+        rerun = run_cli("mapper-gtmcli", mapper_settings(server, batch_size=2), str(
             tmp_path / "rest.singer"), tmp_path)
         assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
         assert submitted_jobs(server) == [
@@ -209,7 +201,7 @@ def test_a_refused_key_reports_no_job_as_submitted(tmp_path: Path) -> None:
         server.add_fault_rules(
             [{"method": "POST", "path_prefix": "/v1/jobs", "status": 401, "count": 10}]
         )
-        result = run_cli("mapper-gtmcli", sandbox_config(server, batch_size=1),
+        result = run_cli("mapper-gtmcli", mapper_settings(server, batch_size=1),
                          "two_batches.singer", tmp_path)
         assert submitted_jobs(server) == []
     stderr = result.stderr.decode()
@@ -232,7 +224,7 @@ def test_402_in_process_raises_and_holds_the_state(sandbox: Any) -> None:
     client = SecondCreateRefused(api_url=sandbox.url, api_key=API_KEY)
     messages = fixture_messages("two_batches.singer")
     with pytest.raises(SubmissionFailedError, match=r"402 .*credits"):
-        run_mapper(sandbox_config(sandbox, batch_size=2), messages, client)
+        run_mapper(mapper_settings(sandbox, batch_size=2), messages, client)
     out = run_mapper.last_output  # type: ignore[attr-defined]
     assert [m for m in out if m["type"] == "STATE"] == [messages[3]]
     assert len(submitted_jobs(sandbox)) == 1
@@ -271,7 +263,7 @@ def test_ambiguous_create_yields_exactly_one_job_per_batch(
     with SandboxServer(config) as server:
         server.add_fault_rules([fault])
         out = run_mapper(
-            sandbox_config(server, batch_size=2), fixture_messages("two_batches.singer")
+            mapper_settings(server, batch_size=2), fixture_messages("two_batches.singer")
         )
         assert submitted_jobs(server) == [
             ("validate", [{"email": "a@one.io"}, {"email": "b@one.io"}]),
@@ -299,7 +291,7 @@ def test_invalid_settings_stop_the_run_at_start(settings: dict, named: str, tmp_
     assert result.returncode == 1
     assert result.stdout == b""
     assert named in result.stderr.decode()
-    assert API_KEY not in result.stderr.decode()
+    assert_no_key(result.stderr.decode())
 
 
 def test_the_api_key_never_appears_in_any_output(sandbox: Any, tmp_path: Path) -> None:
@@ -319,7 +311,7 @@ def test_the_api_key_never_appears_in_any_output(sandbox: Any, tmp_path: Path) -
     for command in ("mapper-gtmcli", "target-gtmcli"):
         result = run_cli(
             command,
-            sandbox_config(sandbox, batch_size=2),
+            mapper_settings(sandbox, batch_size=2),
             "contacts.singer",
             tmp_path,
             LOGLEVEL="DEBUG",
@@ -328,7 +320,7 @@ def test_the_api_key_never_appears_in_any_output(sandbox: Any, tmp_path: Path) -
     assert outputs[0].returncode == 1
     assert "401" in outputs[0].stderr.decode()
     for result in outputs:
-        assert API_KEY.encode() not in result.stdout
-        assert API_KEY.encode() not in result.stderr
+        assert_no_key(result.stdout)
+        assert_no_key(result.stderr)
     about = subprocess.run([MAPPER, "--about", "--format", "json"], capture_output=True, check=True)
     assert b'"secret": true' in about.stdout

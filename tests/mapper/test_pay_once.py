@@ -32,17 +32,10 @@ from tap_gtmcli.submit.submission_index import (
     default_location,
 )
 from tap_gtmcli.submit.target import TargetGTMCLI
-
-from .conftest import (
-    API_KEY,
-    fixture_messages,
-    of_stream,
-    record,
-    run_mapper,
-    sandbox_config,
-    schema,
-    state,
-)
+from tests.helpers.keys import API_KEY
+from tests.helpers.mapper_runs import mapper_settings as sandbox_config  # the lead renames
+from tests.helpers.mapper_runs import run_mapper
+from tests.helpers.singer import fixture_messages, of_stream, record, schema, state
 
 DAY = 86_400.0
 ENRICH = {"mode": "enrich", "poll_interval": 0.01, "max_wait": 10}

@@ -20,8 +20,9 @@ from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 from tap_gtmcli.submit.batches import OpenBatches
 from tap_gtmcli.submit.enrich import JobWaiter
 from tap_gtmcli.submit.job_creation import JobSubmitter
-
-from .conftest import API_KEY, FakeGTMCLI
+from tests.helpers.fake_client import FakeGTMCLI
+from tests.helpers.key_scan import assert_no_key
+from tests.helpers.keys import API_KEY
 
 
 @contextmanager
@@ -56,7 +57,7 @@ def test_retries_sleep_retry_after_exactly_then_fail_naming_the_attempts(sandbox
     assert str(raised.value) == (
         f"GET /v1/jobs/job_missing on {host} failed after 3 attempt(s); last error: "
         "GET /v1/jobs/job_missing answered 503 (internal_error)")
-    assert API_KEY not in str(raised.value)
+    assert_no_key(str(raised.value))
     assert sleeps == [7.0, 7.0]
 
 

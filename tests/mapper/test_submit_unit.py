@@ -1,4 +1,5 @@
-"""Submit mode against a fake client: passthrough, batching, STATE, rejects, reconcile."""
+"""Submit mode: passthrough, batching, STATE, rejects, reconcile (against the sandbox, or a
+scripted client for the create failures the sandbox cannot be told to produce)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,18 @@ import pytest
 from singer_sdk.singerlib.exceptions import InvalidInputLine
 
 from tap_gtmcli.api.errors import SubmissionFailedError
+from tap_gtmcli.sandbox import SandboxServer
 from tap_gtmcli.submit.router import LEDGER_STREAM, REJECTED_STREAM
 from tap_gtmcli.submit.state_gate import StateGate
+from tests.helpers.fake_client import FakeGTMCLI
+from tests.helpers.mapper_runs import mapper_settings, run_mapper
+from tests.helpers.sandboxes import sandbox_jobs
+from tests.helpers.singer import of_stream, record, schema, state
 
-from .conftest import FakeGTMCLI, of_stream, record, run_mapper, schema, state
+
+def sent(server: SandboxServer) -> list[tuple[str, list[dict]]]:
+    """(type, items exactly as submitted) of every job the sandbox received, oldest first."""
+    return [(job["type"], server.job_items(job["id"])) for job in sandbox_jobs(server)]
 
 
 def test_passthrough_is_unchanged_and_state_waits_for_the_batch(fake: FakeGTMCLI) -> None:
@@ -61,18 +70,19 @@ def test_ledger_rows_describe_each_job(fake: FakeGTMCLI) -> None:
     assert row["batch_sha256"] == expected.hexdigest()
 
 
-def test_identical_items_are_sent_once_per_job(fake: FakeGTMCLI) -> None:
+def test_identical_items_are_sent_once_per_job(sandbox: SandboxServer) -> None:
     messages = [
         record(id=i, email=e) for i, e in enumerate(["x@a.io", " X@A.io", "y@a.io", "x@a.io"])
     ]
-    run_mapper({"job_type": "validate"}, messages, fake)
-    assert fake.items["job_1"] == [{"email": "x@a.io"}, {"email": "y@a.io"}]
+    run_mapper(mapper_settings(sandbox, job_type="validate"), messages)
+    assert sent(sandbox) == [("validate", [{"email": "x@a.io"}, {"email": "y@a.io"}])]
 
 
-def test_batch_size_counts_distinct_items(fake: FakeGTMCLI) -> None:
+def test_batch_size_counts_distinct_items(sandbox: SandboxServer) -> None:
     emails = ["a@x.io", "a@x.io", "b@x.io", "c@x.io", "c@x.io", "d@x.io", "e@x.io"]
-    run_mapper({"batch_size": 2}, [record(id=i, email=e) for i, e in enumerate(emails)], fake)
-    assert [len(items) for items in fake.items.values()] == [2, 2, 1]
+    run_mapper(mapper_settings(sandbox, batch_size=2),
+               [record(id=i, email=e) for i, e in enumerate(emails)])
+    assert [len(items) for _, items in sent(sandbox)] == [2, 2, 1]
 
 
 def test_state_with_nothing_pending_passes_at_once(fake: FakeGTMCLI) -> None:
@@ -88,15 +98,15 @@ def test_state_with_nothing_pending_passes_at_once(fake: FakeGTMCLI) -> None:
     assert out[-1] == state(2)
 
 
-def test_streams_globs_choose_the_streams_acted_on(fake: FakeGTMCLI) -> None:
+def test_streams_globs_choose_the_streams_acted_on(sandbox: SandboxServer) -> None:
     messages = [
         record("hubspot_contacts", email="a@x.io"),
         record("salesforce_leads", email="b@x.io"),
         record("hubspot_companies", email="c@x.io"),
     ]
-    out = run_mapper({"streams": ["hubspot_con*", "sales*"]}, messages, fake)
+    out = run_mapper(mapper_settings(sandbox, streams=["hubspot_con*", "sales*"]), messages)
     assert out[:3] == messages
-    assert sorted(item["email"] for items in fake.items.values() for item in items) == [
+    assert sorted(item["email"] for _, items in sent(sandbox) for item in items) == [
         "a@x.io",
         "b@x.io",
     ]
@@ -106,14 +116,14 @@ def test_streams_globs_choose_the_streams_acted_on(fake: FakeGTMCLI) -> None:
     ]
 
 
-def test_auto_chooses_validate_or_find_per_record(fake: FakeGTMCLI) -> None:
+def test_auto_chooses_validate_or_find_per_record(sandbox: SandboxServer) -> None:
     messages = [
         record(id=1, email="a@x.io", first_name="Ann"),
         record(id=2, first_name=" Bob ", last_name="Stone", domain="X.IO"),
         record(id=3, first_name="Cy", last_name="Lee"),
     ]
-    out = run_mapper({}, messages, fake)
-    assert {job["type"]: fake.items[job_id] for job_id, job in fake.jobs.items()} == {
+    out = run_mapper(mapper_settings(sandbox), messages)
+    assert dict(sent(sandbox)) == {
         "validate": [{"email": "a@x.io"}],
         "find": [{"first_name": "bob", "last_name": "stone", "domain": "x.io"}],
     }
@@ -123,10 +133,10 @@ def test_auto_chooses_validate_or_find_per_record(fake: FakeGTMCLI) -> None:
     )
 
 
-def test_dotted_paths_reach_nested_fields(fake: FakeGTMCLI) -> None:
-    config = {"email_field": "contact.work.email"}
-    run_mapper(config, [record(id=1, contact={"work": {"email": "n@x.io"}})], fake)
-    assert fake.items["job_1"] == [{"email": "n@x.io"}]
+def test_dotted_paths_reach_nested_fields(sandbox: SandboxServer) -> None:
+    config = mapper_settings(sandbox, email_field="contact.work.email")
+    run_mapper(config, [record(id=1, contact={"work": {"email": "n@x.io"}})])
+    assert sent(sandbox) == [("validate", [{"email": "n@x.io"}])]
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,6 @@ import json
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,23 +14,16 @@ import pytest
 
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 from tap_gtmcli.submit.target import TargetGTMCLI
+from tests.helpers.keys import API_KEY
+from tests.helpers.mapper_runs import TARGET, mapper_settings, run_mapper
+from tests.helpers.singer import fixture_messages, fixture_text, read_messages
 
-from .conftest import (
-    API_KEY,
-    fixture_messages,
-    fixture_text,
-    read_messages,
-    run_mapper,
-    sandbox_config,
-)
 from .test_mapper_sandbox import CONTACTS_SETTINGS, run_cli, submitted_jobs
-
-TARGET = str(Path(sys.executable).parent / "target-gtmcli")
 
 
 def test_target_writes_only_confirmed_state_and_the_ledger(sandbox: Any, tmp_path: Path) -> None:
     ledger_path = tmp_path / "ledger.jsonl"
-    config = sandbox_config(sandbox, **CONTACTS_SETTINGS, ledger_path=str(ledger_path))
+    config = mapper_settings(sandbox, **CONTACTS_SETTINGS, ledger_path=str(ledger_path))
     result = run_cli("target-gtmcli", config, "contacts.singer", tmp_path)
     assert result.returncode == 0, result.stderr.decode()
     upstream = fixture_messages("contacts.singer")
@@ -57,7 +49,7 @@ def test_target_stops_on_402_without_confirming_the_refused_batch(tmp_path: Path
     with SandboxServer(
         SandboxConfig(api_key=API_KEY, start_delay=0, processing_rate=0, credits=0.6)
     ) as server:
-        config = sandbox_config(server, batch_size=2, ledger_path=str(ledger_path))
+        config = mapper_settings(server, batch_size=2, ledger_path=str(ledger_path))
         result = run_cli("target-gtmcli", config, "two_batches.singer", tmp_path)
     assert result.returncode == 1
     assert "402" in result.stderr.decode()
@@ -67,7 +59,7 @@ def test_target_stops_on_402_without_confirming_the_refused_batch(tmp_path: Path
 
 def test_target_in_process_matches_the_mapper_states(sandbox: Any) -> None:
     out = run_mapper(
-        sandbox_config(sandbox, **CONTACTS_SETTINGS),
+        mapper_settings(sandbox, **CONTACTS_SETTINGS),
         fixture_text("contacts.singer"),
         plugin=TargetGTMCLI,
     )
@@ -127,7 +119,7 @@ def test_a_failed_create_always_exits_non_zero(seed: int, tmp_path: Path) -> Non
     with SandboxServer(SandboxConfig(api_key=API_KEY, start_delay=0, processing_rate=0,
                                      latency_ms=settings["latency_ms"])) as server:
         server.add_fault_rules(rules)
-        config = sandbox_config(server, batch_size=settings["batch_size"], max_retries=1)
+        config = mapper_settings(server, batch_size=settings["batch_size"], max_retries=1)
         (tmp_path / "config.json").write_text(json.dumps(config))
         done = subprocess.run([TARGET, "--config", str(tmp_path / "config.json")], input=data,
                               capture_output=True, timeout=120, check=False)
@@ -153,7 +145,7 @@ def test_a_signal_mid_create_exits_non_zero(tmp_path: Path) -> None:
     with SandboxServer(SandboxConfig(api_key=API_KEY, start_delay=0, processing_rate=0)) as server:
         server.add_fault_rules([{"method": "POST", "path_prefix": "/v1/jobs", "status": 200,
                                  "body": "slow", "delay": 1.5, "count": 1}])
-        config = sandbox_config(server, batch_size=10, max_retries=3, request_timeout=30)
+        config = mapper_settings(server, batch_size=10, max_retries=3, request_timeout=30)
         (tmp_path / "config.json").write_text(json.dumps(config))
         with subprocess.Popen([TARGET, "--config", str(tmp_path / "config.json")],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,

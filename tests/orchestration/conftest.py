@@ -24,15 +24,17 @@ from tap_gtmcli.api.retry import RetryPolicy
 from tap_gtmcli.api.timestamps import parse_timestamp
 from tap_gtmcli.demo.meltano_project import MeltanoProject
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
-from tests import key_scan
-from tests.e2e.conftest import PostgresServer, duckdb_query, installing, postgres_server
-from tests.reliability.conftest import API_KEY, assert_no_secret
+from tests.e2e.conftest import duckdb_query, postgres_server
+from tests.helpers import key_scan
+from tests.helpers.keys import API_KEY
+from tests.helpers.meltano import installing
+from tests.helpers.postgres import PostgresServer
 
 __all__ = ["duckdb_query", "postgres_server"]  # e2e fixtures, used here by name
 
 #: Account B's key: distinct from account A's (API_KEY), so a mix-up shows.
 ACCOUNT_B_KEY = "gtm_live_ORCHESTRATION-account-b-4e81d2c7"
-key_scan.scan_for(ACCOUNT_B_KEY)  # account A's is the scan's own (tests/key_scan.py)
+key_scan.scan_for(ACCOUNT_B_KEY)  # account A's is the scan's own (tests/helpers/key_scan.py)
 #: (plugin type, plugin whose venv the tests run). Inheriting plugins share their
 #: parent's venv, so installing the parents is enough.
 PLUGIN_VENVS = (("extractors", "tap-gtmcli"), ("loaders", "target-duckdb"),
@@ -42,7 +44,7 @@ SYSTEM_DATABASE = "meltano"
 
 def assert_no_key(*outputs: Any) -> None:
     """Neither account's key, nor its secret part, is in any output."""
-    assert_no_secret(*outputs)
+    key_scan.assert_no_key(*outputs)
     for index, output in enumerate(outputs):
         text = output if isinstance(output, str) else repr(output)
         assert ACCOUNT_B_KEY not in text, f"account B's key leaked into output #{index}"

@@ -22,8 +22,8 @@ from tap_gtmcli.demo.meltano_project import MeltanoProject
 from tap_gtmcli.orchestration.definitions import build_definitions
 from tap_gtmcli.orchestration.jobs import SKIPPED_TAG
 from tap_gtmcli.sandbox import SandboxServer
-from tests.e2e.conftest import POSTGRES_BIN, PostgresServer
-from tests.reliability.conftest import API_KEY
+from tests.helpers.keys import API_KEY
+from tests.helpers.postgres import POSTGRES_BIN, PostgresServer
 
 from .conftest import (
     ACCOUNT_B_KEY,

@@ -31,9 +31,10 @@ import requests
 
 from tap_gtmcli.demo.meltano_project import PROJECT_ROOT, MeltanoProject
 from tap_gtmcli.sandbox import SandboxServer
-from tests import key_scan
-from tests.e2e.conftest import PostgresServer, _free_port
-from tests.reliability.conftest import API_KEY
+from tests.helpers import key_scan
+from tests.helpers.keys import API_KEY
+from tests.helpers.postgres import PostgresServer
+from tests.helpers.postgres import free_port as _free_port
 
 from .conftest import (
     assert_no_key,

@@ -10,8 +10,8 @@ import dagster as dg
 import pytest
 
 from tap_gtmcli.orchestration.definitions import build_definitions
-from tests.e2e.conftest import PostgresServer
-from tests.reliability.conftest import API_KEY
+from tests.helpers.keys import API_KEY
+from tests.helpers.postgres import PostgresServer
 
 from .conftest import (
     assert_no_key,

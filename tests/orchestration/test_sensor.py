@@ -15,7 +15,7 @@ import pytest
 from tap_gtmcli.orchestration.definitions import build_definitions
 from tap_gtmcli.orchestration.finished_jobs import FinishedCursor
 from tap_gtmcli.sandbox import SandboxServer
-from tests.reliability.conftest import API_KEY
+from tests.helpers.keys import API_KEY
 
 from .conftest import assert_no_key, start_sandbox
 

@@ -18,23 +18,18 @@ import pytest
 
 from tap_gtmcli.api.client import GTMCLIClient
 from tap_gtmcli.api.retry import RetryPolicy
-from tests.reliability.conftest import (
-    API_KEY,
+from tests.helpers.key_scan import assert_no_key
+from tests.helpers.keys import API_KEY
+from tests.helpers.mapper_runs import (
     LEDGER,
-    MapperRun,
-    assert_no_secret,
-    contacts_input,
-    fast_sandbox,
     mapper_settings,
-    mapper_truth,
-    received_items,
-    received_jobs,
-    replay_after,
     run_mapper_cli,
     run_mapper_in_process,
-    sandbox_jobs,
-    state_position,
+    run_plugin,
 )
+from tests.helpers.sandboxes import fast_sandbox, received_items, received_jobs, sandbox_jobs
+from tests.helpers.singer import MapperRun
+from tests.helpers.submit_oracle import contacts_input, mapper_truth, replay_after, state_position
 
 RECORDS = 30
 BATCH = 10  # three jobs; a STATE after every batch, so a rerun from it is exact
@@ -86,7 +81,7 @@ def assert_exact_truth(server: Any, messages: list[dict], runs: list[MapperRun])
     assert len({row["job_id"] for row in ledger}) == len(truth.jobs) == len(ledger)
     assert runs[-1].ok and runs[-1].last_state == messages[-1]["value"]
     for run in runs:
-        assert_no_secret(run.messages, run.log, run.stderr, repr(run.error))
+        assert_no_key(run.messages, run.log, run.stderr, repr(run.error))
 
 
 def completes_exactly(server: Any, config: dict, messages: list[dict] | None = None) -> MapperRun:
@@ -311,26 +306,11 @@ class _AfterCreate(GTMCLIClient):
 
 
 def _run_with_client(config: dict, messages: list[dict], client: GTMCLIClient) -> MapperRun:
-    import io
-    import json
-
-    from tap_gtmcli.submit.mapper import GTMCLIMapper
-    from tests.reliability.conftest import register_output, singer_text
-
-    output = io.BytesIO()
-    error = None
-    mapper = GTMCLIMapper(config=config, output=output, client=client)
+    """The mapper in process with the given client, closed after."""
     try:
-        mapper.listen(io.StringIO(singer_text(messages)))
-    except Exception as raised:
-        error = raised
+        return run_plugin(config, messages, client)
     finally:
-        mapper.output_writer.flush()
         client.close()
-    text = output.getvalue().decode()
-    register_output("mapper stdout", text)
-    register_output("mapper error", repr(error))
-    return MapperRun([json.loads(line) for line in text.splitlines()], error)
 
 
 @pytest.mark.parametrize(("action", "named"), [("delete", "404"), ("fail", "failed: provider outage")])
@@ -347,7 +327,7 @@ def test_enrich_job_vanishing_or_failing_stops_then_rerun_is_exact(action, named
         if action == "delete":
             assert f"GET /v1/jobs/{job_id}" in message
         assert state_position(first.last_state) == BATCH
-        assert_no_secret(message)
+        assert_no_key(message)
         rerun = run_mapper_in_process(config, replay_after(messages, first.last_state))
         assert rerun.ok, repr(rerun.error)
         # The vanished/failed job's items were submitted again by the rerun (a vanished

@@ -14,22 +14,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tap_gtmcli.sandbox import SandboxServer
-from tests.reliability.conftest import (
+from tests.helpers.key_scan import assert_no_key
+from tests.helpers.mapper_runs import (
     LEDGER,
     REJECTED,
-    assert_no_secret,
-    contacts_input,
-    fast_sandbox,
     mapper_settings,
-    mapper_truth,
-    oracle_item,
-    received_items,
-    received_jobs,
-    replay_after,
     run_mapper_cli,
     run_mapper_in_process,
-    sandbox_jobs,
-    singer_text,
+)
+from tests.helpers.sandboxes import fast_sandbox, received_items, received_jobs, sandbox_jobs
+from tests.helpers.singer import singer_text
+from tests.helpers.submit_oracle import (
+    contacts_input,
+    mapper_truth,
+    oracle_item,
+    replay_after,
     state_position,
 )
 
@@ -101,7 +100,7 @@ def check_run(server: SandboxServer, messages: list[dict], config: dict, before:
               patterns: tuple[str, ...]) -> None:
     run = run_mapper_in_process(config, messages)
     assert run.ok, f"the mapper crashed: {run.error!r}"
-    assert_no_secret(run.messages, run.log)
+    assert_no_key(run.messages, run.log)
     truth = mapper_truth(messages, config["batch_size"], patterns)
 
     # Every non-STATE message passes through unchanged, in order.

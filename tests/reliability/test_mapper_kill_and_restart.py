@@ -16,26 +16,20 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests.reliability.conftest import (
-    API_KEY,
-    CLI_ENV,
-    LEDGER,
-    MAPPER,
-    assert_no_secret,
-    contacts_input,
+from tests.helpers import key_scan
+from tests.helpers.key_scan import assert_no_key
+from tests.helpers.keys import API_KEY
+from tests.helpers.mapper_runs import LEDGER, MAPPER, mapper_settings, run_mapper_cli
+from tests.helpers.sandboxes import (
     fast_sandbox,
-    mapper_settings,
-    mapper_truth,
     received_items,
-    register_output,
-    replay_after,
-    run_mapper_cli,
     sandbox_jobs,
-    singer_text,
     start_sandbox_process,
-    state_position,
     stop_sandbox_process,
 )
+from tests.helpers.singer import singer_text
+from tests.helpers.submit_oracle import contacts_input, mapper_truth, replay_after, state_position
+from tests.helpers.tap_runs import cli_environment
 
 TRIALS = 20
 RECORDS = 8000
@@ -95,7 +89,7 @@ def run_until_killed(server, config_path: Path, input_path: Path, index: Path, p
     lock = None
     with input_path.open("rb") as stdin, subprocess.Popen(
         [MAPPER, "--config", str(config_path)], stdin=stdin, stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, env=CLI_ENV,
+        stderr=subprocess.DEVNULL, env=cli_environment(),
     ) as process:
         assert process.stdout is not None
         out: list[bytes] = []
@@ -123,7 +117,7 @@ def run_until_killed(server, config_path: Path, input_path: Path, index: Path, p
                 lock.execute("ROLLBACK")
                 lock.close()
     messages = [json.loads(line) for line in out if line.endswith(b"\n")]
-    register_output("killed mapper stdout", messages)
+    key_scan.record("killed mapper stdout", messages)
     return messages
 
 
@@ -145,7 +139,7 @@ def one_trial(tmp_path: Path, trial: int, phase: str, batch: int, messages: list
         last = states[-1] if states else None
         resumed = run_mapper_cli(config, replay_after(messages, last), directory)
         assert resumed.returncode == 0, resumed.stderr[-2000:]
-        assert_no_secret(first, resumed.messages, resumed.stderr)
+        assert_no_key(first, resumed.messages, resumed.stderr)
         received = Counter(received_items(server))
         job_ids = [job["id"] for job in sandbox_jobs(server)]
     truth = mapper_truth(messages, BATCH).items
@@ -234,7 +228,7 @@ def test_mapper_completes_exactly_across_a_sandbox_restart(tmp_path):
     half = next(i for i, m in enumerate(messages) if m["type"] == "STATE"
                 and state_position(m["value"]) == 1500) + 1
     mapper = subprocess.Popen([MAPPER, "--config", str(config_path)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=CLI_ENV)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_environment())
     assert mapper.stdin and mapper.stdout and mapper.stderr
     out: list[bytes] = []
     err: list[bytes] = []
@@ -257,8 +251,8 @@ def test_mapper_completes_exactly_across_a_sandbox_restart(tmp_path):
         for reader in readers:
             reader.join(timeout=10)
         stderr = b"".join(err).decode()
-        register_output("mapper stderr", stderr)
-        register_output("mapper stdout", b"".join(out))
+        key_scan.record("mapper stderr", stderr)
+        key_scan.record("mapper stdout", b"".join(out))
         assert mapper.returncode == 0, stderr[-3000:]
         emitted = [json.loads(line) for line in out]
         truth = mapper_truth(messages, 500).items
@@ -266,7 +260,7 @@ def test_mapper_completes_exactly_across_a_sandbox_restart(tmp_path):
         assert received == truth, f"missing {truth - received}, extra {received - truth}"
         assert [m for m in emitted if m.get("stream") != LEDGER] == messages
         assert re.search(r"POST /v1/jobs (failed|may or may not)", stderr), stderr[-2000:]
-        assert_no_secret(stderr, emitted)
+        assert_no_key(stderr, emitted)
     finally:
         if mapper.poll() is None:
             mapper.kill()
@@ -283,7 +277,7 @@ def test_state_of_created_batches_goes_downstream_while_upstream_is_idle(tmp_pat
         config_path = tmp_path / "config.json"
         config_path.write_text(json.dumps(mapper_settings(server, batch_size=500)))
         mapper = subprocess.Popen([MAPPER, "--config", str(config_path)], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=CLI_ENV)
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=cli_environment())
         assert mapper.stdin and mapper.stdout
         out: list[bytes] = []
         reader = threading.Thread(target=lambda: out.extend(mapper.stdout), daemon=True)  # type: ignore[arg-type]
@@ -298,5 +292,5 @@ def test_state_of_created_batches_goes_downstream_while_upstream_is_idle(tmp_pat
             mapper.stdin.close()
             mapper.wait(timeout=60)
             reader.join(timeout=10)
-        register_output("mapper stdout", b"".join(out))
+        key_scan.record("mapper stdout", b"".join(out))
         assert states and state_position(states[-1]) == 1500

@@ -8,17 +8,10 @@ from collections import Counter
 
 import pytest
 
-from tests.reliability.conftest import (
-    LEDGER,
-    assert_no_secret,
-    contacts_input,
-    fast_sandbox,
-    mapper_settings,
-    mapper_truth,
-    received_items,
-    received_jobs,
-    run_mapper_in_process,
-)
+from tests.helpers.key_scan import assert_no_key
+from tests.helpers.mapper_runs import LEDGER, mapper_settings, run_mapper_in_process
+from tests.helpers.sandboxes import fast_sandbox, received_items, received_jobs
+from tests.helpers.submit_oracle import contacts_input, mapper_truth
 
 RECORDS = 3000
 BATCH = 100
@@ -70,4 +63,4 @@ def test_random_fault_soak_mapper_exact_truth(mode):
         assert run.last_state == messages[-1]["value"]
         stats = server.stats()
         assert stats["errors_injected"] > 0 and stats["dropped"] > 0 and stats["truncated"] > 0
-        assert_no_secret(run.messages, run.log)
+        assert_no_key(run.messages, run.log)

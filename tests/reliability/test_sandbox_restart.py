@@ -11,8 +11,10 @@ import time
 
 import requests
 
-from tests.reliability.conftest import start_sandbox_process, stop_sandbox_process
-from tests.tap.conftest import API_KEY, TAP
+from tests.helpers.key_scan import assert_no_key
+from tests.helpers.keys import API_KEY
+from tests.helpers.sandboxes import start_sandbox_process, stop_sandbox_process
+from tests.helpers.tap_runs import TAP
 
 
 def test_tap_completes_exactly_across_a_sandbox_restart(tmp_path):
@@ -68,4 +70,4 @@ def test_tap_completes_exactly_across_a_sandbox_restart(tmp_path):
     assert re.search(r"Retry 1 of 8 for /v1/jobs/\{job_id\}/results .* after "
                      r"(127\.0\.0\.1:\d+ refused the connection|the connection (to .* failed|"
                      r"broke before the answer was complete))", log)
-    assert API_KEY not in log
+    assert_no_key(log)

@@ -12,15 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.conftest import (
-    CLI_ENV,
-    MAPPER,
-    contacts_input,
-    fast_sandbox,
-    mapper_settings,
-    received_items,
-    singer_text,
-)
+from tests.helpers.mapper_runs import MAPPER, mapper_settings
+from tests.helpers.sandboxes import fast_sandbox, received_items
+from tests.helpers.singer import singer_text
+from tests.helpers.submit_oracle import contacts_input
+from tests.helpers.tap_runs import cli_environment
 
 TARGET = str(Path(MAPPER).with_name("target-gtmcli"))
 
@@ -35,7 +31,7 @@ def test_a_signalled_mapper_leaves_whole_lines_and_only_confirmed_states(signum,
         with source.open("rb") as stdin:
             mapper = subprocess.Popen([MAPPER, "--config", str(config)], stdin=stdin,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      env=CLI_ENV)
+                                      env=cli_environment())
             assert mapper.stdout is not None
             taken = b""
             while len(taken) < 400_000:  # a slow loader: read some, let the pipe fill
@@ -62,7 +58,7 @@ def test_a_signalled_target_exits_with_the_signal_and_no_traceback(tmp_path):
         config = tmp_path / "config.json"
         config.write_text(json.dumps(mapper_settings(server, batch_size=2000)))
         target = subprocess.Popen([TARGET, "--config", str(config)], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=CLI_ENV)
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_environment())
         assert target.stdin is not None
         target.stdin.write(singer_text(contacts_input(3000, state_every=1000)).encode())
         target.stdin.flush()

@@ -17,21 +17,18 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tests.reliability.conftest import (
-    CLI_ENV,
-    LEDGER,
-    MAPPER,
-    contacts_input,
+from tests.helpers import key_scan
+from tests.helpers.mapper_runs import LEDGER, MAPPER, mapper_settings, run_mapper_cli
+from tests.helpers.sandboxes import (
     fast_sandbox,
     item_key,
     job_items,
-    mapper_settings,
     received_items,
-    register_output,
-    run_mapper_cli,
     sandbox_jobs,
-    singer_text,
 )
+from tests.helpers.singer import singer_text
+from tests.helpers.submit_oracle import contacts_input
+from tests.helpers.tap_runs import cli_environment
 
 RECORDS = 600
 BATCH = 200
@@ -56,7 +53,8 @@ def test_sigkill_between_create_and_index_write_adopts_the_job(tmp_path: Path) -
         server.add_fault_rules([{"method": "POST", "path_prefix": "/v1/jobs", "body": "slow",
                                  "delay": 1.0}])
         mapper = subprocess.Popen([MAPPER, "--config", str(config_path)], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=CLI_ENV)
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  env=cli_environment())
         assert mapper.stdin is not None and mapper.stdout is not None
         # A STATE with nothing pending comes straight back: the index is open by then.
         opening_state = {"type": "STATE", "value": {"bookmarks": {"contacts": {"position": 0}}}}
@@ -80,7 +78,7 @@ def test_sigkill_between_create_and_index_write_adopts_the_job(tmp_path: Path) -
         finally:
             lock.execute("ROLLBACK")
             lock.close()
-        register_output("killed mapper", first_out[0] + first_out[1] + stdout + stderr)
+        key_scan.record("killed mapper", first_out[0] + first_out[1] + stdout + stderr)
         killed_states = [json.loads(line) for line in [*first_out, *stdout.splitlines()]
                          if b'"STATE"' in line]
         # Nothing past the opening STATE went downstream: the job was not recorded.

@@ -9,15 +9,9 @@ from collections import Counter
 
 import pytest
 
-from tests.reliability.conftest import (
-    assert_no_secret,
-    fast_sandbox,
-    run_tap_cli,
-    run_tap_in_process,
-    sandbox_jobs,
-    seeded_truth,
-    tap_settings,
-)
+from tests.helpers.key_scan import assert_no_key
+from tests.helpers.sandboxes import fast_sandbox, sandbox_jobs, seeded_truth
+from tests.helpers.tap_runs import run_tap, run_tap_in_process, tap_settings
 
 RESULTS = {"method": "GET", "path_prefix": "/v1/jobs/job_"}
 LIST = {"method": "GET", "path_prefix": "/v1/jobs"}
@@ -47,7 +41,7 @@ def test_429_storm_on_every_endpoint_is_ridden_out(monkeypatch, retry_after):
         if retry_after == "0":
             assert run.sleeps == [0.0] * 8
         assert server.stats()["rate_limited"] == 8
-        assert_no_secret(run.messages, run.log)
+        assert_no_key(run.messages, run.log)
 
 
 @pytest.mark.parametrize(
@@ -72,21 +66,21 @@ def test_exhausted_retries_mid_extraction_fail_naming_endpoint_then_rerun_is_exa
         # the 4 pages left are requested together (read ahead across jobs), so every one
         # of their 2 tries fails.
         server.add_fault_rules([{**RESULTS, **PASS, "count": 2}, {**RESULTS, **fault, "count": 8}])
-        first = run_tap_cli(tap_settings(server, max_retries=1, results_per_page=500,
-                                         max_rate_limit_wait=1), tmp_path)
+        first = run_tap(tmp_path, tap_settings(server, max_retries=1, results_per_page=500,
+                                               max_rate_limit_wait=1))
         assert first.returncode != 0
         assert re.search(r"GET /v1/jobs/job_\w+/results:? " + named, first.stderr), (
             first.stderr[-2000:]
         )
         server.clear_fault_rules()
-        rerun = run_tap_cli(tap_settings(server, results_per_page=500), tmp_path,
-                            state=first.last_state)
+        rerun = run_tap(tmp_path, tap_settings(server, results_per_page=500),
+                        state=first.last_state)
         assert rerun.returncode == 0, rerun.stderr[-2000:]
         keys = first.result_keys + rerun.result_keys
         assert set(keys) == truth  # nothing lost
         # At-least-once: only the job in flight when the run failed is emitted again.
         assert len(keys) - len(set(keys)) <= 700
-        assert_no_secret(first.stderr, first.messages, rerun.messages, rerun.stderr)
+        assert_no_key(first.stderr, first.messages, rerun.messages, rerun.stderr)
 
 
 def test_a_job_failing_for_good_ends_the_run_without_waiting_out_other_retries(tmp_path):
@@ -104,8 +98,8 @@ def test_a_job_failing_for_good_ends_the_run_without_waiting_out_other_retries(t
         server.add_fault_rules([{"method": "GET", "path_prefix": f"/v1/jobs/{failing}/results",
                                  "status": 503, "retry_after": "2", "count": 2}, *rules])
         # timeout: a guard against a hang only; a run that waited would take 600 s.
-        run = run_tap_cli(tap_settings(server, max_retries=1, results_per_page=500), tmp_path,
-                          timeout=60)
+        run = run_tap(tmp_path, tap_settings(server, max_retries=1, results_per_page=500),
+                      timeout=60)
         assert run.returncode != 0
         assert f"GET /v1/jobs/{failing}/results answered 503" in run.stderr, run.stderr[-2000:]
         assert "in 600.00 s" in run.stderr  # a later page's worker was sleeping it out
@@ -114,7 +108,7 @@ def test_a_job_failing_for_good_ends_the_run_without_waiting_out_other_retries(t
         assert all(left[rule["path_prefix"]] >= 1 for rule in rules), left
         assert server.stats()["requests"]["GET /v1/jobs/{id}/results"] <= 2 + len(later)
         assert run.result_keys == []
-        assert_no_secret(run.stderr, run.messages)
+        assert_no_key(run.stderr, run.messages)
 
 
 @pytest.mark.parametrize("body", ["drop_after", "truncated", "drop"])
@@ -146,7 +140,7 @@ def test_failed_jobs_are_emitted_with_their_error_and_their_processed_rows(tmp_p
         completed = server.seed_jobs("validate", 400, jobs=2)
         failed = server.seed_jobs("validate", 400, jobs=2, status="failed")
         truth = seeded_truth(server)
-        run = run_tap_cli(tap_settings(server), tmp_path)
+        run = run_tap(tmp_path, tap_settings(server))
         assert run.returncode == 0, run.stderr[-2000:]
         jobs = {record["id"]: record for record in run.records("jobs")}
         assert set(jobs) == set(completed) | set(failed)
@@ -160,7 +154,7 @@ def test_failed_jobs_are_emitted_with_their_error_and_their_processed_rows(tmp_p
         with_rows = sum(1 for job_id in failed if jobs[job_id]["completed"])
         assert server.stats()["requests"]["GET /v1/jobs/{id}/results"] == (
             len(completed) + 2 * with_rows)
-        assert_no_secret(run.stderr, run.messages)
+        assert_no_key(run.stderr, run.messages)
 
 
 def test_job_vanishing_between_results_pages_is_skipped_and_the_rest_is_exact(tmp_path):
@@ -173,14 +167,14 @@ def test_job_vanishing_between_results_pages_is_skipped_and_the_rest_is_exact(tm
         server.add_fault_rules([{"method": "GET", "path_prefix": prefix, **PASS, "count": 1},
                                 {"method": "GET", "path_prefix": prefix, "status": 404,
                                  "count": 10}])
-        run = run_tap_cli(tap_settings(server, results_per_page=1000), tmp_path)
+        run = run_tap(tmp_path, tap_settings(server, results_per_page=1000))
         assert run.returncode == 0, run.stderr[-2000:]
         assert f"Job {gone} vanished (404)" in run.stderr
         counted = Counter(run.result_keys)
         assert max(counted.values()) == 1
         assert {key for key in counted if key[0] == kept} == {k for k in truth if k[0] == kept}
         assert {key for key in counted if key[0] == gone} <= truth
-        assert_no_secret(run.stderr, run.messages)
+        assert_no_key(run.stderr, run.messages)
 
 
 def test_random_fault_soak_tap_exact_truth(monkeypatch):
@@ -199,4 +193,4 @@ def test_random_fault_soak_tap_exact_truth(monkeypatch):
         stats = server.stats()
         assert stats["errors_injected"] > 5 and stats["dropped"] > 0 and stats["truncated"] > 0
         assert len({r["id"] for r in run.records("jobs")}) == 8
-        assert_no_secret(run.messages, run.log)
+        assert_no_key(run.messages, run.log)

@@ -25,16 +25,10 @@ from tap_gtmcli.api.errors import GTMCLIFatalError, GTMCLIRetriesExhaustedError
 from tap_gtmcli.tap.job_bookmarks import UNKNOWN_STATUS_GRACE, JobBookmarks
 from tap_gtmcli.tap.job_rows import JobsNotReadError
 from tap_gtmcli.tap.tap import TapGTMCLI
-from tests.key_scan import TEST_API_KEY
-from tests.reliability.conftest import (
-    CLI_ENV,
-    TAP,
-    fast_sandbox,
-    register_output,
-    run_tap_in_process,
-    seeded_truth,
-    tap_settings,
-)
+from tests.helpers import key_scan
+from tests.helpers.keys import API_KEY as TEST_API_KEY
+from tests.helpers.sandboxes import fast_sandbox, seeded_truth
+from tests.helpers.tap_runs import TAP, cli_environment, run_tap_in_process, tap_settings
 
 SCHEMAS = {name: stream.schema for name, stream in
            TapGTMCLI(config={"api_key": TEST_API_KEY}).streams.items()}
@@ -344,7 +338,7 @@ def test_a_signal_while_the_loader_reads_slowly_leaves_whole_lines_and_a_true_st
         config = tmp_path / "config.json"
         config.write_text(json.dumps(tap_settings(server, results_per_page=500)))
         tap = subprocess.Popen([TAP, "--config", str(config)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, env=CLI_ENV)
+                               stderr=subprocess.PIPE, env=cli_environment())
         assert tap.stdout is not None
         # A slow loader: read a little, let the pipe fill, then signal mid-run. Read
         # from the fd itself: `communicate` below reads the fd, not a reader's buffer.
@@ -355,7 +349,7 @@ def test_a_signal_while_the_loader_reads_slowly_leaves_whole_lines_and_a_true_st
         tap.send_signal(signum)
         rest, stderr = tap.communicate(timeout=30)
         output = (taken + rest).decode()
-        register_output("tap stderr", stderr.decode())
+        key_scan.record("tap stderr", stderr.decode())
         assert tap.returncode == 128 + signum, stderr.decode()[-2000:]
         assert output.endswith("\n")
         messages = [json.loads(line) for line in output.splitlines()]  # every line whole
@@ -369,7 +363,7 @@ def test_a_signal_while_the_loader_reads_slowly_leaves_whole_lines_and_a_true_st
         state_path = tmp_path / "state.json"
         state_path.write_text(json.dumps(state))
         rerun = subprocess.run([TAP, "--config", str(config), "--state", str(state_path)],
-                               capture_output=True, timeout=60, env=CLI_ENV, check=False)
+                               capture_output=True, timeout=60, env=cli_environment(), check=False)
         assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
         rerun_messages = [json.loads(line) for line in rerun.stdout.decode().splitlines()]
         again = {(m["record"]["job_id"], m["record"]["row_number"]) for m in rerun_messages

@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from tap_gtmcli.sandbox import FaultRule
+from tests.helpers.keys import API_KEY
 
 
 def statuses(client: Any, count: int) -> list[int | str]:
@@ -86,7 +87,7 @@ def test_latency_is_per_request_and_overlaps(make_sandbox: Callable) -> None:
             session.trust_env = False
             started = time.monotonic()
             session.get(f"{server.url}/v1/jobs",
-                        headers={"Authorization": "Bearer sandbox-key"}, timeout=5)
+                        headers={"Authorization": f"Bearer {API_KEY}"}, timeout=5)
             durations.append(time.monotonic() - started)
 
     started = time.monotonic()

@@ -11,6 +11,7 @@ import requests
 
 from tap_gtmcli.sandbox import SandboxServer, job_cost
 from tap_gtmcli.sandbox.outcomes import find_email, validate_email
+from tests.helpers.keys import API_KEY
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 EMAILS = [{"email": "ceo@example.com"}, {"email": "test@fake.com"}, {"email": "info@acme.com"}]
@@ -32,8 +33,7 @@ def assert_error(response: requests.Response, status: int, code: str) -> dict[st
 
 @pytest.mark.parametrize(
     "authorization",
-    [None, "Bearer wrong-key", "sandbox-key", "Basic sandbox-key", "Bearer ",
-     "Bearer sandbox-key2"],
+    [None, "Bearer wrong-key", API_KEY, f"Basic {API_KEY}", "Bearer ", f"Bearer {API_KEY}2"],
 )
 def test_requests_without_the_right_bearer_key_are_401(
     sandbox: SandboxServer, authorization: str | None
@@ -45,12 +45,12 @@ def test_requests_without_the_right_bearer_key_are_401(
                              ("GET", "/_sandbox/stats")):
             response = session.request(method, sandbox.url + path, headers=headers, timeout=5)
             body = assert_error(response, 401, "unauthorized")
-            assert "sandbox-key" not in body["message"]
+            assert API_KEY not in body["message"]
 
 
 def test_bearer_scheme_is_case_insensitive(sandbox: SandboxServer, make_client: Callable) -> None:
     client = make_client(sandbox)
-    client.session.headers["Authorization"] = "bearer sandbox-key"
+    client.session.headers["Authorization"] = f"bearer {API_KEY}"
     assert client.get("/v1/jobs").status_code == 200
 
 

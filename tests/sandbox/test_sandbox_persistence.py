@@ -8,8 +8,9 @@ from pathlib import Path
 import requests
 
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
+from tests.helpers.keys import API_KEY
 
-HEADERS = {"Authorization": "Bearer sandbox-key"}
+HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 
 
 def snapshot(server: SandboxServer, session: requests.Session) -> dict[str, object]:
@@ -25,7 +26,7 @@ def snapshot(server: SandboxServer, session: requests.Session) -> dict[str, obje
 
 def test_restart_on_the_same_database_loses_nothing(tmp_path: Path) -> None:
     database = str(tmp_path / "sandbox.db")
-    config = SandboxConfig(db_path=database, start_delay=0, processing_rate=0, credits=1000)
+    config = SandboxConfig(api_key=API_KEY, db_path=database, start_delay=0, processing_rate=0, credits=1000)
     with requests.Session() as session:
         session.trust_env = False
         with SandboxServer(config) as first:
@@ -47,7 +48,7 @@ def test_restart_on_the_same_database_loses_nothing(tmp_path: Path) -> None:
 
 
 def test_pending_jobs_keep_progressing_across_a_restart(tmp_path: Path) -> None:
-    config = SandboxConfig(db_path=str(tmp_path / "s.db"), start_delay=1000, processing_rate=0)
+    config = SandboxConfig(api_key=API_KEY, db_path=str(tmp_path / "s.db"), start_delay=1000, processing_rate=0)
     with SandboxServer(config) as first:
         job_id = first.create_job("validate", [{"email": "a@gmail.com"}])["id"]
         assert first.get_job(job_id)["status"] == "pending"
@@ -62,6 +63,6 @@ def test_a_database_from_an_older_layout_starts_afresh(tmp_path: Path) -> None:
     with sqlite3.connect(database) as old:
         old.execute("CREATE TABLE job_rows (job_seq INTEGER, idx INTEGER, result BLOB)")
     old.close()
-    with SandboxServer(SandboxConfig(db_path=str(database), start_delay=0)) as server:
+    with SandboxServer(SandboxConfig(api_key=API_KEY, db_path=str(database), start_delay=0)) as server:
         job_id = server.seed_jobs("validate", 3)[0]
         assert server.get_job(job_id)["total"] == 3

@@ -13,6 +13,7 @@ import pytest
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer, job_cost
 from tap_gtmcli.sandbox.outcomes import encode_rows, outcome, row_cost
 from tap_gtmcli.sandbox.synthetic import synthetic_items
+from tests.helpers.keys import API_KEY
 
 BIG = [{"email": f"person{n}@company{n % 997}.com"} for n in range(100_000)]
 EDGE_EMAILS = [
@@ -228,7 +229,8 @@ def test_webhooks_wait_for_the_rows(
 def test_a_restart_mid_computation_resumes_with_identical_rows(
     tmp_path: Path, make_client: Callable
 ) -> None:
-    config = SandboxConfig(db_path=str(tmp_path / "s.db"), start_delay=0, processing_rate=0)
+    config = SandboxConfig(api_key=API_KEY, db_path=str(tmp_path / "s.db"), start_delay=0,
+                           processing_rate=0)
     with SandboxServer(config) as first:
         client = make_client(first)
         job_id = client.create_job("validate", BIG)

@@ -7,10 +7,12 @@ import gzip
 import io
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
+from singer_sdk.helpers._batch import BatchConfig
 
-from tap_gtmcli.tap.batch_files import BatchConfigError, BatchSpool, check_encoding
+from tap_gtmcli.tap.batch_files import BatchConfigError, BatchSpool, check_encoding, spool_for
 
 
 class Recorder:
@@ -111,5 +113,25 @@ def test_encodings_the_tap_cannot_write_are_refused_naming_the_field(
 
 
 @pytest.mark.parametrize("compression", [None, "none", "gzip"])
-def test_jsonl_with_or_without_gzip_is_accepted(compression):
-    check_encoding("jsonl", compression)
+def test_jsonl_with_or_without_gzip_is_accepted(compression, tmp_path):
+    """The encoding is accepted, and the files are written as it says: gzip, or plain."""
+    assert check_encoding("jsonl", compression) is None
+    encoding = {"format": "jsonl", **({} if compression is None else {"compression": compression})}
+    config = BatchConfig.from_dict({"encoding": encoding, "storage": {"root": tmp_path.as_uri()},
+                                    "batch_size": 2})
+    announced: list[tuple[str, str]] = []
+    spool = spool_for(config, file_prefix="tap--", write_state=lambda: None,
+                      announce=lambda stream, url: announced.append((stream, url)))
+    spool.add_rows("jobs", [{"id": "job_1"}, {"id": "job_2"}, {"id": "job_3"}])
+    spool.flush()
+    assert [stream for stream, _ in announced] == ["jobs", "jobs"]
+    files = [Path(url.removeprefix("file://")) for _, url in announced]
+    raw = b"".join(path.read_bytes() for path in files)
+    if compression == "gzip":
+        assert all(path.name.endswith(".jsonl.gz") for path in files)
+        text = b"".join(gzip.decompress(path.read_bytes()) for path in files)
+    else:
+        assert all(path.name.endswith(".jsonl") for path in files)
+        assert not raw.startswith(b"\x1f\x8b")  # no gzip magic
+        text = raw
+    assert text.splitlines() == [b'{"id":"job_1"}', b'{"id":"job_2"}', b'{"id":"job_3"}']

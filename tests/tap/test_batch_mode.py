@@ -14,7 +14,10 @@ import pytest
 
 from tap_gtmcli.api.timestamps import parse_timestamp
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
-from tests.tap.conftest import API_KEY, TAP, TapRun, run_tap
+from tests.helpers.key_scan import assert_no_key
+from tests.helpers.keys import API_KEY
+from tests.helpers.singer import TapRun
+from tests.helpers.tap_runs import TAP, run_tap
 from tests.tap.test_wait_for_jobs import (
     RATE,
     RESULTS,
@@ -63,10 +66,32 @@ def settled_jobs(state: dict[str, Any], jobs: list[dict[str, Any]]) -> set[str]:
     return settled
 
 
-def assert_no_key(run: TapRun, directory: Path) -> None:
-    assert API_KEY not in run.stdout + run.stderr
+def assert_no_key_in_run_or_files(run: TapRun, directory: Path) -> None:
+    """Neither the key nor its tail is in the run's output or any BATCH file."""
+    assert_no_key(run.stdout, run.stderr)
     for path in directory.iterdir():
-        assert API_KEY.encode() not in gzip.decompress(path.read_bytes())
+        data = path.read_bytes()
+        assert_no_key(gzip.decompress(data) if path.suffix == ".gz" else data)
+
+
+def test_uncompressed_batch_files_go_through_the_tap(sandbox, seeded, tmp_path):
+    """`compression: none`: plain JSON-lines files, named so, holding the same rows."""
+    batch_dir = tmp_path / "plain"
+    config = {"api_key": API_KEY, "api_url": sandbox.url, "results_per_page": 200,
+              "batch_config": batch_config(batch_dir, encoding={"format": "jsonl",
+                                                                "compression": "none"})}
+    run = run_tap(tmp_path, config)
+    assert run.returncode == 0, run.stderr
+    batches = [m for m in run.messages if m["type"] == "BATCH"]
+    assert batches
+    assert {(m["encoding"]["format"], m["encoding"]["compression"]) for m in batches} == {
+        ("jsonl", "none")}
+    files = sorted(batch_dir.iterdir())
+    assert files and all(path.name.endswith(".jsonl") for path in files)
+    assert not [path for path in files if path.read_bytes().startswith(b"\x1f\x8b")]
+    assert len(batch_rows(run.messages, "job_results")) == 1500 + 40 + 10 + 900
+    assert all(len(file_rows(url)) <= BATCH_SIZE for m in batches for url in m["manifest"])
+    assert_no_key_in_run_or_files(run, batch_dir)
 
 
 @pytest.fixture
@@ -102,7 +127,7 @@ def test_batch_files_hold_exactly_the_rows_record_mode_emits(sandbox, seeded, tm
     for field in ("newest_created_at", "newest_ids", "open_jobs"):
         assert (batched.last_state["bookmarks"]["jobs"][field]
                 == records.last_state["bookmarks"]["jobs"][field])
-    assert_no_key(batched, batch_dir)
+    assert_no_key_in_run_or_files(batched, batch_dir)
 
 
 def test_no_state_settles_a_job_before_its_rows_are_in_announced_files(
@@ -113,18 +138,54 @@ def test_no_state_settles_a_job_before_its_rows_are_in_announced_files(
                              "results_per_page": 200, "batch_config": batch_config(batch_dir)})
     assert run.returncode == 0, run.stderr
     jobs = sorted(batch_rows(run.messages, "jobs"), key=lambda job: job["created_at"])
-    # At least one STATE between flushes (batch_size 700 of 2,450 rows), then the last.
-    assert assert_states_follow_files(run.messages) >= 3
+    states = assert_states_follow_files(run.messages)
     assert settled_jobs(run.messages[-1]["value"], jobs) == {job["id"] for job in jobs}
-    assert_no_key(run, batch_dir)
+    # A STATE every batch_size rows, at the first job boundary after them, not every job
+    # (README "BATCH mode"): the STATEs are exactly those the rule places.
+    rows_per_job = job_rows_in_file_order(run.messages)
+    assert sorted(rows_per_job) == sorted(
+        (job["id"], 1 + (job["total"] if job["status"] == "completed" else 0)) for job in jobs)
+    # (The SDK's own STATEs at the end of each stream settle nothing new: left aside.)
+    settling = [jobs_settled for jobs_settled in states if jobs_settled]
+    assert settling == states_by_the_rule(rows_per_job, BATCH_SIZE)
+    assert len(settling) < len(jobs), "a STATE after every job, not every batch_size rows"
+    assert_no_key_in_run_or_files(run, batch_dir)
 
 
-def assert_states_follow_files(messages: list[dict[str, Any]]) -> int:
+def job_rows_in_file_order(messages: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    """(job id, rows: its job row and its result rows) of each job, in the order its
+    result rows (else its job row) went into the files."""
+    order: dict[str, int] = {}
+    for row in batch_rows(messages, "job_results"):
+        order[row["job_id"]] = order.get(row["job_id"], 0) + 1
+    for row in batch_rows(messages, "jobs"):
+        order.setdefault(row["id"], 0)
+    return [(job_id, results + 1) for job_id, results in order.items()]
+
+
+def states_by_the_rule(rows_per_job: list[tuple[str, int]], batch_size: int) -> list[set[str]]:
+    """The jobs each STATE that settles any settles under the rule: one once `batch_size`
+    rows went out since the last, at the end of a job; one at the end of the run."""
+    states: list[set[str]] = []
+    since_state, waiting = 0, set()
+    for job_id, rows in rows_per_job:
+        since_state += rows
+        waiting.add(job_id)
+        if since_state >= batch_size:
+            states.append(waiting)
+            since_state, waiting = 0, set()
+    if waiting:
+        states.append(waiting)  # the end of the run
+    return states
+
+
+def assert_states_follow_files(messages: list[dict[str, Any]]) -> list[set[str]]:
     """Every job a STATE settles has its job row (as last emitted) and all its result rows
-    in files named by earlier BATCH messages; returns the number of STATEs checked."""
+    in files named by earlier BATCH messages; returns the jobs each STATE newly settles."""
     latest = {job["id"]: job for job in batch_rows(messages, "jobs")}
     jobs = sorted(latest.values(), key=lambda job: job["created_at"])
-    states_checked = 0
+    newly_settled: list[set[str]] = []
+    settled_before: set[str] = set()
     for index, message in enumerate(messages):
         if message["type"] != "STATE":
             continue
@@ -141,8 +202,10 @@ def assert_states_follow_files(messages: list[dict[str, Any]]) -> int:
             if job["status"] == "completed":
                 assert announced_results.get(job_id, 0) == job["total"], (
                     f"STATE #{index} settles {job_id} before all its result rows")
-        states_checked += 1
-    return states_checked
+        settled = settled_jobs(message["value"], jobs)
+        newly_settled.append(settled - settled_before)
+        settled_before = settled
+    return newly_settled
 
 
 @pytest.fixture
@@ -173,10 +236,10 @@ def test_wait_for_jobs_in_batch_mode_keeps_the_state_rule(slow_sandbox, tmp_path
     ]
     keys = [(row["job_id"], row["row_number"]) for row in batch_rows(run.messages, "job_results")]
     assert len(keys) == len(set(keys)) and set(keys) == truth(slow_sandbox, job_ids)
-    assert assert_states_follow_files(run.messages) >= 2
+    assert len(assert_states_follow_files(run.messages)) >= 2
     assert run.last_state is not None
     assert run.last_state["bookmarks"]["jobs"]["open_jobs"] == {}
-    assert_no_key(run, batch_dir)
+    assert_no_key_in_run_or_files(run, batch_dir)
 
 
 def test_a_batch_encoding_the_tap_cannot_write_fails_naming_the_field(
@@ -188,7 +251,7 @@ def test_a_batch_encoding_the_tap_cannot_write_fails_naming_the_field(
     run = run_tap(tmp_path, config)
     assert run.returncode != 0
     assert "batch_config.encoding.format 'parquet' is not supported by tap-gtmcli" in run.stderr
-    assert API_KEY not in run.stdout + run.stderr
+    assert_no_key(run.stdout + run.stderr)
 
 
 def test_about_declares_the_batch_capability():

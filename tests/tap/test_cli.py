@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 
-from tests.tap.conftest import API_KEY, TAP
+from tests.helpers.key_scan import assert_no_key
+from tests.helpers.tap_runs import TAP
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -39,7 +40,7 @@ def test_connection_test_passes_against_the_sandbox(tmp_path, sandbox, tap_confi
     config.write_text(json.dumps(tap_config))
     done = run("--config", str(config), "--test")
     assert done.returncode == 0, done.stderr
-    assert API_KEY not in done.stdout + done.stderr
+    assert_no_key(done.stdout + done.stderr)
 
 
 def test_connection_test_fails_on_a_wrong_key(tmp_path, sandbox, tap_config):

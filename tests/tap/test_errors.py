@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import email.utils
-import io
 import json
 import time
-from contextlib import redirect_stdout
 from types import SimpleNamespace
 
 import pytest
 
-from tap_gtmcli.api.errors import (
-    GTMCLIAuthError,
-    GTMCLIRetriesExhaustedError,
-)
-from tap_gtmcli.tap.tap import TapGTMCLI
-from tests.tap.conftest import API_KEY, run_tap
+from tap_gtmcli.api.errors import GTMCLIAuthError, GTMCLIRetriesExhaustedError
+from tests.helpers.key_scan import assert_no_key
+from tests.helpers.keys import API_KEY
+from tests.helpers.tap_runs import run_tap, sync_in_process
 
 LIST_RULE = {"method": "GET", "path_prefix": "/v1/jobs"}
 RESULTS_RULE = {"method": "GET", "path_prefix": "/v1/jobs/job_"}
@@ -25,17 +21,6 @@ RESULTS_RULE = {"method": "GET", "path_prefix": "/v1/jobs/job_"}
 def result_rows(output: str) -> list[dict]:
     messages = [json.loads(line) for line in output.splitlines()]
     return [m["record"] for m in messages if m["type"] == "RECORD" and m["stream"] == "job_results"]
-
-
-def sync_in_process(config: dict, monkeypatch) -> tuple[list[float], str]:
-    """Run the tap in this process, recording each backoff sleep instead of sleeping."""
-    sleeps: list[float] = []
-    monkeypatch.setattr("tap_gtmcli.tap.client.sleep_unless_stopped",
-                        lambda seconds, _stop, _what: sleeps.append(seconds))
-    out = io.StringIO()
-    with redirect_stdout(out):
-        TapGTMCLI(config=config).sync_all()
-    return sleeps, out.getvalue()
 
 
 def test_retry_after_seconds_is_honoured_exactly(sandbox, tap_config, monkeypatch):
@@ -139,6 +124,6 @@ def test_key_never_appears_in_any_output_of_failing_syncs(sandbox, tap_config, t
     refused = run_tap(tmp_path, {**tap_config, "api_key": API_KEY + "x"})
     assert ok.returncode == 0 and failed.returncode != 0 and refused.returncode != 0
     for run in (ok, failed, refused):
-        assert API_KEY not in run.stdout
-        assert API_KEY not in run.stderr
+        assert_no_key(run.stdout)
+        assert_no_key(run.stderr)
     assert len(ok.records("job_results")) == 2400

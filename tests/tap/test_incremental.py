@@ -6,7 +6,8 @@ import json
 from collections import Counter
 
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
-from tests.tap.conftest import API_KEY, run_tap
+from tests.helpers.keys import API_KEY
+from tests.helpers.tap_runs import run_tap
 
 RESULTS = "GET /v1/jobs/{id}/results"
 LIST = "GET /v1/jobs"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -252,3 +253,59 @@ def test_no_wait_configured_or_nothing_open_costs_nothing():
     empty = FakeSource(clock, {})
     assert list(make_waiter(empty, clock, wait=60).finished_jobs()) == []
     assert source.requests == empty.requests == 0 and clock.sleeps == []
+
+
+def test_meltano_yml_settings_cost_at_most_25_checks_over_600_seconds():
+    """README: "25 with `meltano.yml`'s 2 s to 30 s" (a 600 s wait_for_jobs)."""
+    import yaml
+
+    project = yaml.safe_load((Path(__file__).resolve().parents[2] / "meltano.yml").read_text())
+    [tap] = [plugin for plugin in project["plugins"]["extractors"]
+             if plugin["name"] == "tap-gtmcli"]
+    config = tap["config"]
+    assert (config["wait_for_jobs"], config["poll_interval"], config["poll_interval_max"]) == (
+        600, 2, 30)
+    # Pauses 2, 3, 4.5, 6.75, 10.125, 15.1875, 22.78 (64.3 s in 7 checks), then one
+    # every 30 s: 18 more before 600 s.
+    assert PollSchedule(first=2, longest=30).max_checks(600) == 25
+    clock = FakeClock()
+    source = FakeSource(clock, {"job_slow": PlannedJob("job_slow", 10, finishes_at=10_000)})
+    waiter = make_waiter(source, clock, wait=600, first=2, longest=30)
+    assert list(waiter.finished_jobs()) == []
+    assert waiter.checks == source.requests == 25
+    assert clock.now == 600
+
+
+def test_a_job_found_finished_at_the_deadline_check_is_handed_over():
+    """The last check is at the deadline; what it finds finished is still handed over, and
+    the waiter does not cut short the caller reading its results, however long."""
+    clock = FakeClock()
+    source = FakeSource(clock, {
+        "job_late": PlannedJob("job_late", 100, finishes_at=29),  # after the 26.25 s check
+        "job_open": PlannedJob("job_open", 100, finishes_at=1000),
+    })
+    waiter = make_waiter(source, clock, wait=30, first=2, longest=10)
+    handed_over = []
+    for job in waiter.finished_jobs():
+        handed_over.append((job["id"], job["status"], job["completed"], clock.now))
+        clock.now += 120  # reading its results takes two minutes past the deadline
+    assert handed_over == [("job_late", "completed", 100, 30)]
+    assert list(waiter.still_open) == ["job_open"]
+    assert waiter.checks == 6  # 2, 5, 9.5, 16.25, 26.25, 30
+
+
+def test_jobs_created_after_the_list_was_read_are_not_waited_for():
+    """The waiter polls the jobs open when the run read the list; a job created later is
+    listed by GTMCLI but neither waited for nor handed over (it is the next run's)."""
+    clock = FakeClock()
+    source = FakeSource(clock, {"job_a": PlannedJob("job_a", 10, finishes_at=4),
+                                "job_b": PlannedJob("job_b", 10, finishes_at=4)})
+    waiter = make_waiter(source, clock, wait=100)
+    # Listed with the two (several open: each check reads the list), finished first.
+    source.jobs["job_new"] = PlannedJob("job_new", 10, finishes_at=2,
+                                        created_at="2026-11-30T11:00:00Z")
+    source.jobs["job_new_open"] = PlannedJob("job_new_open", 10, finishes_at=10_000)
+    assert [job["id"] for job in waiter.finished_jobs()] == ["job_a", "job_b"]
+    assert source.list_checks == waiter.checks == 3  # at 1, 2.5, 4.75
+    assert waiter.still_open == {}
+    assert clock.now < 10  # stopped once its own jobs finished, not at the deadline

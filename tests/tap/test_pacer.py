@@ -26,7 +26,8 @@ from tap_gtmcli.tap.pacer import (
     UNNAMED_HOLD,
     Pacer,
 )
-from tests.tap.conftest import API_KEY, run_tap
+from tests.helpers.keys import API_KEY
+from tests.helpers.tap_runs import run_tap
 from tests.tap.test_errors import RESULTS_RULE
 
 #: A Unix moment on a whole minute: the fake clock is both the monotonic and wall clock.

@@ -16,7 +16,8 @@ from tap_gtmcli.api.errors import GTMCLICancelledError
 from tap_gtmcli.tap.page_pipeline import PagePipeline
 from tap_gtmcli.tap.result_pages import ResultPage
 from tap_gtmcli.tap.tap import TapGTMCLI
-from tests.tap.conftest import API_KEY, run_tap
+from tests.helpers.keys import API_KEY
+from tests.helpers.tap_runs import run_tap
 
 RESULTS = "GET /v1/jobs/{id}/results"
 PAGE_BYTES = 1000

@@ -4,19 +4,17 @@ pacer: test_pacer.py and test_pacing_simulator.py.)"""
 
 from __future__ import annotations
 
-import io
 import random
 import threading
 import time
-from contextlib import redirect_stdout
 
 import pytest
 
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 from tap_gtmcli.tap.page_pipeline import PagePipeline
 from tap_gtmcli.tap.result_pages import ResultPage
-from tap_gtmcli.tap.tap import TapGTMCLI
-from tests.tap.conftest import API_KEY, run_tap
+from tests.helpers.keys import API_KEY
+from tests.helpers.tap_runs import run_tap, sync_in_process
 from tests.tap.test_errors import RESULTS_RULE, result_rows
 
 RESULTS = "GET /v1/jobs/{id}/results"
@@ -127,14 +125,6 @@ def test_a_failed_page_stops_the_job_and_raises_in_the_reader():
     assert seen == [1, 2]
 
 
-def sync_in_process(config: dict, monkeypatch) -> tuple[list[float], str]:
-    sleeps: list[float] = []
-    monkeypatch.setattr("tap_gtmcli.tap.client.sleep_unless_stopped",
-                        lambda seconds, _stop, _what: sleeps.append(seconds))
-    out = io.StringIO()
-    with redirect_stdout(out):
-        TapGTMCLI(config=config).sync_all()
-    return sleeps, out.getvalue()
 
 
 def test_rows_are_exact_and_in_order_with_faults_under_concurrency(

@@ -9,7 +9,7 @@ import requests
 from tap_gtmcli.tap.record_lines import RecordLineBuilder
 from tap_gtmcli.tap.result_pages import parse_results_page
 from tap_gtmcli.tap.tap import TapGTMCLI
-from tests.tap.conftest import API_KEY
+from tests.helpers.keys import API_KEY
 
 SCHEMA_FIELDS = TapGTMCLI(config={"api_key": API_KEY}).streams["job_results"].schema["properties"]
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from tests.reliability.conftest import fast_sandbox, run_tap_in_process, tap_settings
+from tests.helpers.sandboxes import fast_sandbox
+from tests.helpers.tap_runs import run_tap_in_process, tap_settings
 
 
 def test_each_stream_gets_one_schema_message_whatever_the_number_of_jobs(monkeypatch):

@@ -9,7 +9,7 @@ from singer_sdk.testing import get_tap_test_class
 
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 from tap_gtmcli.tap.tap import TapGTMCLI
-from tests.tap.conftest import API_KEY
+from tests.helpers.keys import API_KEY
 
 # The standard test class is built at import time, so its sandbox starts here too.
 _sandbox = SandboxServer(SandboxConfig(api_key=API_KEY, start_delay=0, processing_rate=0))

@@ -3,13 +3,18 @@
 `install()` (called once by tests/conftest.py) patches `subprocess.Popen` for the whole
 session, so no test can start a process that escapes the scan:
 - what a test reads from a child's pipes (`communicate()`, so `subprocess.run`, or line
-  by line from `.stdout` / `.stderr`) is recorded as it is read;
+  by line from `.stdout` / `.stderr`) is recorded as it is read, and what is left in a
+  pipe the test never read to its end is read once the child has exited;
 - a stream a test would throw away (`DEVNULL`, e.g. a run it kills) goes to a file
-  instead, and so does one it sends to a file of its own: both files are scanned.
+  instead, and so does one it sends to a file of its own (a file object or a raw file
+  descriptor): both files are scanned;
+- a stream the child inherits goes to the test's own output, which pytest captures:
+  tests/conftest.py records each test's captured output.
 In-process runs are covered the same way: a root log handler records every log line,
 and the plugins' writers (the tap's and the mapper's / target's) record every byte they
 write. `record()` takes anything else a test holds; `watch_tree()` adds the files a
-directory gains (Meltano's own logs). The autouse fixture in tests/conftest.py calls
+directory gains (Meltano's own `.meltano/logs` and `.meltano/run`, watched for the whole
+session by tests/conftest.py). The autouse fixture in tests/conftest.py calls
 `assert_clean()` after every test: the key, or its tail after `gtm_live_`, anywhere in
 what was recorded fails the test and names where it was.
 """
@@ -28,15 +33,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-#: The one key every test gives its plugins and sandboxes: distinctive, so a hit is a leak.
-TEST_API_KEY = "gtm_live_KEYSCAN-5c0f9e17a2b84d63"
+from tests.helpers.keys import API_KEY
+
 #: A partial leak (the key minus its prefix) counts too.
-_NEEDLES = [TEST_API_KEY, TEST_API_KEY.removeprefix("gtm_live_")]
+_NEEDLES = [API_KEY, API_KEY.removeprefix("gtm_live_")]
 
 _lock = threading.Lock()
 _outputs: dict[str, list[str]] = {}
 _files: list[tuple[str, Path]] = []
 _trees: list[tuple[Path, float]] = []
+#: Children whose pipes may hold output the test never read (drained once they exit).
+_children: list[subprocess.Popen] = []
 _spool = Path(tempfile.mkdtemp(prefix="gtmcli-keyscan-"))
 atexit.register(shutil.rmtree, _spool, ignore_errors=True)
 
@@ -83,8 +90,50 @@ def unwatch_tree(directory: Path) -> None:
         _trees[:] = [(path, since) for path, since in _trees if path != Path(directory)]
 
 
+def _drain_exited_children() -> None:
+    """Record what is left unread in the pipes of children that have exited."""
+    with _lock:
+        children = list(_children)
+    for child in children:
+        if child.poll() is None:
+            continue  # still running (a session's sandbox): drained once it exits
+        for name in ("stdout", "stderr"):
+            pipe = getattr(child, name)
+            if pipe is None or pipe.closed:
+                continue
+            record(f"{Path(str(child.args[0] if isinstance(child.args, list | tuple) else child.args)).name} "
+                   f"{name} (left unread by the test)", _read_what_is_left(pipe.fileno()))
+        with _lock:
+            _children.remove(child)
+
+
+def _read_what_is_left(fd: int) -> bytes:
+    # Non-blocking: a grandchild may still hold the pipe open.
+    os.set_blocking(fd, False)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 1 << 20)
+        except (BlockingIOError, OSError):
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _file_behind(fd: int) -> Path | None:
+    """The regular file a raw file descriptor of this process writes to, if any."""
+    try:
+        target = Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        return None
+    return target if target.is_file() else None
+
+
 def leaks() -> list[str]:
     """Where the key appeared in what was recorded since the last `reset()`."""
+    _drain_exited_children()
     with _lock:
         outputs = {label: "".join(chunks) for label, chunks in _outputs.items()}
         files, trees = list(_files), list(_trees)
@@ -190,6 +239,10 @@ def _scanned_popen(base: type[subprocess.Popen]) -> type[subprocess.Popen]:
                     watch_file(f"{name} {stream} (discarded by the test)", Path(path))
                 elif hasattr(target, "name") and isinstance(target.name, str):
                     watch_file(f"{name} {stream} -> {target.name}", Path(target.name))
+                elif isinstance(target, int) and target >= 0:
+                    path = _file_behind(target)  # a raw descriptor of a file
+                    if path is not None:
+                        watch_file(f"{name} {stream} -> fd {target} ({path})", path)
             try:
                 super().__init__(args, *positional, **options)
             finally:
@@ -199,6 +252,9 @@ def _scanned_popen(base: type[subprocess.Popen]) -> type[subprocess.Popen]:
                 pipe = getattr(self, stream)
                 if pipe is not None:
                     setattr(self, stream, _RecordedStream(pipe, f"{name} {stream}"))
+            if self.stdout is not None or self.stderr is not None:
+                with _lock:
+                    _children.append(self)
 
         def communicate(self, *positional: Any, **options: Any) -> Any:
             stdout, stderr = super().communicate(*positional, **options)

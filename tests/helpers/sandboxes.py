@@ -1,0 +1,184 @@
+"""Sandboxes a test starts (in this process, or `gtmcli-sandbox` as a process of its own),
+what they received, and the clients and webhook receivers that talk to them."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from tap_gtmcli.api.client import GTMCLIClient
+from tap_gtmcli.api.retry import RetryPolicy
+from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
+from tests.helpers.keys import API_KEY
+
+SANDBOX = str(Path(sys.executable).with_name("gtmcli-sandbox"))
+
+
+def fast_sandbox(**settings: Any) -> SandboxServer:
+    """An in-process sandbox on 127.0.0.1 (use as a context manager, or `.start()` it)
+    that takes `API_KEY` and whose jobs complete the moment they are created."""
+    config = {"api_key": API_KEY, "start_delay": 0, "processing_rate": 0, **settings}
+    return SandboxServer(SandboxConfig(**config))
+
+
+def sandbox_jobs(server: SandboxServer | str) -> list[dict]:
+    """Every job the sandbox lists, oldest first (admin view through the public API)."""
+    url = server if isinstance(server, str) else server.url
+    client = GTMCLIClient(api_url=url, api_key=API_KEY, retry=RetryPolicy(max_retries=0))
+    try:
+        return list(reversed(list(client.list_jobs())))
+    finally:
+        client.close()
+
+
+def job_items(server: SandboxServer | str, job_id: str) -> list[dict]:
+    """The items of one job exactly as submitted (in process, or the admin route)."""
+    if not isinstance(server, str):
+        return server.job_items(job_id)
+    answer = requests.get(f"{server}/_sandbox/jobs/{job_id}/items",
+                          headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)
+    answer.raise_for_status()
+    return list(answer.json()["items"])
+
+
+def item_key(item: dict) -> tuple:
+    """A submitted item as a tuple: ("validate", email) or ("find", first, last, domain)."""
+    if set(item) == {"email"}:
+        return ("validate", item["email"])
+    return ("find", item["first_name"], item["last_name"], item["domain"])
+
+
+def received_items(
+    server: SandboxServer | str, job_ids: Iterable[str] | None = None
+) -> list[tuple]:
+    """Every item the sandbox received, across its jobs (or the given ones), as tuples."""
+    ids = [job["id"] for job in sandbox_jobs(server)] if job_ids is None else list(job_ids)
+    return [item_key(item) for job_id in ids for item in job_items(server, job_id)]
+
+
+def received_jobs(
+    server: SandboxServer | str, skip: Iterable[str] = ()
+) -> list[tuple[str, tuple]]:
+    """(type, items) of every job the sandbox holds, oldest first."""
+    skipped = set(skip)
+    return [
+        (job["type"], tuple(item_key(item) for item in job_items(server, job["id"])))
+        for job in sandbox_jobs(server)
+        if job["id"] not in skipped
+    ]
+
+
+def seeded_truth(server: SandboxServer) -> set[tuple[str, int]]:
+    """(job_id, row_number) of every result row the sandbox can serve."""
+    keys: set[tuple[str, int]] = set()
+    for job in sandbox_jobs(server):
+        if job["status"] == "completed":
+            keys |= {(job["id"], n) for n in range(1, job["total"] + 1)}
+    return keys
+
+
+def start_sandbox_process(
+    db: Path, *, api_key: str = API_KEY, port: int = 0, latency_ms: int = 0
+) -> tuple[subprocess.Popen, str]:
+    """`gtmcli-sandbox --db DB` as a process of its own; returns it and its URL."""
+    process = subprocess.Popen(
+        [SANDBOX, "--port", str(port), "--api-key", api_key, "--db", str(db),
+         "--start-delay", "0", "--processing-rate", "0", "--latency-ms", str(latency_ms)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+    assert match, f"unexpected first line: {line!r}"
+    return process, match[0]
+
+
+def stop_sandbox_process(process: subprocess.Popen) -> None:
+    """SIGTERM, then wait for a clean exit."""
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=20)
+
+
+class SandboxClient:
+    """A requests.Session bound to one sandbox, with the key already set."""
+
+    def __init__(self, server: SandboxServer, api_key: str = API_KEY) -> None:
+        self.server = server
+        self.session = requests.Session()
+        # Never let a proxy from the environment see loopback traffic.
+        self.session.trust_env = False
+        self.session.headers["Authorization"] = f"Bearer {api_key}"
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", 10)
+        return self.session.request(method, f"{self.server.url}{path}", **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("POST", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("DELETE", path, **kwargs)
+
+    def create_job(self, job_type: str, data: list[dict[str, Any]], **extra: Any) -> str:
+        response = self.post("/v1/jobs", json={"type": job_type, "data": data, **extra})
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class Receiver:
+    """A webhook endpoint on 127.0.0.1 that fails its first `failures` deliveries."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.deliveries: list[tuple[float, dict[str, Any]]] = []
+        self.arrived = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with receiver.arrived:
+                    receiver.deliveries.append((time.monotonic(), json.loads(body)))
+                    attempt = len(receiver.deliveries)
+                    receiver.arrived.notify_all()
+                status = 500 if attempt <= receiver.failures else 200
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def wait_for(self, count: int, timeout: float = 5.0) -> list[tuple[float, dict[str, Any]]]:
+        with self.arrived:
+            self.arrived.wait_for(lambda: len(self.deliveries) >= count, timeout)
+            return list(self.deliveries)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
