@@ -73,6 +73,30 @@ RELIANCES = (
         "The spool announces each BATCH file itself, as the file is closed.",
     ),
     Reliance(
+        "singer_sdk.streams.core:Stream", "_write_schema_message", (),
+        "tap_gtmcli/tap/client.py (GTMCLIStream._write_schema_message)",
+        "One SCHEMA per stream per run: the SDK writes one each time a child stream "
+        "syncs (once per job), and pipelinewise-family loaders flush on every SCHEMA.",
+        called_from="singer_sdk.streams.core:Stream.sync",
+    ),
+    Reliance(
+        "singer_sdk.streams.core:Stream", "_generate_schema_messages", (),
+        "tap_gtmcli/tap/client.py (GTMCLIStream._write_schema_message)",
+        "The SCHEMA messages the SDK would write (stream maps applied), sent once each.",
+    ),
+    Reliance(
+        "singer_sdk.streams.rest:RESTStream", "_write_request_duration_log",
+        ("endpoint", "response", "context", "extra_tags"),
+        "tap_gtmcli/tap/client.py (GTMCLIStream._request)",
+        "The request's metric, as the SDK's own `_request` writes it, with the pacer "
+        "around the send.",
+    ),
+    Reliance(
+        "singer_sdk.streams.rest:RESTStream", "_LOG_REQUEST_METRIC_URLS", None,
+        "tap_gtmcli/tap/client.py (GTMCLIStream._request)",
+        "Whether the request metric carries the URL, as in the SDK's `_request`.",
+    ),
+    Reliance(
         "singer_sdk.streams.core:Stream", "_sync_children",
         ("child_context",),
         "tap_gtmcli/tap/streams.py (JobsStream._sync_children)",

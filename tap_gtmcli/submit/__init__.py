@@ -2,7 +2,7 @@
 
 Owns: the mapper and the target (`mapper`, `target`), the Singer message router
 (`router`), job creation with ambiguous-create reconciliation (`job_creation`),
-batches and items (`batches`, `items`), enrichment (`enrich`), held STATE (`state_gate`),
+batches and items (`batches`, `items`), enrichment (`enrich`), held STATE (`state_hold`),
 skipping items submitted recently (`resubmit_guard`), where they are remembered
 (`submission_index`, `postgres_index`), settling an interrupted run's creates
 (`intent_reconciler`),

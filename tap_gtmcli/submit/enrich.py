@@ -73,7 +73,7 @@ def enrichment_fields(row: dict[str, Any], job_id: str) -> dict[str, Any]:
     }
 
 
-class RecordSpool:
+class EnrichBacklog:
     """Records waiting for their batch's results, in a temporary SQLite file."""
 
     def __init__(self, directory: str | None = None) -> None:
@@ -143,7 +143,7 @@ class RecordSpool:
             os.unlink(self.path)
 
 
-class JobWaiter:
+class ResultsFetcher:
     """Waits for jobs to complete and reads their results."""
 
     def __init__(

@@ -22,9 +22,9 @@ from tap_gtmcli.api.config_check import KeySafeConfig
 from tap_gtmcli.api.errors import EnrichmentFailedError, SubmissionFailedError
 from tap_gtmcli.api.retry import RetryPolicy
 from tap_gtmcli.api.stop_signals import LineBoundary
-from tap_gtmcli.submit.router import GTMCLISubmitter
 from tap_gtmcli.submit.settings import SUBMIT_SETTINGS, SubmitSettings
 from tap_gtmcli.submit.singer_io import BufferedMsgSpecWriter, SingerLineReader, envelope_decoder
+from tap_gtmcli.submit.submitter import GTMCLISubmitter
 
 #: The failures that end a run with a message instead of a traceback.
 RUN_STOPPING_ERRORS = (SubmissionFailedError, EnrichmentFailedError)

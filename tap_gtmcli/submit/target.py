@@ -22,9 +22,9 @@ from singer_sdk.exceptions import ConfigValidationError
 from singer_sdk.singerlib import Message
 
 from tap_gtmcli.submit.mapper import GTMCLIMapper
-from tap_gtmcli.submit.router import LEDGER_STREAM
 from tap_gtmcli.submit.settings import LEDGER_PATH_SETTING, SUBMIT_SETTINGS
 from tap_gtmcli.submit.singer_io import PendingMessage, RawMessage
+from tap_gtmcli.submit.submitter import LEDGER_STREAM
 
 
 def _discard(_line: bytes) -> None:

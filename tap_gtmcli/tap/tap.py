@@ -160,7 +160,7 @@ class TapGTMCLI(KeySafeConfig, Tap):
         except RunStopped as stop:
             # Every job settled in it had its rows written first: it covers exactly what
             # went out (in BATCH mode, jobs settle only once their files are announced).
-            self._state_writer.write_state(self.state)
+            self.state_writer.write_state(self.state)
             self.logger.error(
                 "Stopped by %s: the last STATE written covers every row sent; the next run "
                 "goes on from there", stop.args[0].removeprefix("stopped by "))

@@ -9,7 +9,7 @@ import pytest
 from tap_gtmcli.api.client import GTMCLIClient
 from tap_gtmcli.api.errors import EnrichmentFailedError
 from tap_gtmcli.submit.enrich import ENRICHMENT_SCHEMA
-from tap_gtmcli.submit.router import LEDGER_STREAM, REJECTED_STREAM
+from tap_gtmcli.submit.submitter import LEDGER_STREAM, REJECTED_STREAM
 from tests.helpers.fake_client import FakeGTMCLI
 from tests.helpers.keys import API_KEY
 from tests.helpers.mapper_runs import mapper_settings, run_mapper

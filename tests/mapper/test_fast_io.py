@@ -13,7 +13,7 @@ from singer_sdk.singerlib.exceptions import InvalidInputLine
 
 from tap_gtmcli.api.errors import SubmissionFailedError
 from tap_gtmcli.submit.mapper import GTMCLIMapper
-from tap_gtmcli.submit.router import LEDGER_STREAM
+from tap_gtmcli.submit.submitter import LEDGER_STREAM
 from tests.helpers.fake_client import FakeGTMCLI
 from tests.helpers.keys import API_KEY
 from tests.helpers.mapper_runs import MAPPER, mapper_settings, run_mapper

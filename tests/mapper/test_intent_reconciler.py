@@ -17,8 +17,8 @@ from typing import Any
 from tap_gtmcli.api.client import GTMCLIClient
 from tap_gtmcli.submit.items import ItemKey, item_payload
 from tap_gtmcli.submit.resubmit_guard import ResubmitGuard
-from tap_gtmcli.submit.router import LEDGER_STREAM
 from tap_gtmcli.submit.submission_index import SQLiteIndex, account_secret
+from tap_gtmcli.submit.submitter import LEDGER_STREAM
 from tests.helpers.keys import API_KEY
 from tests.helpers.mapper_runs import mapper_settings as sandbox_config
 from tests.helpers.mapper_runs import run_mapper

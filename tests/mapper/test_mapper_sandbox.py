@@ -14,7 +14,7 @@ import pytest
 from tap_gtmcli.api.client import GTMCLIClient
 from tap_gtmcli.api.errors import SubmissionFailedError
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
-from tap_gtmcli.submit.router import LEDGER_STREAM, REJECTED_STREAM
+from tap_gtmcli.submit.submitter import LEDGER_STREAM, REJECTED_STREAM
 from tests.helpers.key_scan import assert_no_key
 from tests.helpers.keys import API_KEY
 from tests.helpers.mapper_runs import MAPPER, mapper_settings, run_mapper

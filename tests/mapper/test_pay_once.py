@@ -22,7 +22,6 @@ from singer_sdk.exceptions import ConfigValidationError
 
 from tap_gtmcli.api.client import GTMCLIClient
 from tap_gtmcli.submit.resubmit_guard import SKIPPED_JOB_PREFIX
-from tap_gtmcli.submit.router import LEDGER_STREAM, GTMCLISubmitter
 from tap_gtmcli.submit.settings import SubmitSettings
 from tap_gtmcli.submit.singer_io import PendingMessage
 from tap_gtmcli.submit.submission_index import (
@@ -31,6 +30,7 @@ from tap_gtmcli.submit.submission_index import (
     account_secret,
     default_location,
 )
+from tap_gtmcli.submit.submitter import LEDGER_STREAM, GTMCLISubmitter
 from tap_gtmcli.submit.target import TargetGTMCLI
 from tests.helpers.keys import API_KEY
 from tests.helpers.mapper_runs import mapper_settings as sandbox_config  # the lead renames

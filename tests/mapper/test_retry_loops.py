@@ -18,7 +18,7 @@ from tap_gtmcli.api.errors import (
 from tap_gtmcli.api.retry import RetryPolicy, growing_pauses
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 from tap_gtmcli.submit.batches import OpenBatches
-from tap_gtmcli.submit.enrich import JobWaiter
+from tap_gtmcli.submit.enrich import ResultsFetcher
 from tap_gtmcli.submit.job_creation import JobSubmitter
 from tests.helpers.fake_client import FakeGTMCLI
 from tests.helpers.key_scan import assert_no_key
@@ -103,8 +103,8 @@ class ScriptedJobs:
         self.sleeps.append(seconds)
         self.now += seconds
 
-    def waiter(self, poll_interval: float, max_wait: float) -> JobWaiter:
-        return JobWaiter(
+    def waiter(self, poll_interval: float, max_wait: float) -> ResultsFetcher:
+        return ResultsFetcher(
             client=self,  # type: ignore[arg-type]  # only get_job is called
             poll_interval=poll_interval,
             max_wait=max_wait,

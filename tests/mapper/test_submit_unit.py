@@ -11,8 +11,8 @@ from singer_sdk.singerlib.exceptions import InvalidInputLine
 
 from tap_gtmcli.api.errors import SubmissionFailedError
 from tap_gtmcli.sandbox import SandboxServer
-from tap_gtmcli.submit.router import LEDGER_STREAM, REJECTED_STREAM
-from tap_gtmcli.submit.state_gate import StateGate
+from tap_gtmcli.submit.state_hold import StateHold
+from tap_gtmcli.submit.submitter import LEDGER_STREAM, REJECTED_STREAM
 from tests.helpers.fake_client import FakeGTMCLI
 from tests.helpers.mapper_runs import mapper_settings, run_mapper
 from tests.helpers.sandboxes import sandbox_jobs
@@ -248,8 +248,8 @@ def test_ambiguous_creates_are_bounded_by_max_retries() -> None:
     assert [m for m in run_mapper.last_output if m["type"] == "STATE"] == []  # type: ignore[attr-defined]
 
 
-def test_state_gate_keeps_states_behind_the_oldest_open_batch() -> None:
-    gate = StateGate()
+def test_state_hold_keeps_states_behind_the_oldest_open_batch() -> None:
+    gate = StateHold()
     gate.hold(2, {"n": 2}, newest_batch_start=1)
     gate.hold(3, {"n": 3}, newest_batch_start=1)  # supersedes 2: no batch opened between
     gate.hold(6, {"n": 6}, newest_batch_start=5)

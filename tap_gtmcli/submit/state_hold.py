@@ -14,7 +14,7 @@ from typing import Generic, TypeVar
 StateMessage = TypeVar("StateMessage")
 
 
-class StateGate(Generic[StateMessage]):
+class StateHold(Generic[StateMessage]):
     """Held STATE messages with the sequence number at which each was read."""
 
     def __init__(self) -> None:

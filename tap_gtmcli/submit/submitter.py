@@ -29,7 +29,7 @@ from singer_sdk.contrib.msgspec import decoder, encoder
 from tap_gtmcli.api.client import GTMCLIClient
 from tap_gtmcli.api.timestamps import utc_now_iso
 from tap_gtmcli.submit.batches import Batch, OpenBatches
-from tap_gtmcli.submit.enrich import NO_ENRICHMENT, JobWaiter, RecordSpool, extend_schema
+from tap_gtmcli.submit.enrich import NO_ENRICHMENT, EnrichBacklog, ResultsFetcher, extend_schema
 from tap_gtmcli.submit.items import ItemExtractor, ItemKey
 from tap_gtmcli.submit.job_creation import SubmittedJob
 from tap_gtmcli.submit.resubmit_guard import (
@@ -40,7 +40,7 @@ from tap_gtmcli.submit.resubmit_guard import (
 )
 from tap_gtmcli.submit.settings import SubmitSettings
 from tap_gtmcli.submit.singer_io import PendingMessage, RawMessage
-from tap_gtmcli.submit.state_gate import StateGate
+from tap_gtmcli.submit.state_hold import StateHold
 
 LEDGER_STREAM = "gtmcli_submissions"
 REJECTED_STREAM = "gtmcli_rejected"
@@ -79,7 +79,7 @@ REJECTED_SCHEMA: dict[str, Any] = {
     },
 }
 
-logger = logging.getLogger("tap_gtmcli.submit.router")
+logger = logging.getLogger("tap_gtmcli.submit.submitter")
 
 Messages = Iterable[RawMessage | PendingMessage]
 
@@ -112,11 +112,11 @@ class GTMCLISubmitter:
         except BaseException:
             self.jobs.close()
             raise
-        self.gate: StateGate[RawMessage] = StateGate()
-        self.waiter = JobWaiter(
+        self.held_states: StateHold[RawMessage] = StateHold()
+        self.waiter = ResultsFetcher(
             client=client, poll_interval=settings.poll_interval, max_wait=settings.max_wait
         )
-        self.spool = RecordSpool(spool_directory) if self.enriching else None
+        self.backlog = EnrichBacklog(spool_directory) if self.enriching else None
         self.resubmit_after_days = settings.resubmit_after_days
         #: (batches, items) handed to job creation so far; `self.jobs.confirmed` counts
         #: the jobs and items GTMCLI confirmed, `self.jobs.skipped_*` what the guard kept back.
@@ -192,8 +192,8 @@ class GTMCLISubmitter:
         """Add an item to its batch: the record passes on (or is spooled), a full batch goes."""
         batch, position = self.batches.add(stream, job_type, key, self._seq)
         passed: Messages | None
-        if self.spool is not None:
-            self.spool.add(self._seq, batch.number, position, line)
+        if self.backlog is not None:
+            self.backlog.add(self._seq, batch.number, position, line)
             passed = ()
         elif message is None:
             passed = None
@@ -210,7 +210,7 @@ class GTMCLISubmitter:
         self._seq += 1
         if self.batches.oldest_seq() is None:
             return (RawMessage(message, line),)
-        self.gate.hold(self._seq, RawMessage(message, line), self.batches.newest_seq())
+        self.held_states.hold(self._seq, RawMessage(message, line), self.batches.newest_seq())
         return ()
 
     def activate_version(self, message: dict[str, Any], line: bytes | None = None) -> Messages:
@@ -230,7 +230,7 @@ class GTMCLISubmitter:
     def finish(self) -> Messages:
         """Submit every open batch, then release the last STATE."""
         yield from self._flush(self.batches.all())
-        released = self.gate.release(None)
+        released = self.held_states.release(None)
         if released is not None:
             yield released
         if self.rejections:
@@ -242,11 +242,11 @@ class GTMCLISubmitter:
             )
 
     def close(self) -> None:
-        """Stop background creates, report what was submitted, remove the spool file."""
+        """Stop background creates, report what was submitted, remove the backlog file."""
         self.jobs.close()
         self._report()
-        if self.spool is not None:
-            self.spool.close()
+        if self.backlog is not None:
+            self.backlog.close()
 
     def _report(self) -> None:
         """Jobs GTMCLI confirmed; batches that failed, were cancelled or never closed
@@ -321,7 +321,7 @@ class GTMCLISubmitter:
             self.batches.close(batch)
             self.scheduled[0] += 1
             self.scheduled[1] += len(batch)
-            if self.spool is None:
+            if self.backlog is None:
                 # The create runs in the background; the writer holds everything after
                 # the ledger row (the STATE released below included) until it confirms.
                 future = self.jobs.submit_in_background(batch)
@@ -332,13 +332,13 @@ class GTMCLISubmitter:
                 yield from self._announce(LEDGER_SCHEMA)
                 yield RawMessage(_ledger_message(job))
                 yield from self._enriched_records(guarded, job)
-            released = self.gate.release(self.batches.oldest_seq())
+            released = self.held_states.release(self.batches.oldest_seq())
             if released is not None:
                 yield released
 
     def _enriched_records(self, guarded: GuardedBatch, job: SubmittedJob) -> Iterator[RawMessage]:
         """The batch's records with results: kept ones from the index, the rest fetched."""
-        assert self.spool is not None
+        assert self.backlog is not None
         batch, sent = guarded.batch, guarded.to_send
         fetched: Iterator[tuple[int, dict[str, Any]]] = iter(())
         emails: list[str] | None = None
@@ -350,9 +350,9 @@ class GTMCLISubmitter:
         guard = self.jobs.guard
         keep = guard.keep_results if guard is not None else _keep_nothing
         rows = enriched_rows(guarded, fetched, encoder.encode, keep, decoder.decode)
-        self.spool.add_results(batch.number, rows)
+        self.backlog.add_results(batch.number, rows)
         del emails
-        for message in self.spool.enriched(batch.number):
+        for message in self.backlog.enriched(batch.number):
             yield RawMessage(message)
 
 
