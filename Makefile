@@ -1,5 +1,6 @@
 # The commands of a fresh machine: `make demo`, `make test` and `make orchestrate`.
-# Each creates its own virtualenv (.venv) and installs what it needs.
+# Each creates its own virtualenv and installs what it needs: .venv-demo holds the
+# package alone (the demo), .venv adds the dev and Dagster extras (tests, Dagster).
 # For a developer's edit-test loop: `make lint` and `make test-fast`.
 
 PYTHON ?= python3
@@ -16,13 +17,26 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev,orchestration]'
+	# dagster-webserver's gql pulls in PyPI's `backoff`, which overwrites the files of
+	# singer-sdk's fork `python-backoff` (same import name): put the fork's back.
+	$(BIN)/pip install --quiet --force-reinstall --no-deps 'python-backoff>=3'
 	touch $(STAMP)
 
 install: $(STAMP)
 
+# The demo's own virtualenv: the package alone, none of the dev or Dagster extras.
+DEMO_VENV := .venv-demo
+DEMO_STAMP := $(DEMO_VENV)/.installed
+
+$(DEMO_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(DEMO_VENV)
+	$(DEMO_VENV)/bin/pip install --quiet --upgrade pip
+	$(DEMO_VENV)/bin/pip install --quiet -e .
+	touch $(DEMO_STAMP)
+
 ## Runs the whole pipeline on the embedded sandbox and a local DuckDB, then shows it.
-demo: $(STAMP)
-	$(BIN)/python -m tap_gtmcli.demo
+demo: $(DEMO_STAMP)
+	$(DEMO_VENV)/bin/python -m tap_gtmcli.demo
 
 ## Dagster's UI (http://127.0.0.1:3000; DAGSTER_PORT=N moves it) and daemon on the
 ## sandbox, DAGSTER_HOME in output/dagster (README "Scheduling"). Ctrl-C stops it.
@@ -44,4 +58,4 @@ test-fast: $(STAMP)
 	$(BIN)/pytest -m "not e2e and not slow" --durations=5
 
 clean:
-	rm -rf $(VENV) .venv-meltano .meltano output .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_VENV) .venv-meltano .meltano output .pytest_cache .mypy_cache .ruff_cache
