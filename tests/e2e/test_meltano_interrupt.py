@@ -35,7 +35,7 @@ def test_ctrl_c_ends_meltano_run_within_10_s_and_the_next_run_brings_every_row(
     sandbox = pipelines.sandbox
     answer = requests.post(f"{sandbox.url}/_sandbox/seed", timeout=30,
                            headers={"Authorization": f"Bearer {sandbox.api_key}"},
-                           json={"type": "validate", "count": 30_000, "jobs": 4,
+                           json={"type": "validate", "count": 20_000, "jobs": 2,
                                  "seed": "interrupt"})
     answer.raise_for_status()
     jobs, _rows = pipelines.sandbox_truth()
@@ -54,7 +54,7 @@ def test_ctrl_c_ends_meltano_run_within_10_s_and_the_next_run_brings_every_row(
     run = subprocess.Popen(command, cwd=project.root, env=env, stdout=log,
                            stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 120
-    while len(result_keys(out)) < 5_000:
+    while len(result_keys(out)) < 2_000:
         assert run.poll() is None, "the run ended before it could be interrupted"
         assert time.monotonic() < deadline, "no rows loaded within 120 s"
         time.sleep(0.2)
