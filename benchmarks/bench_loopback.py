@@ -24,6 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(HERE))
 
+from benchmarks.results_file import write_section  # noqa: E402
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer  # noqa: E402
 
 API_KEY = "bench-loopback-key"
@@ -59,10 +60,21 @@ def main() -> None:
                 elapsed = run_tap(checkout, config_path)
                 seconds[checkout].append(elapsed)
                 print(f"run {run + 1} {checkout.name}: {total / elapsed:,.0f} rows/s")
+        lines = []
         for checkout, times in seconds.items():
             median = statistics.median(times)
-            print(f"{checkout}: {arguments.jobs} jobs x {arguments.rows:,} rows, median "
-                  f"{median:.2f} s = {total / median:,.0f} rows/s over {len(times)} runs")
+            commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"],
+                                    capture_output=True, text=True, check=False).stdout.strip()
+            line = (f"{checkout.name} ({commit or 'not a git checkout'}): {arguments.jobs} jobs x "
+                    f"{arguments.rows:,} rows, median "
+                    f"{median:.2f} s = {total / median:,.0f} rows/s over {len(times)} runs")
+            print(line)
+            lines.append(f"- {line}")
+        load = os.getloadavg()[0]
+        write_section(HERE / "benchmarks" / "RESULTS.md", "Loopback benchmark", "\n".join([
+            "`benchmarks/bench_loopback.py`: the tap's healthy path against an in-process "
+            f"sandbox, runs alternating between checkouts; load average {load:.2f} at the end.",
+            "", *lines]))
 
 
 if __name__ == "__main__":
