@@ -81,24 +81,22 @@ def report_loaded(run: MeltanoRun) -> None:
         say("      nothing new to load")
 
 
-def run_demo() -> None:
-    """All steps; raises StepFailedError naming the step that failed."""
-    if not (PROJECT_ROOT / "meltano.yml").exists():
-        raise StepFailedError("find the project", f"no meltano.yml in {PROJECT_ROOT}; run the "
-                              "demo from a clone installed with `pip install -e .`")
+def prepare(steps: int) -> tuple[MeltanoProject, SandboxProcess, str]:
+    """Steps 1-3 of the demo and of `make orchestrate`: Meltano and the demo's plugins
+    installed, the sandbox started (on the last run's port when free); returns the
+    project, the sandbox and its URL."""
     # Everything the demo makes lives in output/, Meltano's state too: deleting output/
     # starts the demo over consistently, and the demo never touches .meltano/meltano.db.
     project = MeltanoProject(log_dir=OUTPUT / "logs",
                              env={"MELTANO_DATABASE_URI": f"sqlite:///{STATE_DB}"})
-    started = time.monotonic()
-    with step("Install Meltano into .venv-meltano", 1, STEPS):
+    with step("Install Meltano into .venv-meltano", 1, steps):
         if not project.ensure_meltano():
             say("      already installed")
-    with step(f"Install plugins ({', '.join(DEMO_PLUGINS)})", 2, STEPS):
+    with step(f"Install plugins ({', '.join(DEMO_PLUGINS)})", 2, steps):
         project.install(DEMO_PLUGINS)
     sandbox = SandboxProcess(OUTPUT / "gtmcli-sandbox.db", OUTPUT / "logs" / "sandbox.log",
                              port=previous_port())
-    with step("Start the GTMCLI sandbox", 3, STEPS):
+    with step("Start the GTMCLI sandbox", 3, steps):
         try:
             url = sandbox.start()
         except SandboxStartError:
@@ -108,6 +106,16 @@ def run_demo() -> None:
             url = sandbox.start()
         SANDBOX_PORT.write_text(url.rsplit(":", 1)[1])
         say(f"      listening on {url} (jobs kept in {sandbox.db_path.relative_to(PROJECT_ROOT)})")
+    return project, sandbox, url
+
+
+def run_demo() -> None:
+    """All steps; raises StepFailedError naming the step that failed."""
+    if not (PROJECT_ROOT / "meltano.yml").exists():
+        raise StepFailedError("find the project", f"no meltano.yml in {PROJECT_ROOT}; run the "
+                              "demo from a clone installed with `pip install -e .`")
+    started = time.monotonic()
+    project, sandbox, url = prepare(STEPS)
     try:
         env = sandbox_environment(url)
         with step("Submit and collect: meltano run gtmcli-validate-and-collect "

@@ -21,17 +21,9 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from tap_gtmcli.demo.__main__ import (
-    DEMO_PLUGINS,
-    OUTPUT,
-    SANDBOX_PORT,
-    STATE_DB,
-    previous_port,
-    sandbox_environment,
-)
-from tap_gtmcli.demo.meltano_project import PROJECT_ROOT, MeltanoProject, base_environment
-from tap_gtmcli.demo.sandbox_process import SandboxProcess, SandboxStartError
-from tap_gtmcli.demo.steps import StepFailedError, say, step
+from tap_gtmcli.demo.__main__ import OUTPUT, STATE_DB, prepare, sandbox_environment
+from tap_gtmcli.demo.meltano_project import PROJECT_ROOT, base_environment
+from tap_gtmcli.demo.steps import StepFailedError, say
 
 DAGSTER_HOME = OUTPUT / "dagster"
 INSTANCE_FILE = PROJECT_ROOT / "tap_gtmcli" / "orchestration" / "dagster.yaml"
@@ -81,25 +73,7 @@ def interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def run() -> int:
     """All steps; `dagster dev`'s exit code (0 after Ctrl-C)."""
-    project = MeltanoProject(log_dir=OUTPUT / "logs",
-                             env={"MELTANO_DATABASE_URI": f"sqlite:///{STATE_DB}"})
-    with step("Install Meltano into .venv-meltano", 1, STEPS):
-        if not project.ensure_meltano():
-            say("      already installed")
-    with step(f"Install plugins ({', '.join(DEMO_PLUGINS)})", 2, STEPS):
-        project.install(DEMO_PLUGINS)
-    sandbox = SandboxProcess(OUTPUT / "gtmcli-sandbox.db", OUTPUT / "logs" / "sandbox.log",
-                             port=previous_port())
-    with step("Start the GTMCLI sandbox", 3, STEPS):
-        try:
-            url = sandbox.start()
-        except SandboxStartError:
-            if not sandbox.port:
-                raise
-            sandbox.port = 0  # the last run's port was taken meanwhile
-            url = sandbox.start()
-        SANDBOX_PORT.write_text(url.rsplit(":", 1)[1])
-        say(f"      listening on {url}")
+    _project, sandbox, url = prepare(STEPS)
     try:
         prepare_instance()
         port = os.environ.get("DAGSTER_PORT") or DEFAULT_PORT
