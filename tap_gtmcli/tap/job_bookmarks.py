@@ -199,17 +199,15 @@ class JobBookmarks:
                 if job_id not in undated:
                     undated.append(job_id)
             return
+        stamp = job.get("created_at")
         latest = self.now() + CLOCK_SKEW
         if created_at > latest:
             # Ahead of our clock: the bookmark stops at our clock, the job is known by id.
-            self.state.setdefault("ahead_ids", {})[job_id] = job.get("created_at")
-            created_at = latest
+            self.state.setdefault("ahead_ids", {})[job_id] = stamp
+            created_at, stamp = latest, latest.isoformat()
         if self._newest is None or created_at > self._newest:
             self._newest = created_at
-            self.state["newest_created_at"] = (
-                job.get("created_at") if created_at == parse_timestamp(job.get("created_at"))
-                else created_at.isoformat()
-            )
+            self.state["newest_created_at"] = stamp
             self.state["newest_ids"] = [job_id]
         elif created_at == self._newest and job_id not in self.state["newest_ids"]:
             self.state["newest_ids"].append(job_id)
