@@ -160,10 +160,7 @@ def main() -> int:
     try:
         run_demo()
     except StepFailedError as error:
-        tail = error.log_tail()
-        if tail:
-            print(f"\n--- last lines of {error.log_path} ---\n{tail}", file=sys.stderr)
-        print(f"\nDemo failed: {error}", file=sys.stderr)
+        error.report("Demo")
         return 1
     except KeyboardInterrupt:
         print("\nDemo interrupted.", file=sys.stderr)

@@ -102,10 +102,7 @@ def main() -> int:
     try:
         return run()
     except StepFailedError as error:
-        tail = error.log_tail()
-        if tail:
-            print(f"\n--- last lines of {error.log_path} ---\n{tail}", file=sys.stderr)
-        print(f"\nmake orchestrate failed: {error}", file=sys.stderr)
+        error.report("make orchestrate")
         return 1
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,13 @@ class StepFailedError(Exception):
         self.log_path = log_path
         where = f" (full log: {log_path})" if log_path else ""
         super().__init__(f"step '{step}' failed: {reason}{where}")
+
+    def report(self, what: str) -> None:
+        """Print the end of the step's log, then `what failed: ...`, to stderr."""
+        tail = self.log_tail()
+        if tail:
+            print(f"\n--- last lines of {self.log_path} ---\n{tail}", file=sys.stderr)
+        print(f"\n{what} failed: {self}", file=sys.stderr)
 
     def log_tail(self) -> str:
         """The last lines of the step's log, to show under the error."""

@@ -153,7 +153,7 @@ class PagePipeline(Generic[Request]):
 
     def close(self) -> None:
         """Drop every page not read yet and stop the workers: one inside a retry sends
-        no further try and sleeps out no backoff (nor a hold at the rate gate).
+        no further try and sleeps out no backoff (nor a hold by the pacer).
 
         Returns at once, without waiting for a request on the wire to be answered.
         Jobs planned or read afterwards start afresh, with a stop of their own.
