@@ -6,7 +6,8 @@ tap_gtmcli/orchestration/dagster.yaml, against an in-process sandbox, the sessio
 PostgreSQL (Meltano's system database) and a DuckDB warehouse of its own. Its runs use
 the state id suffix `ui`, so no other test's state or warehouse is involved.
 
-In order: the code location as the UI reads it; two overlapping `gtmcli_extract` runs
+In order: the code location as the UI reads it, whose schedules the fixture then stops
+(a cron tick would start a run of the job under test); two overlapping `gtmcli_extract` runs
 launched through GraphQL (the second waits QUEUED while the first runs, then succeeds
 and loads nothing twice; the warehouse holds exactly the sandbox's rows); the sensor's
 ticks skipping while those runs are queued or in progress, then starting a run for the
@@ -22,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,13 +61,17 @@ STATE_ID = "dev:tap-gtmcli-to-target-duckdb:ui"
 STARTUP_SECONDS = 180
 RUN_SECONDS = 240
 STOP_SECONDS = 10
+#: The hourly schedule fires at minute 0 while it runs (until the fixture stops it, in
+#: the UI's first seconds): `dagster dev` is not started this close before the hour.
+CLEAR_OF_THE_HOUR_SECONDS = 90
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
 
 REPOSITORY_QUERY = """
 { repositoriesOrError { ... on RepositoryConnection { nodes {
     name location { name }
     jobs { name tags { key value } }
-    schedules { name pipelineName cronSchedule executionTimezone scheduleState { status } }
+    schedules { id name pipelineName cronSchedule executionTimezone
+                scheduleState { status } }
     sensors { id name minIntervalSeconds targets { pipelineName }
               sensorState { id status } }
 } } } }
@@ -89,6 +94,13 @@ query Runs($job: String!) { runsOrError(filter: {pipelineName: $job}) { ... on R
     results { runId status startTime endTime tags { key value } }
 } } }
 """
+STOP_SCHEDULE_MUTATION = """
+mutation Stop($id: String!) { stopRunningSchedule(id: $id) {
+    __typename
+    ... on ScheduleStateResult { scheduleState { status } }
+    ... on PythonError { message }
+} }
+"""
 TICKS_QUERY = """
 query Ticks($selector: SensorSelector!) { sensorOrError(sensorSelector: $selector) {
     ... on Sensor { sensorState { status ticks(limit: 100) {
@@ -107,6 +119,8 @@ class DagsterUI:
     session: requests.Session
     #: Seconds from `dagster dev` starting to the UI serving the code location.
     startup_seconds: float = 0.0
+    #: The code location as the UI first served it, before the schedules were stopped.
+    repository: dict[str, Any] = field(default_factory=dict)
 
     def query(self, query: str, **variables: Any) -> dict[str, Any]:
         response = self.session.post(f"{self.url}/graphql", timeout=30,
@@ -130,6 +144,12 @@ class DagsterUI:
     def runs(self, job: str) -> list[dict[str, Any]]:
         return list(self.query(RUNS_QUERY, job=job)["runsOrError"]["results"])
 
+    def stop_schedules(self) -> None:
+        """Stops every schedule, as the UI's schedule toggle does."""
+        for schedule in self.repository["schedules"]:
+            stopped = self.query(STOP_SCHEDULE_MUTATION, id=schedule["id"])
+            assert stopped["stopRunningSchedule"]["scheduleState"]["status"] == "STOPPED", stopped
+
     def sensor_selector(self) -> dict[str, str]:
         return {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY,
                 "sensorName": SENSOR}
@@ -138,6 +158,14 @@ class DagsterUI:
         """The sensor's ticks, oldest first."""
         state = self.query(TICKS_QUERY, selector=self.sensor_selector())["sensorOrError"]
         return sorted(state["sensorState"]["ticks"], key=lambda tick: tick["timestamp"])
+
+
+def wait_clear_of_the_hour(seconds: float) -> None:
+    """Returns at once unless the next full hour (UTC) is less than `seconds` away; then
+    returns just after it."""
+    to_the_hour = 3600 - time.time() % 3600
+    if to_the_hour < seconds:
+        time.sleep(to_the_hour + 1)
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
@@ -173,6 +201,7 @@ def dagster_ui(
     shutil.copyfile(INSTANCE_FILE, home / "dagster.yaml")
     log = orchestration_dir / "dagster-dev.log"
     key_scan.watch_file("dagster dev output", log)
+    wait_clear_of_the_hour(CLEAR_OF_THE_HOUR_SECONDS)
     port = _free_port()
     environment = child_environment({
         **worker_environment,
@@ -207,6 +236,10 @@ def dagster_ui(
 
         wait_for("the UI to serve the code location", answers, STARTUP_SECONDS)
         ui.startup_seconds = time.monotonic() - launched
+        # The code location as it was served, then no schedule: a cron tick would start a
+        # run of the job under test (the hourly one did, when a run crossed minute 0).
+        (ui.repository,) = ui.query(REPOSITORY_QUERY)["repositoriesOrError"]["nodes"]
+        ui.stop_schedules()
         yield ui
     finally:
         session.close()
@@ -244,8 +277,9 @@ def test_the_ui_queues_overlapping_runs_and_the_sensor_starts_one_when_jobs_fini
     ui = dagster_ui
     warehouse = orchestration_dir / "ui-warehouse.duckdb"
 
-    # The code location as the UI shows it: every job, both schedules, the sensor.
-    (repository,) = ui.query(REPOSITORY_QUERY)["repositoriesOrError"]["nodes"]
+    # The code location as the UI showed it: every job, both schedules running, the
+    # sensor. (The fixture then stopped the schedules, which the UI now shows.)
+    repository = ui.repository
     assert repository["location"]["name"] == LOCATION
     jobs = {job["name"]: {tag["key"]: tag["value"] for tag in job["tags"]}
             for job in repository["jobs"]}
@@ -260,6 +294,8 @@ def test_the_ui_queues_overlapping_runs_and_the_sensor_starts_one_when_jobs_fini
         ("gtmcli_submit_daily", "gtmcli_submit", "0 0 * * *", "UTC", "RUNNING"),
         ("gtmcli_extract_hourly", JOB, "0 * * * *", "UTC", "RUNNING"),
     }
+    now = ui.query(REPOSITORY_QUERY)["repositoriesOrError"]["nodes"][0]
+    assert {s["scheduleState"]["status"] for s in now["schedules"]} == {"STOPPED"}
     (sensor,) = repository["sensors"]
     assert (sensor["name"], sensor["minIntervalSeconds"], sensor["targets"]) == (
         SENSOR, 2, [{"pipelineName": JOB}])
@@ -325,7 +361,8 @@ def test_the_ui_queues_overlapping_runs_and_the_sensor_starts_one_when_jobs_fini
     # nothing new). It is interrupted with dagster dev at teardown.
     wait_for("the sensor's run to start",
              lambda: ui.run(sensor_run)["status"] in {"STARTING", "STARTED", *FINISHED}, 60)
-    assert {run["runId"] for run in ui.runs(JOB)} == {first_run, second_run, sensor_run}
+    every_run = {run["runId"]: run["tags"] for run in ui.runs(JOB)}
+    assert set(every_run) == {first_run, second_run, sensor_run}, every_run
     ticks = ui.ticks()
 
     stored = [path.read_bytes().decode(errors="replace")
