@@ -259,6 +259,27 @@ def test_values_of_the_wrong_type_move_to_additional_fields(monkeypatch):
         assert run.log.count("with a type its schema does not allow") == 2
 
 
+def test_fields_of_a_newer_api_version_are_kept_in_additional_fields(monkeypatch):
+    with fast_sandbox() as server:
+        (job_id,) = server.seed_jobs("validate", 30)
+        rows = true_rows(server, job_id, 30)
+        server.set_quirks("unknown-fields")
+        run = run_tap_in_process(tap_settings(server), monkeypatch)
+        assert run.ok, repr(run.error)
+        assert_rows_fit_schema(run)
+        (job,) = run.records("jobs")
+        assert job["additional_fields"] == {"risk_note": {"job": job_id}}
+        records = run.records("job_results")
+        assert sorted(record["row_number"] for record in records) == list(range(1, 31))
+        for record in records:
+            true_row = rows[record["row_number"]]
+            assert record["email"] == true_row["email"]
+            assert record["additional_fields"] == {"risk_note": {"row_email": true_row["email"]}}
+        # Said once per stream, not once per row.
+        assert run.log.count("does not know yet on 'job_results': risk_note") == 1
+        assert run.log.count("does not know yet on 'jobs': risk_note") == 1
+
+
 # --- 8: statuses ----------------------------------------------------------------------
 
 
