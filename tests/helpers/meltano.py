@@ -19,7 +19,8 @@ from tap_gtmcli.demo.steps import StepFailedError
 
 #: Every plugin the end-to-end tests run.
 E2E_PLUGINS = ("tap-spreadsheets", "mapper-gtmcli", "tap-gtmcli", "target-gtmcli",
-               "target-jsonl", "target-duckdb", "target-postgres")
+               "target-jsonl", "target-duckdb", "target-postgres",
+               "pipelinewise-target-postgres")
 #: The environment prefixes of the project's own plugins.
 GTMCLI_PLUGIN_ENV = ("TAP_GTMCLI", "MAPPER_GTMCLI", "TARGET_GTMCLI")
 JOB_SETTLE_SECONDS = 120.0
