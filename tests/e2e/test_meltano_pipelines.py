@@ -51,71 +51,70 @@ def assert_small_state(pipelines: Pipelines, state_id: str) -> None:
     assert not bookmarks.get("job_results", {}).get("partitions")
 
 
-def test_duckdb_incremental_runs_match_the_sandbox(
+def test_incremental_runs_into_duckdb_and_postgres_match_the_sandbox(
     pipelines: Pipelines,
     submitted: MeltanoRun,
     duckdb_query: Callable[[Path, str], list[list[Any]]],
+    postgres_server: PostgresServer,
 ) -> None:
+    """Both warehouses, each with its own state id: a first run, a new job (one
+    submission serves both), a second run that brings exactly what is new, a third
+    that finds nothing."""
     warehouse = pipelines.workdir / "duckdb-extract.duckdb"
-    env = {"TARGET_DUCKDB_FILEPATH": str(warehouse)}
+    duckdb_env = {"TARGET_DUCKDB_FILEPATH": str(warehouse)}
+    # Trust authentication ignores the password, but target-postgres insists on one.
+    postgres_env = {"TARGET_POSTGRES_PORT": str(postgres_server.port),
+                    "TARGET_POSTGRES_PASSWORD": "unused-with-trust-auth"}
 
-    first = pipelines.run("gtmcli-extract", log_name="duckdb-extract-1", env=env)
-    assert first.loaded.get("jobs", 0) >= 1
-    submit_more(pipelines, "duckdb-submit-find")
-    jobs, result_rows = pipelines.sandbox_truth()
-    second = pipelines.run("gtmcli-extract", log_name="duckdb-extract-2", env=env)
-    assert second.loaded.get("jobs", 0) >= 1
-
-    def one(sql: str) -> Any:
+    def duckdb_one(sql: str) -> Any:
         return duckdb_query(warehouse, sql)[0][0]
 
-    assert one("select count(*) from gtmcli.jobs") == len(jobs)
-    assert one("select count(distinct id) from gtmcli.jobs") == len(jobs)
-    assert one("select count(*) from gtmcli.job_results") == result_rows
-    assert one("select count(*) from (select distinct job_id, row_number "
-               "from gtmcli.job_results)") == result_rows
+    def postgres_one(sql: str) -> int:
+        return int(postgres_server.query(sql)[0][0])
+
+    first = pipelines.run("gtmcli-extract", log_name="duckdb-extract-1", env=duckdb_env)
+    assert first.loaded.get("jobs", 0) >= 1
+    pipelines.run("tap-gtmcli", "target-postgres", log_name="postgres-extract-1",
+                  env=postgres_env)
+    submit_more(pipelines, "incremental-submit-find")
+    jobs, result_rows = pipelines.sandbox_truth()
+    second = pipelines.run("gtmcli-extract", log_name="duckdb-extract-2", env=duckdb_env)
+    assert second.loaded.get("jobs", 0) >= 1
+    pipelines.run("tap-gtmcli", "target-postgres", log_name="postgres-extract-2",
+                  env=postgres_env)
+
+    # DuckDB: every job once with its status, every result row once.
+    assert duckdb_one("select count(*) from gtmcli.jobs") == len(jobs)
+    assert duckdb_one("select count(distinct id) from gtmcli.jobs") == len(jobs)
+    assert duckdb_one("select count(*) from gtmcli.job_results") == result_rows
+    assert duckdb_one("select count(*) from (select distinct job_id, row_number "
+                      "from gtmcli.job_results)") == result_rows
     loaded_status = dict(duckdb_query(warehouse, "select id, status from gtmcli.jobs"))
     assert loaded_status == {job_id: job["status"] for job_id, job in jobs.items()}
     per_job = dict(duckdb_query(warehouse, "select job_id, count(*) from gtmcli.job_results "
                                            "group by 1"))
     assert per_job == {job_id: job["total"] for job_id, job in jobs.items()
                        if job["status"] == "completed"}
-
-    third = pipelines.run("gtmcli-extract", log_name="duckdb-extract-3", env=env)
-    assert third.loaded == {}
-    assert NOTHING_NEW in third.log_path.read_text()
-    assert one("select count(*) from gtmcli.job_results") == result_rows
-    assert_small_state(pipelines, STATE_ID_DUCKDB)
-
-
-def test_postgres_incremental_runs_match_the_sandbox(
-    pipelines: Pipelines, submitted: MeltanoRun, postgres_server: PostgresServer,
-) -> None:
-    # Trust authentication ignores the password, but target-postgres insists on one.
-    env = {"TARGET_POSTGRES_PORT": str(postgres_server.port),
-           "TARGET_POSTGRES_PASSWORD": "unused-with-trust-auth"}
-
-    def one(sql: str) -> int:
-        return int(postgres_server.query(sql)[0][0])
-
-    pipelines.run("tap-gtmcli", "target-postgres", log_name="postgres-extract-1", env=env)
-    submit_more(pipelines, "postgres-submit-find")
-    jobs, result_rows = pipelines.sandbox_truth()
-    pipelines.run("tap-gtmcli", "target-postgres", log_name="postgres-extract-2", env=env)
-
-    assert one("select count(*) from gtmcli.jobs") == len(jobs)
-    assert one("select count(distinct id) from gtmcli.jobs") == len(jobs)
-    assert one("select count(*) from gtmcli.job_results") == result_rows
-    assert one("select count(*) from (select distinct job_id, row_number "
-               "from gtmcli.job_results) as k") == result_rows
+    # PostgreSQL: the same.
+    assert postgres_one("select count(*) from gtmcli.jobs") == len(jobs)
+    assert postgres_one("select count(distinct id) from gtmcli.jobs") == len(jobs)
+    assert postgres_one("select count(*) from gtmcli.job_results") == result_rows
+    assert postgres_one("select count(*) from (select distinct job_id, row_number "
+                        "from gtmcli.job_results) as k") == result_rows
     loaded_status = dict(postgres_server.query("select id, status from gtmcli.jobs"))
     assert loaded_status == {job_id: job["status"] for job_id, job in jobs.items()}
 
-    third = pipelines.run("tap-gtmcli", "target-postgres", log_name="postgres-extract-3",
-                          env=env)
+    # Nothing new: nothing loaded, nothing changed, the state as small as ever.
+    third = pipelines.run("gtmcli-extract", log_name="duckdb-extract-3", env=duckdb_env)
+    assert third.loaded == {}
     assert NOTHING_NEW in third.log_path.read_text()
-    assert one("select count(*) from gtmcli.jobs") == len(jobs)
-    assert one("select count(*) from gtmcli.job_results") == result_rows
+    assert duckdb_one("select count(*) from gtmcli.job_results") == result_rows
+    assert_small_state(pipelines, STATE_ID_DUCKDB)
+    third = pipelines.run("tap-gtmcli", "target-postgres", log_name="postgres-extract-3",
+                          env=postgres_env)
+    assert NOTHING_NEW in third.log_path.read_text()
+    assert postgres_one("select count(*) from gtmcli.jobs") == len(jobs)
+    assert postgres_one("select count(*) from gtmcli.job_results") == result_rows
     assert_small_state(pipelines, STATE_ID_POSTGRES)
 
 
