@@ -17,10 +17,14 @@ COMPILE = -m compileall -q tap_gtmcli
 
 .PHONY: demo orchestrate test test-fast lint install clean
 
+# uv installs (in parallel, with bytecode) what pip took minutes to; pip stays in each
+# venv for the one fix below.
+UV_VERSION := uv==0.13.9
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,orchestration]'
+	$(BIN)/pip install --quiet $(UV_VERSION)
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --compile-bytecode -e '.[dev,orchestration]'
 	# dagster-webserver's gql pulls in PyPI's `backoff`, which overwrites the files of
 	# singer-sdk's fork `python-backoff` (same import name): put the fork's back.
 	$(BIN)/pip install --quiet --force-reinstall --no-deps 'python-backoff>=3'
@@ -34,8 +38,8 @@ DEMO_STAMP := $(DEMO_VENV)/.installed
 
 $(DEMO_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(DEMO_VENV)
-	$(DEMO_VENV)/bin/pip install --quiet --upgrade pip
-	$(DEMO_VENV)/bin/pip install --quiet -e .
+	$(DEMO_VENV)/bin/pip install --quiet $(UV_VERSION)
+	$(DEMO_VENV)/bin/uv pip install --quiet --python $(DEMO_VENV)/bin/python --compile-bytecode -e .
 	touch $(DEMO_STAMP)
 
 ## Runs the whole pipeline on the embedded sandbox and a local DuckDB, then shows it.
