@@ -55,7 +55,10 @@ def unlisted_modules(entries: list[Entry], root: Path, checked: tuple[str, ...])
     for top in checked:
         for module in sorted((root / top).rglob("*.py")):
             path = module.relative_to(root).as_posix()
-            if module.name == "__init__.py" or path in files:
+            # Hidden folders are the machine's, not the code's (benchmarks/.work holds
+            # the peers' virtualenvs).
+            hidden = any(part.startswith(".") for part in module.relative_to(root).parts)
+            if hidden or module.name == "__init__.py" or path in files:
                 continue
             if not any(path.startswith(folder) for folder in whole_folders):
                 missing.append(path)
