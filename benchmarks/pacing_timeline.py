@@ -49,6 +49,20 @@ class Request:
 class Trace:
     requests: dict[int, Request] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: (when, seconds to wait, why) for each time the pacer said "not yet".
+    holds: list[tuple[float, float, str]] = field(default_factory=list)
+
+
+def why_not_yet(pacer: pacer_module.Pacer, now: float) -> str:
+    """Which of the pacer's rules is saying "not yet" (read from its state, in the
+    order `Pacer._wait` asks them)."""
+    if now < pacer._held_until:
+        return "held after a 429"
+    word = pacer._word
+    if word is not None and now < word.until:
+        return "others on the key (word until Reset)"
+    length = pacer._log_seconds()
+    return f"log full: {pacer.limit} per {length:.2f} s"
 
 
 def traced(trace: Trace) -> None:
@@ -56,7 +70,14 @@ def traced(trace: Trace) -> None:
     original_acquire = pacer_module.Pacer.acquire
     original_start = pacer_module.Pacer._start
     original_observe = pacer_module.Pacer.observe
+    original_wait = pacer_module.Pacer._wait
     asked_at = threading.local()
+
+    def wait(self, now, waited_out=False):  # type: ignore[no-untyped-def]
+        seconds, rule = original_wait(self, now, waited_out)
+        if seconds > 0:
+            trace.holds.append((time.monotonic(), seconds, why_not_yet(self, now)))
+        return seconds, rule
 
     def acquire(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         asked_at.value = time.monotonic()
@@ -80,6 +101,7 @@ def traced(trace: Trace) -> None:
     pacer_module.Pacer.acquire = acquire  # type: ignore[method-assign]
     pacer_module.Pacer._start = start  # type: ignore[method-assign]
     pacer_module.Pacer.observe = observe  # type: ignore[method-assign]
+    pacer_module.Pacer._wait = wait  # type: ignore[method-assign]
 
 
 def main() -> None:
@@ -136,10 +158,14 @@ def main() -> None:
     waiting = Counter()
     for r in pages:
         waiting[int(r.started - t0)] += r.started - r.asked
+    holds: dict[int, Counter[str]] = {}
+    for at, _seconds, why in trace.holds:
+        holds.setdefault(int(at - t0), Counter())[why] += 1
     print("  second: starts counted in it (by start + latency) | seconds requests waited "
-          "for the pacer, by start second")
+          "for the pacer, by start second | the pacer's \"not yet\"s in it, by rule")
     for second in range(int(span) + 2):
-        print(f"    {second:2d}: {by_second.get(second, 0):3d} | {waiting.get(second, 0):6.2f}")
+        print(f"    {second:2d}: {by_second.get(second, 0):3d} | {waiting.get(second, 0):6.2f} | "
+              f"{dict(holds.get(second, Counter()))}")
 
 if __name__ == "__main__":
     main()
