@@ -35,9 +35,10 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
-import requests
 from bench_extract import API_KEY, BIN, HERE, commit, machine
 from bench_load import Postgres, compile_bytecode
+from bench_read_ahead import Sandbox
+from bench_read_ahead import start_sandbox as start_read_ahead_sandbox
 from results_file import write_section
 
 from tap_gtmcli.demo.meltano_project import MeltanoProject
@@ -46,20 +47,11 @@ LOADERS = ("target-jsonl", "pipelinewise-target-postgres", "target-duckdb")
 GOAL = 1.5
 
 
-def start_sandbox(jobs: int, rows_per_job: int) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [str(BIN / "gtmcli-sandbox"), "--port", "0", "--api-key", API_KEY,
-         "--start-delay", "0", "--processing-rate", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
-    assert process.stdout is not None
-    url = process.stdout.readline().strip().removeprefix("gtmcli-sandbox listening on ")
-    for kind in ("validate", "find"):
-        answer = requests.post(f"{url}/_sandbox/seed", timeout=600,
-                               headers={"Authorization": f"Bearer {API_KEY}"},
-                               json={"type": kind, "count": rows_per_job, "jobs": jobs // 2})
-        answer.raise_for_status()
-    return process, url
+def start_sandbox(jobs: int, rows_per_job: int) -> Sandbox:
+    """bench_read_ahead's sandbox (no latency, no limit): half the jobs validate, half find."""
+    sandbox = start_read_ahead_sandbox(jobs // 2, rows_per_job, 0, None)
+    sandbox.admin("POST", "seed", {"type": "find", "count": rows_per_job, "jobs": jobs // 2})
+    return sandbox
 
 
 def schema_messages(url: str, work: Path) -> Counter[str]:
@@ -118,7 +110,8 @@ def main() -> None:
     rows = args.jobs // 2 * 2 * args.rows_per_job
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="bench-loaders-"))
-    sandbox, url = start_sandbox(args.jobs, args.rows_per_job)
+    sandbox = start_sandbox(args.jobs, args.rows_per_job)
+    url = sandbox.url
     postgres = Postgres()
     project = MeltanoProject(log_dir=work / "logs", env={
         "MELTANO_DATABASE_URI": f"sqlite:///{work / 'meltano.db'}",
@@ -142,8 +135,7 @@ def main() -> None:
                 seconds[loader].append(took)
                 print(f"  {loader} run {run}: {took:.1f} s, {loaded:,} rows", file=sys.stderr)
     finally:
-        sandbox.terminate()
-        sandbox.wait(timeout=30)
+        sandbox.stop()
         postgres.stop()
     shutil.rmtree(work, ignore_errors=True)
 

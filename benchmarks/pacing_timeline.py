@@ -1,9 +1,10 @@
 """Where the time of one read-ahead cell goes: every request's ask, start and answer.
 
-Runs `gtmcli-sandbox` as a subprocess (`--rate-limit 50/1s`, `--rate-algo`,
-`--latency-ms`, as bench_read_ahead.py starts it) and the tap in this process, with the pacer's
-`acquire`, `_start` and `observe` wrapped to record, per request, when it asked to go,
-when the pacer let it start (and by which rule), and when its answer came. Prints the
+Starts `gtmcli-sandbox` as bench_read_ahead.py does for the cell (its `start_sandbox`:
+`--rate-limit 50/1s`, `--rate-algo`, `--latency-ms`) and runs the tap in this process,
+with the pacer's `acquire`, `_start` and `observe` wrapped to record, per request,
+when it asked to go, when the pacer let it start (and by which rule), and when its
+answer came. Prints the
 span's parts: the job list's round trip, the pages from the first start to the last,
 the last answer's round trip; per second of the run, how many requests started and how
 long requests stood waiting for the pacer.
@@ -20,19 +21,17 @@ import argparse
 import contextlib
 import io
 import math
-import subprocess
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-import requests
-from bench_extract import BIN
+from bench_extract import API_KEY
+from bench_read_ahead import start_sandbox
 
 from tap_gtmcli.tap import pacer as pacer_module
 from tap_gtmcli.tap.tap import TapGTMCLI
 
-API_KEY = "bench-timeline-key"
 LIMIT = 50
 
 
@@ -107,34 +106,25 @@ def traced(trace: Trace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algo", default="grid")
-    parser.add_argument("--latency-ms", type=float, default=800)
+    parser.add_argument("--latency-ms", type=int, default=800)
     parser.add_argument("--jobs", type=int, default=400)
     parser.add_argument("--rows", type=int, default=500)
     parser.add_argument("--read-ahead-mb", type=float, default=None,
                         help="the tap's max_read_ahead_mb (default: its own default)")
     args = parser.parse_args()
-    sandbox = subprocess.Popen(
-        [str(BIN / "gtmcli-sandbox"), "--port", "0", "--api-key", API_KEY, "--start-delay",
-         "0", "--processing-rate", "0", "--latency-ms", str(args.latency_ms),
-         "--rate-limit", f"{LIMIT}/1s", "--rate-algo", args.algo],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert sandbox.stdout is not None
-    url = sandbox.stdout.readline().strip().removeprefix("gtmcli-sandbox listening on ")
+    # The very sandbox bench_read_ahead.py starts for this cell.
+    sandbox = start_sandbox(args.jobs, args.rows, args.latency_ms, f"{LIMIT}/1s", args.algo)
     trace = Trace()
     traced(trace)
     try:
-        requests.post(f"{url}/_sandbox/seed", timeout=600, json={
-            "type": "validate", "count": args.rows, "jobs": args.jobs},
-            headers={"Authorization": f"Bearer {API_KEY}"}).raise_for_status()
-        settings = {"api_key": API_KEY, "api_url": url}
+        settings = {"api_key": API_KEY, "api_url": sandbox.url}
         if args.read_ahead_mb is not None:
             settings["max_read_ahead_mb"] = args.read_ahead_mb
         tap = TapGTMCLI(config=settings)
         with contextlib.redirect_stdout(io.StringIO()):
             tap.sync_all()
     finally:
-        sandbox.terminate()
-        sandbox.wait(timeout=30)
+        sandbox.stop()
     timeline = sorted(trace.requests.values(), key=lambda r: r.started)
     t0 = timeline[0].started
     latency = args.latency_ms / 1000
