@@ -2,7 +2,7 @@
 
 The SDK does not promise to keep its underscore members. The `~=0.54.9` pin keeps us on
 the versions these were read from; when the pin moves, this file fails first, naming the
-member, what changed and which of our modules to read again (README "Upgrading
+member, what changed and which of our modules to read again (CONTRIBUTING.md "Upgrading
 singer-sdk"). Each member is checked with `inspect`: it exists, its parameters are the
 ones we call it with or override it with, and, for a hook we override, the SDK still
 calls it from where we expect (otherwise our override would silently stop running).
@@ -196,8 +196,8 @@ def _parameters(function: Callable[..., Any]) -> tuple[str, ...]:
 
 def _advice(reliance: Reliance) -> str:
     return (f"\n  we rely on it in {reliance.used_in}: {reliance.why}\n  Read the SDK's "
-            "change log for it, adapt that module, then this entry (README \"Upgrading "
-            "singer-sdk\").")
+            "change log for it, adapt that module, then this entry (CONTRIBUTING.md "
+            "\"Upgrading singer-sdk\").")
 
 
 def _a_stream() -> Any:
@@ -319,3 +319,13 @@ def test_every_private_sdk_member_the_package_touches_is_listed() -> None:
             if name and name in sdk and name not in listed:
                 unlisted.add(f"{path.relative_to(path.parents[2])}: {name}")
     assert unlisted == set(), f"private SDK members used but not in RELIANCES: {sorted(unlisted)}"
+
+
+def test_the_upgrade_advice_points_to_a_section_that_exists() -> None:
+    """Every failure above sends the reader to CONTRIBUTING.md "Upgrading singer-sdk"."""
+    root = Path(__file__).parent.parent
+    contributing = (root / "CONTRIBUTING.md").read_text()
+    assert "\n## Upgrading singer-sdk\n" in contributing
+    assert "tests/test_sdk_contract.py" in contributing.split("## Upgrading singer-sdk")[1]
+    assert '"Upgrading singer-sdk"' in _advice(RELIANCES[0])
+    assert "upgrade singer-sdk" in (root / "README.md").read_text()
