@@ -115,15 +115,13 @@ class PostgresIndex(SubmissionIndex):
     ) -> int:
         """A row owned by this session, not sent yet."""
         pid, session = self._session
-        try:
+        with self._failing("written"):
             row = self._db.execute(
                 "INSERT INTO gtmcli_submission_intents "
                 "(account, job_type, source_stream, claimed_by, claimed_session, opened_at) "
                 "VALUES (%s, %s, %s, %s, %s, %s) RETURNING ref",
                 (account, job_type, source_stream, pid, session, now),
             ).fetchone()
-        except self._errors as error:
-            raise self._error("written", error) from error
         return int(row[0])
 
     def claim(
@@ -168,7 +166,7 @@ class PostgresIndex(SubmissionIndex):
                   "since": since, "need_results": need_results, "intent": intent}
         if self._claim_all_new(params):
             return {}
-        try:
+        with self._failing("read"):
             count, claimed_joined = self._db.execute(
                 sql, params, binary=True
             ).fetchone()
@@ -186,8 +184,6 @@ class PostgresIndex(SubmissionIndex):
                     binary=True,
                 )
                 known.update((bytes(digest), bytes(result)) for digest, result in rows)
-        except self._errors as error:
-            raise self._error("read", error) from error
         return known
 
     def _claim_all_new(self, params: dict[str, Any]) -> bool:
@@ -217,21 +213,19 @@ class PostgresIndex(SubmissionIndex):
         self, intent: int, *, digests: Sequence[bytes], batch_sha256: str, sent_at: float
     ) -> None:
         """Write what the create holds and when it goes, before it goes."""
-        try:
+        with self._failing("written"):
             self._db.execute(
                 "UPDATE gtmcli_submission_intents SET sent_at = %s, batch_sha256 = %s, "
                 "digests = %s WHERE ref = %s",
                 (sent_at, batch_sha256, b"".join(digests), intent),
             )
-        except self._errors as error:
-            raise self._error("written", error) from error
 
     def record(
         self, digests: Sequence[bytes], *, job_id: str, job_type: str, now: int,
         intent: int | None = None,
     ) -> None:
         """Close the intent with the job: every row claimed under it is confirmed."""
-        try:
+        with self._failing("written"):
             if intent is not None:
                 self._db.execute(
                     "UPDATE gtmcli_submission_intents SET job_id = %s WHERE ref = %s",
@@ -246,62 +240,52 @@ class PostgresIndex(SubmissionIndex):
                 {"job_id": job_id, "type": job_type, "now": now, "joined": b"".join(digests)},
                 binary=True,
             )
-        except self._errors as error:
-            raise self._error("written", error) from error
 
     def record_results(self, results: Sequence[tuple[bytes, bytes]], *, now: int) -> None:
         """Attach results to recorded items in one statement."""
-        try:
+        with self._failing("written"):
             self._db.execute(
                 "UPDATE gtmcli_submission_index AS t SET result = v.r "
                 "FROM unnest(%s::bytea[], %s::bytea[]) AS v(d, r) WHERE t.digest = v.d",
                 ([digest for digest, _ in results], [result for _, result in results]),
             )
-        except self._errors as error:
-            raise self._error("written", error) from error
 
     def release(self, digests: Sequence[bytes], intent: int | None = None) -> None:
         """Delete this worker's unconfirmed claims of these items, and the intent."""
         pid, session = self._session
-        try:
-            with self._db.transaction():
+        with self._failing("written"), self._db.transaction():
+            self._db.execute(
+                "DELETE FROM gtmcli_submission_index WHERE digest IN "
+                "(SELECT substr(%(joined)s::bytea, i * 16 + 1, 16) "
+                "FROM generate_series(0, length(%(joined)s::bytea) / 16 - 1) AS i) "
+                "AND job_id IS NULL "
+                "AND claimed_by = %(pid)s AND claimed_session = %(session)s",
+                {"joined": b"".join(digests), "pid": pid, "session": session},
+                binary=True,
+            )
+            if intent is not None:
                 self._db.execute(
-                    "DELETE FROM gtmcli_submission_index WHERE digest IN "
-                    "(SELECT substr(%(joined)s::bytea, i * 16 + 1, 16) "
-                    "FROM generate_series(0, length(%(joined)s::bytea) / 16 - 1) AS i) "
-                    "AND job_id IS NULL "
-                    "AND claimed_by = %(pid)s AND claimed_session = %(session)s",
-                    {"joined": b"".join(digests), "pid": pid, "session": session},
-                    binary=True,
+                    "DELETE FROM gtmcli_submission_intents WHERE ref = %s", (intent,)
                 )
-                if intent is not None:
-                    self._db.execute(
-                        "DELETE FROM gtmcli_submission_intents WHERE ref = %s", (intent,)
-                    )
-        except self._errors as error:
-            raise self._error("written", error) from error
 
     def open_intents(self, account: bytes) -> list[Intent]:
         """Take over the sent, unconfirmed intents of the account's dead sessions."""
         pid, session = self._session
-        try:
-            with self._db.transaction():
-                self._db.execute(
-                    "DELETE FROM gtmcli_submission_intents i WHERE account = %s "
-                    "AND sent_at IS NULL AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a "
-                    "WHERE a.pid = i.claimed_by AND a.backend_start = i.claimed_session)",
-                    (account,),
-                )
-                rows = self._db.execute(
-                    "UPDATE gtmcli_submission_intents i SET claimed_by = %s, "
-                    "claimed_session = %s WHERE account = %s AND job_id IS NULL "
-                    "AND sent_at IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a "
-                    "WHERE a.pid = i.claimed_by AND a.backend_start = i.claimed_session) "
-                    "RETURNING ref, job_type, source_stream, sent_at, batch_sha256, digests",
-                    (pid, session, account),
-                ).fetchall()
-        except self._errors as error:
-            raise self._error("read", error) from error
+        with self._failing("read"), self._db.transaction():
+            self._db.execute(
+                "DELETE FROM gtmcli_submission_intents i WHERE account = %s "
+                "AND sent_at IS NULL AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a "
+                "WHERE a.pid = i.claimed_by AND a.backend_start = i.claimed_session)",
+                (account,),
+            )
+            rows = self._db.execute(
+                "UPDATE gtmcli_submission_intents i SET claimed_by = %s, "
+                "claimed_session = %s WHERE account = %s AND job_id IS NULL "
+                "AND sent_at IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a "
+                "WHERE a.pid = i.claimed_by AND a.backend_start = i.claimed_session) "
+                "RETURNING ref, job_type, source_stream, sent_at, batch_sha256, digests",
+                (pid, session, account),
+            ).fetchall()
         intents = [
             Intent(int(ref), job_type, stream, float(sent_at), sha or "", bytes(digests or b""))
             for ref, job_type, stream, sent_at, sha, digests in rows
@@ -310,12 +294,10 @@ class PostgresIndex(SubmissionIndex):
 
     def recorded_job_ids(self) -> set[str]:
         """Jobs of the closed intents (any account's: job ids never collide)."""
-        try:
+        with self._failing("read"):
             rows = self._db.execute(
                 "SELECT job_id FROM gtmcli_submission_intents WHERE job_id IS NOT NULL"
             ).fetchall()
-        except self._errors as error:
-            raise self._error("read", error) from error
         return {row[0] for row in rows}
 
     def adopt(self, intent: Intent, job_id: str, *, now: int) -> None:
@@ -324,40 +306,35 @@ class PostgresIndex(SubmissionIndex):
 
     def abandon(self, intent: Intent) -> None:
         """Delete the intent and the claims made under it."""
-        try:
-            with self._db.transaction():
-                self._db.execute(
-                    "DELETE FROM gtmcli_submission_index WHERE digest IN "
-                    "(SELECT substr(%(joined)s::bytea, i * 16 + 1, 16) "
-                    "FROM generate_series(0, length(%(joined)s::bytea) / 16 - 1) AS i) "
-                    "AND intent = %(ref)s AND job_id IS NULL",
-                    {"joined": intent.digests, "ref": intent.ref},
-                    binary=True,
-                )
-                self._db.execute(
-                    "DELETE FROM gtmcli_submission_intents WHERE ref = %s", (intent.ref,)
-                )
-        except self._errors as error:
-            raise self._error("written", error) from error
+        with self._failing("written"), self._db.transaction():
+            self._db.execute(
+                "DELETE FROM gtmcli_submission_index WHERE digest IN "
+                "(SELECT substr(%(joined)s::bytea, i * 16 + 1, 16) "
+                "FROM generate_series(0, length(%(joined)s::bytea) / 16 - 1) AS i) "
+                "AND intent = %(ref)s AND job_id IS NULL",
+                {"joined": intent.digests, "ref": intent.ref},
+                binary=True,
+            )
+            self._db.execute(
+                "DELETE FROM gtmcli_submission_intents WHERE ref = %s", (intent.ref,)
+            )
 
     def longest_window(self, days: int) -> int:
         """See `SubmissionIndex.longest_window`."""
-        try:
+        with self._failing("read"):
             row = self._db.execute(
                 "INSERT INTO gtmcli_submission_index_windows AS w VALUES ('longest', %s) "
                 "ON CONFLICT (name) DO UPDATE SET days = GREATEST(w.days, EXCLUDED.days) "
                 "RETURNING days",
                 (days,),
             ).fetchone()
-        except self._errors as error:
-            raise self._error("read", error) from error
         return int(row[0])
 
     def start(self, *, since: int, prune_before: int | None = None) -> None:
         """Delete entries (and dead claims) older than `prune_before` (default `since`),
         and the closed intents opened before it (their rows are gone with them)."""
         oldest = since if prune_before is None else prune_before
-        try:
+        with self._failing("written"):
             self._db.execute(
                 "DELETE FROM gtmcli_submission_index WHERE submitted_at < %s", (oldest,)
             )
@@ -366,8 +343,6 @@ class PostgresIndex(SubmissionIndex):
                 "AND opened_at < %s",
                 (oldest,),
             )
-        except self._errors as error:
-            raise self._error("written", error) from error
 
     def size_bytes(self) -> int:
         """The two tables with their indexes."""

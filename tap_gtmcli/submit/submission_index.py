@@ -25,7 +25,8 @@ import sqlite3
 import sys
 from abc import ABC, abstractmethod
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -117,6 +118,8 @@ class SubmissionIndex(ABC):
 
     #: The index as named in messages (a URL without its password).
     location: str
+    #: The errors of the store's driver, which `_failing` turns into ours.
+    _errors: tuple[type[Exception], ...]
 
     @abstractmethod
     def new_intent(
@@ -199,6 +202,15 @@ class SubmissionIndex(ABC):
     def close(self) -> None:
         """Release the file or connection."""
 
+    @contextmanager
+    def _failing(self, doing: str) -> Iterator[None]:
+        """A driver error in the block stops the run, saying the index could not be
+        `doing` ("read", "written") and what that means for the run."""
+        try:
+            yield
+        except self._errors as error:
+            raise self._error(doing, error) from error
+
     def _error(self, doing: str, error: Exception) -> SubmissionIndexError:
         consequence = (
             "The run stops before the STATE of the items it could not record"
@@ -252,6 +264,8 @@ class SQLiteIndex(SubmissionIndex):
         );
     """
 
+    _errors = (sqlite3.Error,)
+
     def __init__(self, path: str) -> None:
         self.location = path
         try:
@@ -281,22 +295,19 @@ class SQLiteIndex(SubmissionIndex):
 
     def longest_window(self, days: int) -> int:
         """See `SubmissionIndex.longest_window`."""
-        try:
-            with self._transaction():
-                self._db.execute(
-                    "INSERT INTO windows VALUES ('longest', ?) ON CONFLICT (name) "
-                    "DO UPDATE SET days = max(days, excluded.days)", (days,),
-                )
-                (longest,) = self._db.execute(
-                    "SELECT days FROM windows WHERE name = 'longest'"
-                ).fetchone()
-        except sqlite3.Error as error:
-            raise self._error("read", error) from error
+        with self._failing("read"), self._transaction():
+            self._db.execute(
+                "INSERT INTO windows VALUES ('longest', ?) ON CONFLICT (name) "
+                "DO UPDATE SET days = max(days, excluded.days)", (days,),
+            )
+            (longest,) = self._db.execute(
+                "SELECT days FROM windows WHERE name = 'longest'"
+            ).fetchone()
         return int(longest)
 
     def start(self, *, since: int, prune_before: int | None = None) -> None:
         """Delete what fell out of the longest window, then read the window's digests."""
-        try:
+        with self._failing("read"):
             with self._transaction():
                 oldest = since if prune_before is None else prune_before
                 self._db.execute("DELETE FROM jobs WHERE submitted_at < ?", (oldest,))
@@ -307,20 +318,16 @@ class SQLiteIndex(SubmissionIndex):
                 if not isinstance(digests, bytes) or len(digests) % DIGEST_BYTES:
                     raise sqlite3.DatabaseError("a job's list of digests is cut short")
                 self._seen.update(_prefixes(digests))
-        except sqlite3.Error as error:
-            raise self._error("read", error) from error
 
     def new_intent(
         self, account: bytes, job_type: str, source_stream: str, *, now: int
     ) -> int:
         """A row without `sent_at`: nothing is known to be sent yet."""
-        try:
+        with self._failing("written"):
             cursor = self._db.execute(
                 "INSERT INTO intents (account, job_type, source_stream) VALUES (?, ?, ?)",
                 (account, job_type, source_stream),
             )
-        except sqlite3.Error as error:
-            raise self._error("written", error) from error
         return int(cursor.lastrowid or 0)
 
     def claim(
@@ -346,26 +353,22 @@ class SQLiteIndex(SubmissionIndex):
         # Enrich mode waits for jobs anyway: one indexed read per item is cheap beside it.
         known: Known = {}
         query = "SELECT result FROM results WHERE digest = ? AND submitted_at >= ?"
-        try:
+        with self._failing("read"):
             for digest in digests:
                 row = self._db.execute(query, (digest, since)).fetchone()
                 if row is not None:
                     known[digest] = row[0]
-        except sqlite3.Error as error:
-            raise self._error("read", error) from error
         return known
 
     def mark_sent(
         self, intent: int, *, digests: Sequence[bytes], batch_sha256: str, sent_at: float
     ) -> None:
         """Write what the create holds and when it goes, before it goes."""
-        try:
+        with self._failing("written"):
             self._db.execute(
                 "UPDATE intents SET sent_at = ?, batch_sha256 = ?, digests = ? WHERE ref = ?",
                 (sent_at, batch_sha256, b"".join(digests), intent),
             )
-        except sqlite3.Error as error:
-            raise self._error("written", error) from error
 
     def record(
         self, digests: Sequence[bytes], *, job_id: str, job_type: str, now: int,
@@ -373,42 +376,34 @@ class SQLiteIndex(SubmissionIndex):
     ) -> None:
         """One row for the job, holding its items' digests; the intent goes with it."""
         joined = b"".join(digests)
-        try:
-            with self._transaction():
-                self._db.execute(
-                    "INSERT INTO jobs (submitted_at, job_id, job_type, digests) "
-                    "VALUES (?, ?, ?, ?)",
-                    (now, job_id, job_type, joined),
-                )
-                if intent is not None:
-                    self._db.execute("DELETE FROM intents WHERE ref = ?", (intent,))
-        except sqlite3.Error as error:
-            raise self._error("written", error) from error
+        with self._failing("written"), self._transaction():
+            self._db.execute(
+                "INSERT INTO jobs (submitted_at, job_id, job_type, digests) "
+                "VALUES (?, ?, ?, ?)",
+                (now, job_id, job_type, joined),
+            )
+            if intent is not None:
+                self._db.execute("DELETE FROM intents WHERE ref = ?", (intent,))
         self._seen.update(_prefixes(joined))
 
     def record_results(self, results: Sequence[tuple[bytes, bytes]], *, now: int) -> None:
         """Keep results by digest, in one transaction."""
-        try:
-            with self._transaction():
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO results VALUES (?, ?, ?)",
-                    ((digest, now, result) for digest, result in sorted(results)),
-                )
-        except sqlite3.Error as error:
-            raise self._error("written", error) from error
+        with self._failing("written"), self._transaction():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO results VALUES (?, ?, ?)",
+                ((digest, now, result) for digest, result in sorted(results)),
+            )
 
     def release(self, digests: Sequence[bytes], intent: int | None = None) -> None:
         """Forget the intent: a SQLite index records items only once their job exists."""
         if intent is None:
             return
-        try:
+        with self._failing("written"):
             self._db.execute("DELETE FROM intents WHERE ref = ?", (intent,))
-        except sqlite3.Error as error:
-            raise self._error("written", error) from error
 
     def open_intents(self, account: bytes) -> list[Intent]:
         """Every sent intent of the account (one run at a time uses a SQLite index)."""
-        try:
+        with self._failing("read"):
             self._db.execute(
                 "DELETE FROM intents WHERE account = ? AND sent_at IS NULL", (account,)
             )
@@ -417,16 +412,12 @@ class SQLiteIndex(SubmissionIndex):
                 "FROM intents WHERE account = ? ORDER BY sent_at",
                 (account,),
             ).fetchall()
-        except sqlite3.Error as error:
-            raise self._error("read", error) from error
         return [Intent(*row) for row in rows]
 
     def recorded_job_ids(self) -> set[str]:
         """The jobs table: one row per job of the window."""
-        try:
+        with self._failing("read"):
             rows = self._db.execute("SELECT job_id FROM jobs").fetchall()
-        except sqlite3.Error as error:
-            raise self._error("read", error) from error
         return {row[0] for row in rows}
 
     def adopt(self, intent: Intent, job_id: str, *, now: int) -> None:
