@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from tap_gtmcli.tap.tap import TapGTMCLI
 from tests.helpers.key_scan import assert_no_key
 from tests.helpers.meltano import Pipelines
 from tests.helpers.postgres import PostgresServer
+from tests.helpers.warehouse import assert_warehouse_holds_exactly
 
 from .test_meltano_pipelines import NOTHING_NEW, assert_small_state, submit_more
 
@@ -133,8 +135,7 @@ def test_batch_runs_into_postgres_are_exact_upsert_and_then_load_nothing(
         return pipelines.run(*options, "tap-gtmcli-batch", "target-postgres", log_name=name,
                              env=env)
 
-    def one(sql: str) -> int:
-        return int(postgres_server.query(sql, database=DATABASE)[0][0])
+    in_database = partial(postgres_server.query, database=DATABASE)
 
     runs = [run("batch-postgres-1")]
     submit_more(pipelines, "batch-postgres-submit-find")
@@ -142,11 +143,7 @@ def test_batch_runs_into_postgres_are_exact_upsert_and_then_load_nothing(
     runs.append(run("batch-postgres-2"))
     loaded_by = rows_added(postgres_server)
 
-    assert one(f"select count(*) from {SCHEMA}.jobs") == len(jobs)
-    assert one(f"select count(distinct id) from {SCHEMA}.jobs") == len(jobs)
-    assert dict(postgres_server.query(f"select id, status from {SCHEMA}.jobs",
-                                      database=DATABASE)) == {
-        job_id: job["status"] for job_id, job in jobs.items()}
+    assert_warehouse_holds_exactly(in_database, jobs, schema=SCHEMA, warehouse="BATCH's schema")
     expected = sandbox_rows(pipelines, jobs)
     assert len(expected) == result_rows
     loaded = loaded_rows(postgres_server)
@@ -180,10 +177,8 @@ def test_batch_runs_into_postgres_are_exact_upsert_and_then_load_nothing(
     refreshed = rows_added(postgres_server)
     assert sum(refreshed["job_results"]) == result_rows and refreshed["not COPY"] == []
     assert all(rows <= BATCH_SIZE for rows in refreshed["job_results"])
-    assert one(f"select count(*) from {SCHEMA}.job_results") == result_rows
-    assert one(f"select count(*) from (select distinct job_id, row_number "
-               f"from {SCHEMA}.job_results) as k") == result_rows
-    assert one(f"select count(*) from {SCHEMA}.jobs") == len(jobs)
+    assert_warehouse_holds_exactly(in_database, jobs, schema=SCHEMA,
+                                   warehouse="BATCH's schema after a full refresh")
 
     # Nothing new: no file written, nothing loaded.
     files_before = sorted(batch_dir.iterdir())
@@ -191,7 +186,8 @@ def test_batch_runs_into_postgres_are_exact_upsert_and_then_load_nothing(
     assert rows_added(postgres_server) == {"jobs": [], "job_results": [], "not COPY": []}
     assert NOTHING_NEW in runs[-1].log_path.read_text()
     assert sorted(batch_dir.iterdir()) == files_before
-    assert one(f"select count(*) from {SCHEMA}.job_results") == result_rows
+    assert_warehouse_holds_exactly(in_database, jobs, schema=SCHEMA,
+                                   warehouse="BATCH's schema after nothing new")
     assert_small_state(pipelines, STATE_ID)
 
     # Neither the key nor its tail: in the run logs, the BATCH files, the warehouse.

@@ -7,6 +7,7 @@ import json
 import re
 import threading
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from tests.helpers.key_scan import assert_no_key
 from tests.helpers.keys import API_KEY
 from tests.helpers.meltano import Pipelines
 from tests.helpers.postgres import PostgresServer
+from tests.helpers.warehouse import assert_warehouse_holds_exactly
 
 pytestmark = pytest.mark.e2e
 
@@ -66,55 +68,34 @@ def test_incremental_runs_into_duckdb_and_postgres_match_the_sandbox(
     postgres_env = {"TARGET_POSTGRES_PORT": str(postgres_server.port),
                     "TARGET_POSTGRES_PASSWORD": "unused-with-trust-auth"}
 
-    def duckdb_one(sql: str) -> Any:
-        return duckdb_query(warehouse, sql)[0][0]
-
-    def postgres_one(sql: str) -> int:
-        return int(postgres_server.query(sql)[0][0])
+    in_duckdb = partial(duckdb_query, warehouse)
 
     first = pipelines.run("gtmcli-extract", log_name="duckdb-extract-1", env=duckdb_env)
     assert first.loaded.get("jobs", 0) >= 1
     pipelines.run("tap-gtmcli", "target-postgres", log_name="postgres-extract-1",
                   env=postgres_env)
     submit_more(pipelines, "incremental-submit-find")
-    jobs, result_rows = pipelines.sandbox_truth()
+    jobs, _ = pipelines.sandbox_truth()
     second = pipelines.run("gtmcli-extract", log_name="duckdb-extract-2", env=duckdb_env)
     assert second.loaded.get("jobs", 0) >= 1
     pipelines.run("tap-gtmcli", "target-postgres", log_name="postgres-extract-2",
                   env=postgres_env)
 
-    # DuckDB: every job once with its status, every result row once.
-    assert duckdb_one("select count(*) from gtmcli.jobs") == len(jobs)
-    assert duckdb_one("select count(distinct id) from gtmcli.jobs") == len(jobs)
-    assert duckdb_one("select count(*) from gtmcli.job_results") == result_rows
-    assert duckdb_one("select count(*) from (select distinct job_id, row_number "
-                      "from gtmcli.job_results)") == result_rows
-    loaded_status = dict(duckdb_query(warehouse, "select id, status from gtmcli.jobs"))
-    assert loaded_status == {job_id: job["status"] for job_id, job in jobs.items()}
-    per_job = dict(duckdb_query(warehouse, "select job_id, count(*) from gtmcli.job_results "
-                                           "group by 1"))
-    assert per_job == {job_id: job["total"] for job_id, job in jobs.items()
-                       if job["status"] == "completed"}
-    # PostgreSQL: the same.
-    assert postgres_one("select count(*) from gtmcli.jobs") == len(jobs)
-    assert postgres_one("select count(distinct id) from gtmcli.jobs") == len(jobs)
-    assert postgres_one("select count(*) from gtmcli.job_results") == result_rows
-    assert postgres_one("select count(*) from (select distinct job_id, row_number "
-                        "from gtmcli.job_results) as k") == result_rows
-    loaded_status = dict(postgres_server.query("select id, status from gtmcli.jobs"))
-    assert loaded_status == {job_id: job["status"] for job_id, job in jobs.items()}
+    # Each warehouse: every job once with its status, every result row once.
+    assert_warehouse_holds_exactly(in_duckdb, jobs, warehouse="DuckDB")
+    assert_warehouse_holds_exactly(postgres_server.query, jobs, warehouse="PostgreSQL")
 
     # Nothing new: nothing loaded, nothing changed, the state as small as ever.
     third = pipelines.run("gtmcli-extract", log_name="duckdb-extract-3", env=duckdb_env)
     assert third.loaded == {}
     assert NOTHING_NEW in third.log_path.read_text()
-    assert duckdb_one("select count(*) from gtmcli.job_results") == result_rows
+    assert_warehouse_holds_exactly(in_duckdb, jobs, warehouse="DuckDB after nothing new")
     assert_small_state(pipelines, STATE_ID_DUCKDB)
     third = pipelines.run("tap-gtmcli", "target-postgres", log_name="postgres-extract-3",
                           env=postgres_env)
     assert NOTHING_NEW in third.log_path.read_text()
-    assert postgres_one("select count(*) from gtmcli.jobs") == len(jobs)
-    assert postgres_one("select count(*) from gtmcli.job_results") == result_rows
+    assert_warehouse_holds_exactly(postgres_server.query, jobs,
+                                   warehouse="PostgreSQL after nothing new")
     assert_small_state(pipelines, STATE_ID_POSTGRES)
 
 

@@ -18,6 +18,7 @@ from tests.helpers.key_scan import assert_no_key
 from tests.helpers.keys import API_KEY
 from tests.helpers.meltano import Pipelines
 from tests.helpers.postgres import PostgresServer
+from tests.helpers.warehouse import assert_warehouse_holds_exactly
 
 from .test_meltano_pipelines import NOTHING_NEW
 
@@ -51,24 +52,17 @@ def test_pipelinewise_target_postgres_loads_each_stream_in_one_flush_exactly(
     jobs, result_rows = pipelines.sandbox_truth()
     assert len(jobs) >= 4
 
-    def one(sql: str) -> int:
-        return int(postgres_server.query(sql)[0][0])
-
     first = pipelines.run("tap-gtmcli", "pipelinewise-target-postgres",
                           log_name="pipelinewise-1", env=env)
     assert flushes(first) == {"jobs": [len(jobs)], "job_results": [result_rows]}
-    assert dict(postgres_server.query(f"select id, status from {SCHEMA}.jobs")) == {
-        job_id: job["status"] for job_id, job in jobs.items()}
-    per_job = dict(postgres_server.query(
-        f"select job_id, count(distinct row_number) from {SCHEMA}.job_results group by 1"))
-    assert {job_id: int(rows) for job_id, rows in per_job.items()} == {
-        job_id: job["total"] for job_id, job in jobs.items() if job["status"] == "completed"}
-    assert one(f"select count(*) from {SCHEMA}.job_results") == result_rows
+    assert_warehouse_holds_exactly(postgres_server.query, jobs, schema=SCHEMA,
+                                   warehouse="pipelinewise-target-postgres' schema")
 
     second = pipelines.run("tap-gtmcli", "pipelinewise-target-postgres",
                            log_name="pipelinewise-2", env=env)
     assert NOTHING_NEW in second.log_path.read_text()
     assert flushes(second) == {}
-    assert one(f"select count(*) from {SCHEMA}.job_results") == result_rows
+    assert_warehouse_holds_exactly(postgres_server.query, jobs, schema=SCHEMA,
+                                   warehouse="pipelinewise-target-postgres' schema, again")
     assert_no_key(postgres_server.query(f"select row_to_json(r) from {SCHEMA}.jobs r"),
                   postgres_server.query(f"select row_to_json(r) from {SCHEMA}.job_results r"))

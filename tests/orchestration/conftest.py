@@ -66,15 +66,6 @@ def sandbox_jobs(server: SandboxServer, api_key: str) -> dict[str, dict[str, Any
         client.close()
 
 
-def result_rows(jobs: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
-    """Result rows per job that has any: what the warehouse must hold, exactly. A
-    completed job has `total` rows; a failed one the `completed` rows it processed
-    (they were charged, and the tap extracts them)."""
-    rows = {job_id: int(job["total"] if job["status"] == "completed" else job["completed"])
-            for job_id, job in jobs.items() if job["status"] in ("completed", "failed")}
-    return {job_id: count for job_id, count in rows.items() if count}
-
-
 def settled_jobs_bookmark(jobs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The `jobs` bookmark once every job is extracted and settled: the newest job (ids
     created in that same moment, sorted), no open job, and the SDK's replication key

@@ -24,6 +24,7 @@ from tap_gtmcli.orchestration.jobs import SKIPPED_TAG
 from tap_gtmcli.sandbox import SandboxServer
 from tests.helpers.keys import API_KEY
 from tests.helpers.postgres import POSTGRES_BIN, PostgresServer
+from tests.helpers.warehouse import assert_warehouse_holds_exactly
 
 from .conftest import (
     ACCOUNT_B_KEY,
@@ -31,7 +32,6 @@ from .conftest import (
     child_environment,
     jobs_bookmark,
     meltano_runs,
-    result_rows,
     sandbox_jobs,
     settled_jobs_bookmark,
     start_sandbox,
@@ -104,14 +104,8 @@ def assert_schema_holds_exactly(
 ) -> None:
     """The account's schema holds its sandbox's jobs and result rows, once each."""
     jobs = sandbox_jobs(server, KEY[account])
-    schema = SCHEMA[account]
-    loaded = dict(postgres_server.query(f"select id, status from {schema}.jobs"))
-    assert loaded == {job_id: job["status"] for job_id, job in jobs.items()}
-    per_job = {job_id: int(count) for job_id, count in postgres_server.query(
-        f"select job_id, count(distinct row_number) from {schema}.job_results group by 1")}
-    assert per_job == result_rows(jobs)
-    total = int(postgres_server.query(f"select count(*) from {schema}.job_results")[0][0])
-    assert total == sum(result_rows(jobs).values())
+    assert_warehouse_holds_exactly(postgres_server.query, jobs, schema=SCHEMA[account],
+                                   warehouse=f"account {account}'s schema")
 
 
 def test_two_accounts_run_in_parallel_each_landing_its_own_rows(

@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +37,13 @@ from tests.helpers import key_scan
 from tests.helpers.keys import API_KEY
 from tests.helpers.postgres import PostgresServer
 from tests.helpers.postgres import free_port as _free_port
+from tests.helpers.warehouse import assert_warehouse_holds_exactly
 
 from .conftest import (
     assert_no_key,
     child_environment,
     jobs_bookmark,
     meltano_runs,
-    result_rows,
     sandbox_jobs,
     settled_jobs_bookmark,
     start_sandbox,
@@ -254,20 +255,6 @@ def dagster_ui(
                 process.wait()
 
 
-def assert_warehouse_holds_exactly(
-    duckdb_query: Callable[[Path, str], list[list[Any]]], warehouse: Path,
-    jobs: dict[str, dict[str, Any]],
-) -> None:
-    """Every sandbox job with its status, and every result row, once."""
-    loaded = dict(duckdb_query(warehouse, "select id, status from gtmcli.jobs"))
-    assert loaded == {job_id: job["status"] for job_id, job in jobs.items()}
-    per_job = dict(duckdb_query(warehouse, "select job_id, count(distinct row_number) "
-                                           "from gtmcli.job_results group by 1"))
-    assert per_job == result_rows(jobs)
-    total = duckdb_query(warehouse, "select count(*) from gtmcli.job_results")[0][0]
-    assert total == sum(result_rows(jobs).values())
-
-
 def test_the_ui_queues_overlapping_runs_and_the_sensor_starts_one_when_jobs_finish(
     dagster_ui: DagsterUI, sandbox: SandboxServer, postgres_server: PostgresServer,
     orchestration_dir: Path, duckdb_query: Callable[[Path, str], list[list[Any]]],
@@ -337,7 +324,8 @@ def test_the_ui_queues_overlapping_runs_and_the_sensor_starts_one_when_jobs_fini
     assert [row[0] for row in meltano_runs(postgres_server, STATE_ID)] == ["SUCCESS"] * 2
     assert float(start_2) >= float(end_1) > float(start_1)
     truth = sandbox_jobs(sandbox, API_KEY)
-    assert_warehouse_holds_exactly(duckdb_query, warehouse, truth)
+    assert_warehouse_holds_exactly(partial(duckdb_query, warehouse), truth,
+                                   warehouse="the UI's DuckDB")
     assert jobs_bookmark(stored_state(postgres_server, STATE_ID)) == settled_jobs_bookmark(truth)
 
     # While either run was queued or in progress, every tick skipped without a look;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,11 @@ import pytest
 from tap_gtmcli.orchestration.definitions import build_definitions
 from tests.helpers.keys import API_KEY
 from tests.helpers.postgres import PostgresServer
+from tests.helpers.warehouse import assert_warehouse_holds_exactly
 
 from .conftest import (
     assert_no_key,
     jobs_bookmark,
-    result_rows,
     sandbox_jobs,
     settled_jobs_bookmark,
     start_sandbox,
@@ -53,13 +54,7 @@ def test_extract_job_lands_exactly_the_sandbox_rows(
     assert result.success, logs[-3000:]
     assert "Incremental state has been updated" in logs
     warehouse = Path(worker_environment["TARGET_DUCKDB_FILEPATH"])
-    loaded_jobs = dict(duckdb_query(warehouse, "select id, status from gtmcli.jobs"))
-    assert loaded_jobs == {job_id: job["status"] for job_id, job in jobs.items()}
-    per_job = dict(duckdb_query(warehouse, "select job_id, count(distinct row_number) "
-                                           "from gtmcli.job_results group by 1"))
-    assert per_job == result_rows(jobs)
-    assert duckdb_query(warehouse, "select count(*) from gtmcli.job_results")[0][0] == sum(
-        result_rows(jobs).values())
+    assert_warehouse_holds_exactly(partial(duckdb_query, warehouse), jobs, warehouse="DuckDB")
     state = stored_state(postgres_server, "dev:tap-gtmcli-to-target-duckdb")
     # Exactly: the newest of the sandbox's jobs, nothing open; job_results (a child of
     # jobs, read once per completed job) keeps no bookmark of its own.
