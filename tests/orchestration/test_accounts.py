@@ -23,10 +23,7 @@ from tap_gtmcli.orchestration.definitions import build_definitions
 from tap_gtmcli.orchestration.jobs import SKIPPED_TAG
 from tap_gtmcli.sandbox import SandboxServer
 from tests.helpers.keys import API_KEY
-from tests.helpers.postgres import POSTGRES_BIN, PostgresServer
-from tests.helpers.warehouse import assert_warehouse_holds_exactly
-
-from .conftest import (
+from tests.helpers.orchestration import (
     ACCOUNT_B_KEY,
     assert_no_key,
     child_environment,
@@ -37,6 +34,8 @@ from .conftest import (
     start_sandbox,
     stored_state,
 )
+from tests.helpers.postgres import POSTGRES_BIN, PostgresServer
+from tests.helpers.warehouse import assert_warehouse_holds_exactly
 
 pytestmark = pytest.mark.e2e
 

@@ -35,11 +35,7 @@ from tap_gtmcli.demo.meltano_project import PROJECT_ROOT, MeltanoProject
 from tap_gtmcli.sandbox import SandboxServer
 from tests.helpers import key_scan
 from tests.helpers.keys import API_KEY
-from tests.helpers.postgres import PostgresServer
-from tests.helpers.postgres import free_port as _free_port
-from tests.helpers.warehouse import assert_warehouse_holds_exactly
-
-from .conftest import (
+from tests.helpers.orchestration import (
     assert_no_key,
     child_environment,
     jobs_bookmark,
@@ -49,6 +45,9 @@ from .conftest import (
     start_sandbox,
     stored_state,
 )
+from tests.helpers.postgres import PostgresServer
+from tests.helpers.postgres import free_port as _free_port
+from tests.helpers.warehouse import assert_warehouse_holds_exactly
 
 pytestmark = pytest.mark.e2e
 

@@ -12,10 +12,7 @@ import pytest
 
 from tap_gtmcli.orchestration.definitions import build_definitions
 from tests.helpers.keys import API_KEY
-from tests.helpers.postgres import PostgresServer
-from tests.helpers.warehouse import assert_warehouse_holds_exactly
-
-from .conftest import (
+from tests.helpers.orchestration import (
     assert_no_key,
     jobs_bookmark,
     sandbox_jobs,
@@ -23,6 +20,8 @@ from .conftest import (
     start_sandbox,
     stored_state,
 )
+from tests.helpers.postgres import PostgresServer
+from tests.helpers.warehouse import assert_warehouse_holds_exactly
 
 pytestmark = pytest.mark.e2e
 

@@ -16,8 +16,7 @@ from tap_gtmcli.orchestration.definitions import build_definitions
 from tap_gtmcli.orchestration.finished_jobs import FinishedCursor
 from tap_gtmcli.sandbox import SandboxServer
 from tests.helpers.keys import API_KEY
-
-from .conftest import assert_no_key, start_sandbox
+from tests.helpers.orchestration import assert_no_key, start_sandbox
 
 SENSOR = "gtmcli_extract_on_finished_gtmcli_jobs"
 #: Seconds a sandbox job stays pending: the jobs finish when the test says so.
