@@ -22,19 +22,19 @@ from tap_gtmcli.demo.meltano_project import MeltanoProject
 from tap_gtmcli.orchestration.definitions import build_definitions
 from tap_gtmcli.orchestration.jobs import SKIPPED_TAG
 from tap_gtmcli.sandbox import SandboxServer
+from tests.helpers.key_scan import assert_no_key
 from tests.helpers.keys import API_KEY
 from tests.helpers.orchestration import (
     ACCOUNT_B_KEY,
-    assert_no_key,
     child_environment,
     jobs_bookmark,
+    jobs_by_id,
     meltano_runs,
-    sandbox_jobs,
     settled_jobs_bookmark,
-    start_sandbox,
     stored_state,
 )
 from tests.helpers.postgres import POSTGRES_BIN, PostgresServer
+from tests.helpers.sandboxes import fast_sandbox
 from tests.helpers.warehouse import assert_warehouse_holds_exactly
 
 pytestmark = pytest.mark.e2e
@@ -73,7 +73,7 @@ def accounts_run(
     orchestration_dir: Path,
 ) -> Iterator[AccountsRun]:
     """`dagster job execute` of the accounts' job, once, against two seeded sandboxes."""
-    sandboxes = {account: start_sandbox(KEY[account]) for account in KEY}
+    sandboxes = {account: fast_sandbox(api_key=KEY[account]).start() for account in KEY}
     try:
         sandboxes["a"].seed_jobs("validate", 300, jobs=2, seed="account-a")
         sandboxes["a"].seed_jobs("find", 40, seed="account-a")
@@ -102,7 +102,7 @@ def assert_schema_holds_exactly(
     postgres_server: PostgresServer, account: str, server: SandboxServer
 ) -> None:
     """The account's schema holds its sandbox's jobs and result rows, once each."""
-    jobs = sandbox_jobs(server, KEY[account])
+    jobs = jobs_by_id(server, KEY[account])
     assert_warehouse_holds_exactly(postgres_server.query, jobs, schema=SCHEMA[account],
                                    warehouse=f"account {account}'s schema")
 
@@ -115,7 +115,7 @@ def test_two_accounts_run_in_parallel_each_landing_its_own_rows(
     for account, server in accounts_run.sandboxes.items():
         assert_schema_holds_exactly(postgres_server, account, server)
         state = stored_state(postgres_server, STATE_ID[account])
-        assert jobs_bookmark(state) == settled_jobs_bookmark(sandbox_jobs(server, KEY[account]))
+        assert jobs_bookmark(state) == settled_jobs_bookmark(jobs_by_id(server, KEY[account]))
 
     # Parallel: both Meltano runs were under way at once, in separate step processes.
     (_, start_a, end_a), = meltano_runs(postgres_server, STATE_ID["a"])
@@ -230,7 +230,7 @@ def test_a_run_refused_by_meltano_is_skipped_not_failed_and_no_state_is_lost(
     assert_schema_holds_exactly(postgres_server, "a", sandbox_a)
     state_after = stored_state(postgres_server, STATE_ID["a"])
     assert state_after != state_before
-    assert jobs_bookmark(state_after) == settled_jobs_bookmark(sandbox_jobs(sandbox_a, API_KEY))
+    assert jobs_bookmark(state_after) == settled_jobs_bookmark(jobs_by_id(sandbox_a, API_KEY))
     assert postgres_server.query("select count(*) from gtmcli_account_b.job_results") == (
         rows_b_before)
     assert_no_key(first_output, logs, failure, printed.out, printed.err, state_after)

@@ -34,19 +34,19 @@ import requests
 from tap_gtmcli.demo.meltano_project import PROJECT_ROOT, MeltanoProject
 from tap_gtmcli.sandbox import SandboxServer
 from tests.helpers import key_scan
+from tests.helpers.key_scan import assert_no_key
 from tests.helpers.keys import API_KEY
 from tests.helpers.orchestration import (
-    assert_no_key,
     child_environment,
     jobs_bookmark,
+    jobs_by_id,
     meltano_runs,
-    sandbox_jobs,
     settled_jobs_bookmark,
-    start_sandbox,
     stored_state,
 )
 from tests.helpers.postgres import PostgresServer
 from tests.helpers.postgres import free_port as _free_port
+from tests.helpers.sandboxes import fast_sandbox
 from tests.helpers.warehouse import assert_warehouse_holds_exactly
 
 pytestmark = pytest.mark.e2e
@@ -183,11 +183,8 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[SandboxServer]:
     """The account's sandbox, empty until the test seeds it; jobs finish at once."""
-    server = start_sandbox(API_KEY)
-    try:
+    with fast_sandbox() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -322,7 +319,7 @@ def test_the_ui_queues_overlapping_runs_and_the_sensor_starts_one_when_jobs_fini
     (_, start_1, end_1), (_, start_2, _) = meltano_runs(postgres_server, STATE_ID)
     assert [row[0] for row in meltano_runs(postgres_server, STATE_ID)] == ["SUCCESS"] * 2
     assert float(start_2) >= float(end_1) > float(start_1)
-    truth = sandbox_jobs(sandbox, API_KEY)
+    truth = jobs_by_id(sandbox, API_KEY)
     assert_warehouse_holds_exactly(partial(duckdb_query, warehouse), truth,
                                    warehouse="the UI's DuckDB")
     assert jobs_bookmark(stored_state(postgres_server, STATE_ID)) == settled_jobs_bookmark(truth)

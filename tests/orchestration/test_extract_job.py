@@ -11,16 +11,16 @@ import dagster as dg
 import pytest
 
 from tap_gtmcli.orchestration.definitions import build_definitions
+from tests.helpers.key_scan import assert_no_key
 from tests.helpers.keys import API_KEY
 from tests.helpers.orchestration import (
-    assert_no_key,
     jobs_bookmark,
-    sandbox_jobs,
+    jobs_by_id,
     settled_jobs_bookmark,
-    start_sandbox,
     stored_state,
 )
 from tests.helpers.postgres import PostgresServer
+from tests.helpers.sandboxes import fast_sandbox
 from tests.helpers.warehouse import assert_warehouse_holds_exactly
 
 pytestmark = pytest.mark.e2e
@@ -33,21 +33,18 @@ def test_extract_job_lands_exactly_the_sandbox_rows(
     duckdb_query: Callable[[Path, str], list[list[Any]]],
     capfd: pytest.CaptureFixture[str],
 ):
-    sandbox = start_sandbox()
-    try:
+    with fast_sandbox() as sandbox:
         sandbox.seed_jobs("validate", 240, jobs=2, seed="extract")
         sandbox.seed_jobs("find", 35, seed="extract")
         sandbox.seed_jobs("validate", 12, status="failed", seed="extract")
         in_worker.setenv("TAP_GTMCLI_API_URL", sandbox.url)
         in_worker.setenv("TAP_GTMCLI_API_KEY", API_KEY)
-        jobs = sandbox_jobs(sandbox, API_KEY)
+        jobs = jobs_by_id(sandbox, API_KEY)
 
         job = build_definitions().get_job_def("gtmcli_extract")
         with dg.instance_for_test() as instance:
             result = job.execute_in_process(instance=instance)
             logs = "\n".join(str(entry) for entry in instance.all_logs(result.run_id))
-    finally:
-        sandbox.stop()
     printed = capfd.readouterr()
 
     assert result.success, logs[-3000:]

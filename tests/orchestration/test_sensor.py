@@ -15,8 +15,9 @@ import pytest
 from tap_gtmcli.orchestration.definitions import build_definitions
 from tap_gtmcli.orchestration.finished_jobs import FinishedCursor
 from tap_gtmcli.sandbox import SandboxServer
+from tests.helpers.key_scan import assert_no_key
 from tests.helpers.keys import API_KEY
-from tests.helpers.orchestration import assert_no_key, start_sandbox
+from tests.helpers.sandboxes import fast_sandbox
 
 SENSOR = "gtmcli_extract_on_finished_gtmcli_jobs"
 #: Seconds a sandbox job stays pending: the jobs finish when the test says so.
@@ -27,14 +28,11 @@ START_DELAY = 600.0
 def slow_sandbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[SandboxServer]:
     """A sandbox whose jobs finish only when its clock is moved, named by the variables
     tap-gtmcli reads."""
-    server = start_sandbox(start_delay=START_DELAY)
-    monkeypatch.setenv("MELTANO_ENVIRONMENT", "dev")
-    monkeypatch.setenv("TAP_GTMCLI_API_URL", server.url)
-    monkeypatch.setenv("TAP_GTMCLI_API_KEY", API_KEY)
-    try:
+    with fast_sandbox(start_delay=START_DELAY) as server:
+        monkeypatch.setenv("MELTANO_ENVIRONMENT", "dev")
+        monkeypatch.setenv("TAP_GTMCLI_API_URL", server.url)
+        monkeypatch.setenv("TAP_GTMCLI_API_KEY", API_KEY)
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
