@@ -5,7 +5,8 @@ real `meltano` CLI, with Meltano's system database on the session's PostgreSQL.
 - The plugins the tests run and the system database's name (the conftest's fixtures).
 - What a run left, read back: an account's jobs through its own key, the `jobs`
   bookmark they settle to, the state and the runs Meltano stored.
-- The environment of a child process, rows of a DuckDB file.
+- Starting things from a test: the environment of a child process, the `dagster` CLI,
+  waiting on a condition, rows of a DuckDB file.
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Mapping
+import sys
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tap_gtmcli.api.client import GTMCLIClient
 from tap_gtmcli.api.retry import RetryPolicy
@@ -33,6 +38,8 @@ key_scan.scan_for(ACCOUNT_B_KEY)
 PLUGIN_VENVS = (("extractors", "tap-gtmcli"), ("loaders", "target-duckdb"),
                 ("loaders", "target-postgres"))
 SYSTEM_DATABASE = "meltano"
+#: The `dagster` CLI of the test venv.
+DAGSTER = str(Path(sys.executable).with_name("dagster"))
 
 
 def jobs_by_id(server: SandboxServer, api_key: str) -> dict[str, dict[str, Any]]:
@@ -92,6 +99,18 @@ def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
     `base_environment` (tap_gtmcli.demo.meltano_project), nothing else is dropped or set.
     """
     return {**{k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}, **extra}
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
+    """`check()`'s first truthy value, polled every 0.25 s; fails after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.25)
 
 
 def duckdb_rows(python: Path, path: Path, sql: str) -> list[list[Any]]:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,12 +24,14 @@ from tests.helpers.key_scan import assert_no_key
 from tests.helpers.keys import API_KEY
 from tests.helpers.orchestration import (
     ACCOUNT_B_KEY,
+    DAGSTER,
     child_environment,
     jobs_bookmark,
     jobs_by_id,
     meltano_runs,
     settled_jobs_bookmark,
     stored_state,
+    wait_for,
 )
 from tests.helpers.postgres import POSTGRES_BIN, PostgresServer
 from tests.helpers.sandboxes import fast_sandbox
@@ -39,13 +39,14 @@ from tests.helpers.warehouse import assert_warehouse_holds_exactly
 
 pytestmark = pytest.mark.e2e
 
-DAGSTER = str(Path(sys.executable).with_name("dagster"))
 ACCOUNTS_JOB = "gtmcli_extract_accounts"
 STATE_ID = {"a": "dev:tap-gtmcli-account-a-to-target-postgres-per-account",
             "b": "dev:tap-gtmcli-account-b-to-target-postgres-per-account"}
 SCHEMA = {"a": "gtmcli_account_a", "b": "gtmcli_account_b"}
 KEY = {"a": API_KEY, "b": ACCOUNT_B_KEY}
 RUN_TIMEOUT_SECONDS = 300
+#: How long the test waits for a lock to be held, or waited on.
+LOCK_SECONDS = 120
 
 
 @dataclass
@@ -158,14 +159,6 @@ class TableLock:
         self.process.wait(timeout=30)
 
 
-def wait_until(condition: str, check: Callable[[], bool], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting until {condition}")
-        time.sleep(0.2)
-
-
 def test_a_run_refused_by_meltano_is_skipped_not_failed_and_no_state_is_lost(
     accounts_run: AccountsRun, postgres_server: PostgresServer,
     meltano_project: MeltanoProject, in_worker: pytest.MonkeyPatch,
@@ -180,9 +173,9 @@ def test_a_run_refused_by_meltano_is_skipped_not_failed_and_no_state_is_lost(
     # Run 1 (another worker) holds its place: its loader waits on a table the test locks,
     # so it stays in flight, deterministically, until the test lets it go.
     lock = TableLock(postgres_server, "gtmcli_account_a.jobs")
-    wait_until("the test holds the lock", lambda: postgres_server.query(
+    wait_for("the test to hold the lock", lambda: postgres_server.query(
         "select count(*) from pg_locks where mode = 'AccessExclusiveLock' and granted "
-        "and relation = 'gtmcli_account_a.jobs'::regclass")[0][0] == "1")
+        "and relation = 'gtmcli_account_a.jobs'::regclass")[0][0] == "1", LOCK_SECONDS)
     first = subprocess.Popen(
         [str(meltano_project.executable), "run", "tap-gtmcli-account-a",
          "target-postgres-per-account"],
@@ -190,8 +183,8 @@ def test_a_run_refused_by_meltano_is_skipped_not_failed_and_no_state_is_lost(
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        wait_until("run 1 waits on the lock", lambda: postgres_server.query(
-            "select count(*) from pg_locks where not granted")[0][0] != "0")
+        wait_for("run 1 to wait on the lock", lambda: postgres_server.query(
+            "select count(*) from pg_locks where not granted")[0][0] != "0", LOCK_SECONDS)
         assert [row[0] for row in meltano_runs(postgres_server, STATE_ID["a"])] == [
             "SUCCESS", "RUNNING"]
 

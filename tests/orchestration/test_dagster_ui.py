@@ -20,7 +20,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,12 +36,14 @@ from tests.helpers import key_scan
 from tests.helpers.key_scan import assert_no_key
 from tests.helpers.keys import API_KEY
 from tests.helpers.orchestration import (
+    DAGSTER,
     child_environment,
     jobs_bookmark,
     jobs_by_id,
     meltano_runs,
     settled_jobs_bookmark,
     stored_state,
+    wait_for,
 )
 from tests.helpers.postgres import PostgresServer
 from tests.helpers.postgres import free_port as _free_port
@@ -51,7 +52,6 @@ from tests.helpers.warehouse import assert_warehouse_holds_exactly
 
 pytestmark = pytest.mark.e2e
 
-DAGSTER = str(Path(sys.executable).with_name("dagster"))
 INSTANCE_FILE = PROJECT_ROOT / "tap_gtmcli" / "orchestration" / "dagster.yaml"
 LOCATION = "tap_gtmcli.orchestration.definitions"
 REPOSITORY = "__repository__"
@@ -166,18 +166,6 @@ def wait_clear_of_the_hour(seconds: float) -> None:
     to_the_hour = 3600 - time.time() % 3600
     if to_the_hour < seconds:
         time.sleep(to_the_hour + 1)
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
-    """`check()`'s first truthy value, polled every 0.25 s; fails after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.25)
 
 
 @pytest.fixture(scope="module")
