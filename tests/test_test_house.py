@@ -11,27 +11,15 @@ import ast
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
-#: Folders whose helpers still sit in their conftest, and why.
-PENDING = {
-    # Rewritten by issue 26 at the same time as issue 25 moved the other folders' helpers;
-    # their sandbox and key helpers move to tests/helpers/ once both are merged.
-    "orchestration": "issue 26",
-}
 
 
 def _modules() -> list[Path]:
     return sorted(path for path in TESTS.rglob("*.py") if "__pycache__" not in path.parts)
 
 
-def _pending(path: Path) -> bool:
-    return path.relative_to(TESTS).parts[0] in PENDING
-
-
 def test_nothing_imports_from_a_conftest():
     found = []
     for path in _modules():
-        if _pending(path):
-            continue
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
             if isinstance(node, ast.ImportFrom) and (node.module or "").endswith("conftest"):
                 names = [alias.name for alias in node.names]
@@ -44,7 +32,7 @@ def test_a_conftest_defines_fixtures_and_hooks_only():
     other functions belong in tests/helpers/."""
     found = []
     for path in _modules():
-        if path.name != "conftest.py" or _pending(path):
+        if path.name != "conftest.py":
             continue
         for node in ast.parse(path.read_text(), filename=str(path)).body:
             if isinstance(node, ast.ClassDef):
