@@ -9,12 +9,11 @@ tests/helpers/postgres.py.
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +24,8 @@ from tap_gtmcli.demo.sandbox_process import SandboxProcess
 from tests.helpers import key_scan
 from tests.helpers.keys import API_KEY
 from tests.helpers.meltano import E2E_PLUGINS, GTMCLI_PLUGIN_ENV, Pipelines, installing
-from tests.helpers.postgres import (
-    POSTGRES_BIN,
-    PostgresServer,
-    postgres_installed,
-    running_postgres,
-)
+from tests.helpers.postgres import PostgresServer, session_postgres
+from tests.helpers.warehouse import duckdb_rows
 
 
 @pytest.fixture(scope="session")
@@ -99,25 +94,10 @@ def submitted(pipelines: Pipelines) -> MeltanoRun:
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """PostgreSQL started for the session on 127.0.0.1, stopped and deleted after."""
-    if not postgres_installed():
-        pytest.skip(f"PostgreSQL binaries not found in {POSTGRES_BIN} (set POSTGRES_BIN)")
-    with running_postgres() as server:
-        yield server
+    yield from session_postgres()
 
 
 @pytest.fixture(scope="session")
 def duckdb_query(meltano_project: MeltanoProject) -> Callable[[Path, str], list[list[Any]]]:
     """Runs SQL on a DuckDB file with target-duckdb's own duckdb (the version that wrote it)."""
-    python = meltano_project.plugin_python("loaders", "target-duckdb")
-
-    def query(path: Path, sql: str) -> list[list[Any]]:
-        script = (
-            "import duckdb, json, sys\n"
-            "rows = duckdb.connect(sys.argv[1], read_only=True).execute(sys.argv[2]).fetchall()\n"
-            "print(json.dumps([list(row) for row in rows], default=str))\n"
-        )
-        result = subprocess.run([str(python), "-c", script, str(path), sql],
-                                capture_output=True, text=True, check=True)
-        return json.loads(result.stdout)
-
-    return query
+    return partial(duckdb_rows, meltano_project.plugin_python("loaders", "target-duckdb"))

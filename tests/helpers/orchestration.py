@@ -6,14 +6,13 @@ real `meltano` CLI, with Meltano's system database on the session's PostgreSQL.
 - What a run left, read back: an account's jobs through its own key, the `jobs`
   bookmark they settle to, the state and the runs Meltano stored.
 - Starting things from a test: the environment of a child process, the `dagster` CLI,
-  waiting on a condition, rows of a DuckDB file.
+  waiting on a condition.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -112,15 +111,3 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
             pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.25)
 
-
-def duckdb_rows(python: Path, path: Path, sql: str) -> list[list[Any]]:
-    """Rows of SQL on a DuckDB file, run by `python` (target-duckdb's, whose duckdb wrote
-    the file: another version may not read it)."""
-    script = (
-        "import duckdb, json, sys\n"
-        "rows = duckdb.connect(sys.argv[1], read_only=True).execute(sys.argv[2]).fetchall()\n"
-        "print(json.dumps([list(row) for row in rows], default=str))\n"
-    )
-    result = subprocess.run([str(python), "-c", script, str(path), sql],
-                            capture_output=True, text=True, check=True)
-    return json.loads(result.stdout)

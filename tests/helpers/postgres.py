@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 POSTGRES_BIN = Path(os.environ.get("POSTGRES_BIN", "/usr/lib/postgresql/15/bin"))
 
 
@@ -84,3 +86,12 @@ def running_postgres(*settings: str) -> Iterator[PostgresServer]:
             check=False, capture_output=True,
         )
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def session_postgres() -> Iterator[PostgresServer]:
+    """For a session fixture: a server on loopback for the session, or every test that
+    asks for it skipped, naming why, where PostgreSQL is not installed."""
+    if not postgres_installed():
+        pytest.skip(f"PostgreSQL binaries not found in {POSTGRES_BIN} (set POSTGRES_BIN)")
+    with running_postgres() as server:
+        yield server

@@ -8,8 +8,11 @@ charged and extracted). A difference is reported per job, by id, with its counts
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 #: SQL in, rows out: `functools.partial(duckdb_query, path)`, `postgres_server.query`.
@@ -89,3 +92,16 @@ def _job_problems(
             problems.append(f"{jobs_at}: job {job_id} has status {loaded_statuses}, "
                             f"sandbox has {jobs[job_id]['status']!r}")
     return problems
+
+
+def duckdb_rows(python: Path, path: Path, sql: str) -> list[list[Any]]:
+    """Rows of SQL on a DuckDB file, run by `python` (target-duckdb's, whose duckdb wrote
+    the file: another version may not read it)."""
+    script = (
+        "import duckdb, json, sys\n"
+        "rows = duckdb.connect(sys.argv[1], read_only=True).execute(sys.argv[2]).fetchall()\n"
+        "print(json.dumps([list(row) for row in rows], default=str))\n"
+    )
+    result = subprocess.run([str(python), "-c", script, str(path), sql],
+                            capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)

@@ -21,13 +21,9 @@ import pytest
 
 from tap_gtmcli.demo.meltano_project import MeltanoProject
 from tests.helpers.meltano import installing
-from tests.helpers.orchestration import PLUGIN_VENVS, SYSTEM_DATABASE, duckdb_rows
-from tests.helpers.postgres import (
-    POSTGRES_BIN,
-    PostgresServer,
-    postgres_installed,
-    running_postgres,
-)
+from tests.helpers.orchestration import PLUGIN_VENVS, SYSTEM_DATABASE
+from tests.helpers.postgres import PostgresServer, session_postgres
+from tests.helpers.warehouse import duckdb_rows
 
 
 @pytest.fixture(scope="session")
@@ -96,10 +92,7 @@ def in_worker(
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """PostgreSQL started for the session on 127.0.0.1, stopped and deleted after."""
-    if not postgres_installed():
-        pytest.skip(f"PostgreSQL binaries not found in {POSTGRES_BIN} (set POSTGRES_BIN)")
-    with running_postgres() as server:
-        yield server
+    yield from session_postgres()
 
 
 @pytest.fixture(scope="session")
