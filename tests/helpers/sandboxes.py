@@ -32,6 +32,33 @@ def fast_sandbox(**settings: Any) -> SandboxServer:
     return SandboxServer(SandboxConfig(**config))
 
 
+#: What one scripted `POST /v1/jobs` does (see `script_creates`), as a fault rule.
+CREATE_STEPS: dict[str, dict[str, Any]] = {
+    # Answered normally: a placeholder that lets the rules after it wait their turn.
+    "ok": {"status": 200, "body": "slow", "delay": 0},
+    # Out of credits: nothing created.
+    "402": {"status": 402},
+    # The job is created, then the connection closes without an answer.
+    "answer-lost": {"body": "drop_after"},
+    # The API's own 503: nothing created, but a client cannot know that.
+    "503": {"status": 503},
+    # The connection closes before anything is created, without an answer.
+    "dropped": {"body": "drop"},
+}
+
+
+def script_creates(server: SandboxServer, *steps: str) -> None:
+    """The sandbox's next creates do what `steps` (CREATE_STEPS) say, one each, in
+    order; the creates after them are answered normally."""
+    server.add_fault_rules([{"method": "POST", "path_prefix": "/v1/jobs", **CREATE_STEPS[step]}
+                            for step in steps])
+
+
+def creates_seen(server: SandboxServer) -> int:
+    """How many `POST /v1/jobs` the sandbox received, answered or not."""
+    return int(server.stats()["requests"].get("POST /v1/jobs", 0))
+
+
 def sandbox_jobs(server: SandboxServer | str) -> list[dict]:
     """Every job the sandbox lists, oldest first (admin view through the public API)."""
     url = server if isinstance(server, str) else server.url

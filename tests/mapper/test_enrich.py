@@ -8,9 +8,8 @@ import pytest
 
 from tap_gtmcli.api.client import GTMCLIClient
 from tap_gtmcli.api.errors import EnrichmentFailedError
-from tap_gtmcli.submit.enrich import ENRICHMENT_SCHEMA
+from tap_gtmcli.submit.enrich import ENRICHMENT_SCHEMA, RESULTS_PER_PAGE
 from tap_gtmcli.submit.submitter import LEDGER_STREAM, REJECTED_STREAM
-from tests.helpers.fake_client import FakeGTMCLI
 from tests.helpers.keys import API_KEY
 from tests.helpers.mapper_runs import mapper_settings, run_mapper
 from tests.helpers.sandboxes import fast_sandbox, sandbox_jobs
@@ -18,6 +17,10 @@ from tests.helpers.singer import fixture_messages, fixture_text, of_stream, reco
 
 ENRICH = {"mode": "enrich", "poll_interval": 0.01, "max_wait": 5}
 NULLS = dict.fromkeys(ENRICHMENT_SCHEMA)
+#: The error a sandbox job of one item that fails at once reports.
+FAILED_JOB_ERROR = (
+    "Processing stopped after 0 of 1 items: the verification backend is unavailable"
+)
 
 
 def results_by_item(server: Any, job_id: str) -> list[dict]:
@@ -94,22 +97,27 @@ def test_contacts_fixture_is_enriched_in_order(sandbox: Any) -> None:
     assert out[2] == upstream[2]
 
 
-def test_result_row_for_another_email_is_an_error_naming_job_and_row(fake: FakeGTMCLI) -> None:
-    fake.result_override = lambda job_id, index, item: {
-        "email": "someone@else.io",
-        "status": "valid",
-    }
-    with pytest.raises(
-        EnrichmentFailedError, match=r"job_1 result row 1 answers a different email"
-    ):
-        run_mapper(ENRICH, [record(id=1, email="a@x.io"), state(1)], fake)
+def test_result_row_for_another_email_is_an_error_naming_job_and_row(sandbox: Any) -> None:
+    # Every results page serves page 1's rows: row 1001 (page 2's first) answers item 1.
+    sandbox.set_quirks("results-ignore-page")
+    emails = [f"{n}@x.io" for n in range(RESULTS_PER_PAGE + 1)]
+    messages = [*(record(id=n, email=email) for n, email in enumerate(emails)), state(1)]
+    settings = mapper_settings(sandbox, **ENRICH, batch_size=len(emails))
+    with pytest.raises(EnrichmentFailedError) as raised:
+        run_mapper(settings, messages)
+    (job,) = sandbox_jobs(sandbox)
+    assert f"{job['id']} result row {RESULTS_PER_PAGE + 1} answers a different email" in str(
+        raised.value)
     assert [m for m in run_mapper.last_output if m["type"] == "STATE"] == []  # type: ignore[attr-defined]
 
 
-def test_failed_job_ends_the_run_without_its_state(fake: FakeGTMCLI) -> None:
-    fake.job_status = "failed"
-    with pytest.raises(EnrichmentFailedError, match="job_1 failed: provider outage"):
-        run_mapper(ENRICH, [schema(), record(id=1, email="a@x.io"), state(1)], fake)
+def test_failed_job_ends_the_run_without_its_state() -> None:
+    with fast_sandbox(fail_job_share=1.0) as failing:  # every job fails at once
+        with pytest.raises(EnrichmentFailedError) as raised:
+            run_mapper(mapper_settings(failing, **ENRICH),
+                       [schema(), record(id=1, email="a@x.io"), state(1)])
+        (job,) = sandbox_jobs(failing)
+    assert f"{job['id']} failed: {FAILED_JOB_ERROR}" in str(raised.value)
     out = run_mapper.last_output  # type: ignore[attr-defined]
     assert [m for m in out if m["type"] == "STATE"] == []
     assert of_stream(out, "contacts") == []

@@ -14,10 +14,19 @@ from singer_sdk.singerlib.exceptions import InvalidInputLine
 from tap_gtmcli.api.errors import SubmissionFailedError
 from tap_gtmcli.submit.mapper import GTMCLIMapper
 from tap_gtmcli.submit.submitter import LEDGER_STREAM
-from tests.helpers.fake_client import FakeGTMCLI
 from tests.helpers.keys import API_KEY
 from tests.helpers.mapper_runs import MAPPER, mapper_settings, run_mapper
+from tests.helpers.sandboxes import (
+    creates_seen,
+    fast_sandbox,
+    job_items,
+    sandbox_jobs,
+    script_creates,
+)
 from tests.helpers.singer import of_stream, read_messages, record, schema, state
+
+#: Every answer of a slow sandbox comes this late: reading runs ahead of each create.
+SLOW_ANSWERS_MS = 50
 
 # Odd but valid JSON: spacing, key order, escapes, numbers no float can hold.
 RAW_LINES = [
@@ -34,10 +43,10 @@ RAW_LINES = [
 ]
 
 
-def run_bytes(config: dict[str, Any], data: bytes, client: Any) -> bytes:
+def run_bytes(config: dict[str, Any], data: bytes) -> bytes:
     """Run the mapper in process on binary input (the reader's fast path)."""
     output = io.BytesIO()
-    mapper = GTMCLIMapper(config={"api_key": API_KEY, **config}, output=output, client=client)
+    mapper = GTMCLIMapper(config={"api_key": API_KEY, **config}, output=output)
     try:
         mapper.listen(io.TextIOWrapper(io.BytesIO(data)))
     finally:
@@ -45,12 +54,14 @@ def run_bytes(config: dict[str, Any], data: bytes, client: Any) -> bytes:
     return output.getvalue()
 
 
-def test_passthrough_is_byte_for_byte_the_input_line(fake: FakeGTMCLI) -> None:
-    out = run_bytes({"streams": ["contacts"], "batch_size": 2}, b"".join(RAW_LINES), fake)
+def test_passthrough_is_byte_for_byte_the_input_line(sandbox: Any) -> None:
+    settings = mapper_settings(sandbox, streams=["contacts"], batch_size=2)
+    out = run_bytes(settings, b"".join(RAW_LINES))
     upstream = [line for line in out.splitlines(keepends=True) if b"gtmcli_" not in line]
     assert upstream == [*RAW_LINES[:-1], RAW_LINES[-1] + b"\n"]
-    assert fake.items["job_1"] == [{"email": "a@x.io"}, {"email": "b@x.io"}]
-    assert fake.items["job_2"] == [{"email": "c@x.io"}]
+    job_1, job_2 = (job["id"] for job in sandbox_jobs(sandbox))
+    assert job_items(sandbox, job_1) == [{"email": "a@x.io"}, {"email": "b@x.io"}]
+    assert job_items(sandbox, job_2) == [{"email": "c@x.io"}]
 
 
 def test_console_script_passes_lines_through_verbatim(sandbox: Any, tmp_path: Path) -> None:
@@ -70,7 +81,7 @@ def test_console_script_passes_lines_through_verbatim(sandbox: Any, tmp_path: Pa
     assert upstream == [*RAW_LINES[:4], RAW_LINES[5], RAW_LINES[6] + b"\n", RAW_LINES[4]]
 
 
-def test_slow_creates_keep_the_output_of_blocking_creates() -> None:
+def test_slow_creates_keep_the_output_of_blocking_creates(sandbox: Any) -> None:
     messages = [
         schema(),
         record(id=1, email="a@x.io"),
@@ -85,25 +96,20 @@ def test_slow_creates_keep_the_output_of_blocking_creates() -> None:
     ]
     # Two runs of one input: the second must send everything again, not skip it.
     settings = {"batch_size": 2, "resubmit_after_days": 0}
-    instant = run_mapper(settings, messages, FakeGTMCLI())
-    slow = FakeGTMCLI()
-    slow.create_delay = 0.2
-    delayed = run_mapper(settings, messages, slow)
+    instant = run_mapper(mapper_settings(sandbox, **settings), messages)
+    with fast_sandbox(latency_ms=SLOW_ANSWERS_MS) as slow:
+        delayed = run_mapper(mapper_settings(slow, **settings), messages)
+        slow_jobs = [job["id"] for job in sandbox_jobs(slow)]
 
     def shape(out: list[dict]) -> list[tuple]:
         return [(m["type"], m.get("stream"), m.get("value")) for m in out]
 
     assert shape(delayed) == shape(instant)
-    assert [m["record"]["job_id"] for m in of_stream(delayed, LEDGER_STREAM)] == [
-        "job_1",
-        "job_2",
-        "job_3",
-    ]
+    assert len(slow_jobs) == 3
+    assert [m["record"]["job_id"] for m in of_stream(delayed, LEDGER_STREAM)] == slow_jobs
 
 
 def test_background_create_failure_stops_without_state_or_later_creates() -> None:
-    fake = FakeGTMCLI(["402"])
-    fake.create_delay = 0.2  # reading runs past the full batch before the create fails
     messages = [
         record(id=1, email="a@x.io"),
         record(id=2, email="b@x.io"),  # fills batch 1: its create fails in the background
@@ -113,17 +119,19 @@ def test_background_create_failure_stops_without_state_or_later_creates() -> Non
         state(4),
         record(id=5, email="e@x.io"),
     ]
-    with pytest.raises(SubmissionFailedError, match="402"):
-        run_mapper({"batch_size": 2}, messages, fake)
+    # Slow answers: reading runs past the full batch before the create fails.
+    with fast_sandbox(latency_ms=SLOW_ANSWERS_MS) as server:
+        script_creates(server, "402")
+        with pytest.raises(SubmissionFailedError, match="402"):
+            run_mapper(mapper_settings(server, batch_size=2), messages)
+        creates = creates_seen(server)
     out = run_mapper.last_output  # type: ignore[attr-defined]
     # Exactly what a blocking create would have written: nothing after the full batch.
     assert out == messages[:2]
-    assert fake.create_calls == 1
+    assert creates == 1
 
 
 def test_background_failure_of_a_later_job_keeps_the_earlier_confirmed_state() -> None:
-    fake = FakeGTMCLI(["ok", "402"])
-    fake.create_delay = 0.1
     messages = [
         record(id=1, email="a@x.io"),
         record(id=2, email="b@x.io"),
@@ -134,32 +142,35 @@ def test_background_failure_of_a_later_job_keeps_the_earlier_confirmed_state() -
         record(id=5, email="e@x.io"),
         state(5),
     ]
-    with pytest.raises(SubmissionFailedError, match="402"):
-        run_mapper({"batch_size": 2}, messages, fake)
+    with fast_sandbox(latency_ms=SLOW_ANSWERS_MS) as server:
+        script_creates(server, "ok", "402")
+        with pytest.raises(SubmissionFailedError, match="402"):
+            run_mapper(mapper_settings(server, batch_size=2), messages)
+        creates = creates_seen(server)
     out = run_mapper.last_output  # type: ignore[attr-defined]
     assert [m["value"] for m in out if m["type"] == "STATE"] == [state(2)["value"]]
     assert of_stream(out, "contacts") == messages[0:2] + messages[3:5]
-    assert fake.create_calls == 2
+    assert creates == 2
 
 
 def test_bad_line_names_its_number_after_confirming_running_creates() -> None:
-    fake = FakeGTMCLI()
-    fake.create_delay = 0.1
     good = [record(id=1, email="a@x.io"), record(id=2, email="b@x.io"), state(2)]
     text = "".join(json.dumps(m) + "\n" for m in good)
     text += json.dumps(record(id=3, email="c@x.io")) + "\n"
     text += json.dumps(state(3)) + "\n"
     text += '{"type": "RECORD", "stream": "contacts", "record": {"email": \n'
     text += json.dumps(record(id=4, email="d@x.io")) + "\n"
-    with pytest.raises(InvalidInputLine, match="Input line 6 is not a JSON Singer message"):
-        run_mapper({"batch_size": 2}, text, fake)
+    with fast_sandbox(latency_ms=SLOW_ANSWERS_MS) as server:
+        with pytest.raises(InvalidInputLine, match="Input line 6 is not a JSON Singer message"):
+            run_mapper(mapper_settings(server, batch_size=2), text)
+        creates = creates_seen(server)
     out = run_mapper.last_output  # type: ignore[attr-defined]
     # Job 1 was running: it is confirmed and its STATE goes out; STATE 3 covers record 3,
     # which was never submitted, so it does not; nothing after the bad line is read.
     assert [m["value"] for m in out if m["type"] == "STATE"] == [state(2)["value"]]
     assert of_stream(out, "contacts") == [*good[:2], record(id=3, email="c@x.io")]
     assert len(of_stream(out, LEDGER_STREAM)) == 1
-    assert fake.create_calls == 1
+    assert creates == 1
 
 
 @pytest.mark.parametrize(

@@ -20,9 +20,9 @@ from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 from tap_gtmcli.submit.batches import OpenBatches
 from tap_gtmcli.submit.enrich import ResultsFetcher
 from tap_gtmcli.submit.job_creation import JobSubmitter
-from tests.helpers.fake_client import FakeGTMCLI
 from tests.helpers.key_scan import assert_no_key
 from tests.helpers.keys import API_KEY
+from tests.helpers.sandboxes import creates_seen, sandbox_jobs, script_creates
 
 
 @contextmanager
@@ -85,6 +85,7 @@ def test_growing_pauses_multiply_up_to_the_longest() -> None:
     assert [next(pauses) for _ in range(7)] == [0.25, 0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
 
 
+# Scripted, not the sandbox: the exact backoff needs a set status at each check, on a set clock.
 class ScriptedJobs:
     """A client whose job reports `statuses` in turn, on a clock the sleeps advance."""
 
@@ -140,41 +141,27 @@ def test_a_failed_job_ends_the_wait_with_its_reason() -> None:
     assert jobs.sleeps == [1.0]
 
 
-class SlowToListCreate(FakeGTMCLI):
-    """A create whose answer is lost; the job it made shows in the list only from the
-    `listed_from`-th look on (never, when None)."""
+def submit_one_batch(
+    server: SandboxServer, sleeps: list[float], *, job_shows_after: int | None
+) -> Any:
+    """Submit one batch whose create's connection drops before anything is made; the
+    job shows in the list during pause number `job_shows_after` of the look again (never,
+    when None), as a server still at work on the create would list it late. The clock
+    is the sleeps."""
+    script_creates(server, "dropped")
+    now = [0.0]
 
-    def __init__(self, listed_from: int | None) -> None:
-        super().__init__(["ambiguous-created" if listed_from is not None else "ambiguous-lost"])
-        self.listed_from = listed_from
-        self.looks = 0
-        self.hidden: list[str] = []
-
-    def create_job(self, *args: Any, **kwargs: Any) -> dict:
-        try:
-            return super().create_job(*args, **kwargs)
-        except GTMCLIAmbiguousCreateError as error:
-            self.hidden = list(self.jobs)
-            # As after a timeout: the server may still be working, so the look goes on.
-            raise GTMCLIAmbiguousCreateError(str(error), 0.0, api_answered=False) from None
-
-    def list_jobs_page(self, page: int = 1) -> dict:
-        return {"jobs": []}  # the snapshot before the first create: no job yet
-
-    def list_jobs(self) -> Iterator[dict]:
-        self.looks += 1
-        if self.listed_from is None or self.looks < self.listed_from:
-            return iter([job for job in super().list_jobs() if job["id"] not in self.hidden])
-        return super().list_jobs()
-
-
-def submit_one_batch(client: FakeGTMCLI, sleeps: list[float], now: list[float]) -> Any:
     def sleep(seconds: float) -> None:
         sleeps.append(seconds)
         now[0] += seconds
+        if len(sleeps) == job_shows_after:
+            server.create_job("validate", [{"email": "a@x.io"}])
 
+    client = GTMCLIClient(
+        api_url=server.url, api_key=API_KEY, timeout=1.0, retry=RetryPolicy(max_retries=0)
+    )
     submitter = JobSubmitter(
-        client=client,  # type: ignore[arg-type]  # the fake has the client's methods
+        client=client,
         webhook_url=None,
         max_resubmissions=1,
         request_timeout=1.0,
@@ -182,22 +169,38 @@ def submit_one_batch(client: FakeGTMCLI, sleeps: list[float], now: list[float]) 
         sleep=sleep,
     )
     batch, _ = OpenBatches(batch_size=10).add("contacts", "validate", "a@x.io", seq=1)
-    return submitter.submit(batch)
+    try:
+        return submitter.submit(batch)
+    finally:
+        client.close()
 
 
-def test_after_an_ambiguous_create_the_look_again_pauses_grow_until_the_job_shows() -> None:
-    client, sleeps = SlowToListCreate(listed_from=4), []
-    job = submit_one_batch(client, sleeps, [0.0])
-    assert (job.job_id, client.create_calls, client.looks) == ("job_1", 1, 4)
+def looks_and_jobs(server: SandboxServer) -> tuple[int, list[str]]:
+    """How often the list was read after the snapshot before the first create, and the
+    ids of the jobs the sandbox holds."""
+    lists = server.stats()["requests"].get("GET /v1/jobs", 0)
+    return lists - 1, [job["id"] for job in sandbox_jobs(server)]
+
+
+def test_after_an_ambiguous_create_the_look_again_pauses_grow_until_the_job_shows(
+    sandbox: SandboxServer,
+) -> None:
+    sleeps: list[float] = []
+    job = submit_one_batch(sandbox, sleeps, job_shows_after=3)
+    looks, jobs = looks_and_jobs(sandbox)
+    assert ([job.job_id], creates_seen(sandbox), looks) == (jobs, 1, 4)
     assert sleeps == [0.25, 0.5, 1.0]
 
 
-def test_the_look_again_stops_at_the_grace_period_then_resubmits() -> None:
-    client, sleeps = SlowToListCreate(listed_from=None), []
-    job = submit_one_batch(client, sleeps, [0.0])
+def test_the_look_again_stops_at_the_grace_period_then_resubmits(
+    sandbox: SandboxServer,
+) -> None:
+    sleeps: list[float] = []
+    job = submit_one_batch(sandbox, sleeps, job_shows_after=None)
     # Grace: two request timeouts (2 s); the last pause is cut to end there.
     assert sleeps == [0.25, 0.5, 1.0, 0.25]
-    assert (job.job_id, client.create_calls, client.looks) == ("job_1", 2, 5)
+    looks, jobs = looks_and_jobs(sandbox)
+    assert ([job.job_id], creates_seen(sandbox), looks) == (jobs, 2, 5)
 
 
 def test_a_refused_connection_before_any_answer_fails_at_once_naming_host_and_port() -> None:

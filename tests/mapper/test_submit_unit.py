@@ -1,5 +1,5 @@
-"""Submit mode: passthrough, batching, STATE, rejects, reconcile (against the sandbox, or a
-scripted client for the create failures the sandbox cannot be told to produce)."""
+"""Submit mode: passthrough, batching, STATE, rejects, reconcile (against the sandbox, its
+creates scripted to fail where a test needs them to)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ from tap_gtmcli.api.errors import SubmissionFailedError
 from tap_gtmcli.sandbox import SandboxServer
 from tap_gtmcli.submit.state_hold import StateHold
 from tap_gtmcli.submit.submitter import LEDGER_STREAM, REJECTED_STREAM
-from tests.helpers.fake_client import FakeGTMCLI
 from tests.helpers.mapper_runs import mapper_settings, run_mapper
-from tests.helpers.sandboxes import sandbox_jobs
+from tests.helpers.sandboxes import creates_seen, sandbox_jobs, script_creates
 from tests.helpers.singer import of_stream, record, schema, state
 
 
@@ -24,7 +23,7 @@ def sent(server: SandboxServer) -> list[tuple[str, list[dict]]]:
     return [(job["type"], server.job_items(job["id"])) for job in sandbox_jobs(server)]
 
 
-def test_passthrough_is_unchanged_and_state_waits_for_the_batch(fake: FakeGTMCLI) -> None:
+def test_passthrough_is_unchanged_and_state_waits_for_the_batch(sandbox: SandboxServer) -> None:
     messages = [
         schema(),
         record(id=1, email="A@Example.com "),
@@ -34,7 +33,7 @@ def test_passthrough_is_unchanged_and_state_waits_for_the_batch(fake: FakeGTMCLI
         record(id=3, email="c@example.com"),
         state(3),
     ]
-    out = run_mapper({"batch_size": 2}, messages, fake)
+    out = run_mapper(mapper_settings(sandbox, batch_size=2), messages)
 
     ledger = of_stream(out, LEDGER_STREAM)
     assert [(m["type"], m.get("stream"), m.get("record", m.get("value"))) for m in out] == [
@@ -50,18 +49,20 @@ def test_passthrough_is_unchanged_and_state_waits_for_the_batch(fake: FakeGTMCLI
         ("STATE", None, state(3)["value"]),
     ]
     assert out[0] == messages[0]
-    assert list(fake.items.values()) == [
+    assert [items for _, items in sent(sandbox)] == [
         [{"email": "a@example.com"}, {"email": "b@example.com"}],
         [{"email": "c@example.com"}],
     ]
 
 
-def test_ledger_rows_describe_each_job(fake: FakeGTMCLI) -> None:
+def test_ledger_rows_describe_each_job(sandbox: SandboxServer) -> None:
     out = run_mapper(
-        {}, [schema(), record(id=1, email="a@x.io"), record(id=2, email="a@x.io")], fake
+        mapper_settings(sandbox),
+        [schema(), record(id=1, email="a@x.io"), record(id=2, email="a@x.io")],
     )
     (row,) = [m["record"] for m in of_stream(out, LEDGER_STREAM)]
-    assert row["job_id"] == "job_1"
+    (job,) = sandbox_jobs(sandbox)
+    assert row["job_id"] == job["id"]
     assert row["job_type"] == "validate"
     assert row["item_count"] == 1
     assert row["source_stream"] == "contacts"
@@ -85,7 +86,7 @@ def test_batch_size_counts_distinct_items(sandbox: SandboxServer) -> None:
     assert [len(items) for _, items in sent(sandbox)] == [2, 2, 1]
 
 
-def test_state_with_nothing_pending_passes_at_once(fake: FakeGTMCLI) -> None:
+def test_state_with_nothing_pending_passes_at_once(sandbox: SandboxServer) -> None:
     messages = [
         schema("other"),
         record("other", id=1),
@@ -93,7 +94,7 @@ def test_state_with_nothing_pending_passes_at_once(fake: FakeGTMCLI) -> None:
         record(id=2, email="a@x.io"),
         state(2),
     ]
-    out = run_mapper({"streams": ["contacts"]}, messages, fake)
+    out = run_mapper(mapper_settings(sandbox, streams=["contacts"]), messages)
     assert out[:3] == messages[:3]
     assert out[-1] == state(2)
 
@@ -149,27 +150,27 @@ def test_dotted_paths_reach_nested_fields(sandbox: SandboxServer) -> None:
     ],
 )
 def test_unusable_records_are_rejected_not_sent(
-    fake: FakeGTMCLI, fields: dict, reason: str
+    sandbox: SandboxServer, fields: dict, reason: str
 ) -> None:
     message = record(id=1, **fields)
-    out = run_mapper({"job_type": "validate"}, [schema(), message], fake)
+    out = run_mapper(mapper_settings(sandbox, job_type="validate"), [schema(), message])
     assert out[:2] == [schema(), message]
     (rejected,) = of_stream(out, REJECTED_STREAM)
     assert rejected["record"]["reason"] == reason
     assert rejected["record"]["source_stream"] == "contacts"
     assert rejected["record"]["rejected_at"].endswith("Z")
     assert json.loads(rejected["record"]["record"]) == message["record"]
-    assert fake.create_calls == 0
+    assert creates_seen(sandbox) == 0
 
 
-def test_odd_input_never_crashes(fake: FakeGTMCLI) -> None:
+def test_odd_input_never_crashes(sandbox: SandboxServer) -> None:
     messages = [
         {"type": "RECORD", "stream": "contacts", "record": ["not", "an", "object"]},
         {"type": "RECORD", "stream": "contacts", "record": None},
         record("before_schema", email="Not An Email"),
         {"type": "ACTIVATE_VERSION", "stream": "contacts", "version": 3},
     ]
-    out = run_mapper({}, messages, fake)
+    out = run_mapper(mapper_settings(sandbox), messages)
     assert out[0] == messages[0]
     reasons = [r["record"]["reason"] for r in of_stream(out, REJECTED_STREAM)]
     assert reasons == [
@@ -177,7 +178,7 @@ def test_odd_input_never_crashes(fake: FakeGTMCLI) -> None:
         "record is not a JSON object (NoneType)",
     ]
     # A syntactically odd email is still the API's to judge.
-    assert fake.items["job_1"] == [{"email": "not an email"}]
+    assert sent(sandbox)[0][1] == [{"email": "not an email"}]
     assert [
         m for m in out if m.get("stream") != REJECTED_STREAM and m.get("stream") != LEDGER_STREAM
     ] == messages
@@ -193,16 +194,16 @@ def test_odd_input_never_crashes(fake: FakeGTMCLI) -> None:
     ids=["record-without-stream", "record-with-numeric-stream", "schema-without-stream"],
 )
 def test_message_without_a_stream_name_stops_naming_its_line(
-    fake: FakeGTMCLI, nameless: dict
+    sandbox: SandboxServer, nameless: dict
 ) -> None:
     messages = [record(id=1, email="a@x.io"), state(1), nameless, record(id=2, email="b@x.io")]
     with pytest.raises(InvalidInputLine, match=r"Input line 3 is a \w+ without a `stream` name"):
-        run_mapper({}, messages, fake)
+        run_mapper(mapper_settings(sandbox), messages)
     assert "no-stream@x.io" not in json.dumps(run_mapper.last_output)  # type: ignore[attr-defined]
 
 
-def test_402_on_second_job_stops_without_releasing_later_state() -> None:
-    fake = FakeGTMCLI(["ok", "402"])
+def test_402_on_second_job_stops_without_releasing_later_state(sandbox: SandboxServer) -> None:
+    script_creates(sandbox, "ok", "402")
     messages = [
         record(id=1, email="a@x.io"),
         record(id=2, email="b@x.io"),
@@ -212,39 +213,49 @@ def test_402_on_second_job_stops_without_releasing_later_state() -> None:
         state(4),
     ]
     with pytest.raises(SubmissionFailedError, match="402") as caught:
-        run_mapper({"batch_size": 2}, messages, fake)
+        run_mapper(mapper_settings(sandbox, batch_size=2), messages)
     assert "credits" in str(caught.value)
+    assert sandbox.faults()["rules"] == []  # both scripted creates happened
     out = run_mapper.last_output  # type: ignore[attr-defined]
     assert [m["value"] for m in out if m["type"] == "STATE"] == [state(2)["value"]]
     assert of_stream(out, "contacts") == [messages[0], messages[1], messages[3], messages[4]]
 
 
-def test_ambiguous_create_adopts_the_job_it_made() -> None:
-    fake = FakeGTMCLI(["ok", "ambiguous-created"])
+def test_ambiguous_create_adopts_the_job_it_made(sandbox: SandboxServer) -> None:
+    script_creates(sandbox, "ok", "answer-lost")
     messages = [record(id=i, email=f"{i}@x.io") for i in range(4)]
-    out = run_mapper({"batch_size": 2}, messages, fake)
-    assert fake.create_calls == 2
-    assert list(fake.items.values()) == [
+    out = run_mapper(mapper_settings(sandbox, batch_size=2), messages)
+    assert sandbox.faults()["rules"] == []  # the second create's answer was lost
+    assert creates_seen(sandbox) == 2
+    assert [items for _, items in sent(sandbox)] == [
         [{"email": "0@x.io"}, {"email": "1@x.io"}],
         [{"email": "2@x.io"}, {"email": "3@x.io"}],
     ]
-    assert [r["record"]["job_id"] for r in of_stream(out, LEDGER_STREAM)] == ["job_1", "job_2"]
+    assert [r["record"]["job_id"] for r in of_stream(out, LEDGER_STREAM)] == [
+        job["id"] for job in sandbox_jobs(sandbox)
+    ]
 
 
-def test_ambiguous_create_does_not_adopt_a_job_already_known() -> None:
-    # Same type and size as job_1, but job_1 is ours already: the lost create is resent.
-    fake = FakeGTMCLI(["ok", "ambiguous-lost", "ok"])
-    out = run_mapper({"batch_size": 2}, [record(id=i, email=f"{i}@x.io") for i in range(4)], fake)
-    assert fake.create_calls == 3
-    assert len(fake.jobs) == 2
-    assert [r["record"]["job_id"] for r in of_stream(out, LEDGER_STREAM)] == ["job_1", "job_2"]
+def test_ambiguous_create_does_not_adopt_a_job_already_known(sandbox: SandboxServer) -> None:
+    # Same type and size as job 1, but job 1 is ours already: the lost create is resent.
+    script_creates(sandbox, "ok", "503", "ok")
+    out = run_mapper(mapper_settings(sandbox, batch_size=2),
+                     [record(id=i, email=f"{i}@x.io") for i in range(4)])
+    assert sandbox.faults()["rules"] == []  # the second create was answered 503
+    assert creates_seen(sandbox) == 3
+    jobs = sandbox_jobs(sandbox)
+    assert len(jobs) == 2
+    assert [r["record"]["job_id"] for r in of_stream(out, LEDGER_STREAM)] == [
+        job["id"] for job in jobs
+    ]
 
 
-def test_ambiguous_creates_are_bounded_by_max_retries() -> None:
-    fake = FakeGTMCLI(["ambiguous-lost"] * 5)
+def test_ambiguous_creates_are_bounded_by_max_retries(sandbox: SandboxServer) -> None:
+    script_creates(sandbox, *["503"] * 5)
     with pytest.raises(SubmissionFailedError, match="3 attempts ended ambiguously"):
-        run_mapper({"max_retries": 2}, [record(id=1, email="a@x.io"), state(1)], fake)
-    assert fake.create_calls == 3
+        run_mapper(mapper_settings(sandbox, max_retries=2),
+                   [record(id=1, email="a@x.io"), state(1)])
+    assert creates_seen(sandbox) == 3
     assert [m for m in run_mapper.last_output if m["type"] == "STATE"] == []  # type: ignore[attr-defined]
 
 
@@ -259,7 +270,9 @@ def test_state_hold_keeps_states_behind_the_oldest_open_batch() -> None:
     assert gate.release(oldest_pending_seq=None) == {"n": 6}
 
 
-def test_interleaved_job_types_release_state_only_when_both_are_submitted(fake: FakeGTMCLI) -> None:
+def test_interleaved_job_types_release_state_only_when_both_are_submitted(
+    sandbox: SandboxServer,
+) -> None:
     messages = [
         record(id=1, first_name="a", last_name="b", domain="c.io"),
         record(id=2, email="a@x.io"),
@@ -267,7 +280,7 @@ def test_interleaved_job_types_release_state_only_when_both_are_submitted(fake: 
         record(id=3, email="b@x.io"),  # fills the validate batch; the find batch is still open
         state(3),
     ]
-    out = run_mapper({"batch_size": 2}, messages, fake)
+    out = run_mapper(mapper_settings(sandbox, batch_size=2), messages)
     kinds = [(m["type"], m.get("stream")) for m in out]
     first_state = kinds.index(("STATE", None))
     ledger_rows = [i for i, k in enumerate(kinds) if k == ("RECORD", LEDGER_STREAM)]
