@@ -123,12 +123,15 @@ class RetryBudget:
     rate_limit_waited: float = 0.0
     #: Whether the last wait was the one a 429 named (the retry has waited it out).
     waited_out: bool = False
+    #: Whether a try failed already (the next one is a retry).
+    retried: bool = False
 
     def next_wait(self, error: BaseException, what: str) -> float:
         """Seconds to wait before trying `what` again after `error`; raises when the
         budget is spent (`error` itself once `max_retries` failures are spent)."""
         wait = named_wait(error)
         self.waited_out = wait is not None
+        self.retried = True
         if wait is None:
             self.failures += 1
             if self.failures > self.policy.max_retries:

@@ -200,11 +200,12 @@ class GTMCLIStream(RESTStream[int]):
         prepared_request: requests.PreparedRequest,
         context: Context | None,
         stop: threading.Event | None = None,
+        retry: bool = False,
         waited_out: bool = False,
     ) -> requests.Response:
         # The SDK's, with the pacer around the send: it is told of every answer before
         # validate_response raises on it, and of no answer at all.
-        ticket = self.pacer.acquire(stop, waited_out=waited_out)
+        ticket = self.pacer.acquire(stop, retry=retry, waited_out=waited_out)
         response = None
         try:
             response = self.requests_session.send(
@@ -272,7 +273,9 @@ class GTMCLIStream(RESTStream[int]):
                 raise_if_stopped(stop, what)
                 try:
                     if budget.waited_out:  # not held again for the 429 it waited out
-                        return func(*args, **kwargs, waited_out=True)
+                        return func(*args, **kwargs, retry=True, waited_out=True)
+                    if budget.retried:
+                        return func(*args, **kwargs, retry=True)
                     return func(*args, **kwargs)
                 except requests.exceptions.TooManyRedirects as error:
                     raise GTMCLIFatalError(

@@ -6,7 +6,8 @@
 GTMCLI's docs do not say how its limit counts (windows on the calendar, a window opened
 by the first request after the last one closed, a sliding log, a token bucket) nor how
 `X-RateLimit-Reset` is rounded. So the pacer leans on no scheme's arithmetic; a request
-may start when any of these says so, and requests start in the order they asked:
+may start when any of these says so, and requests start in the order they asked (a
+retry first: the pages after it wait for its answer to be handed over):
 
 - The server's word: the freshest answer's `Remaining`, less every request in flight
   (those that went before it may still arrive after it). In every scheme room only
@@ -133,13 +134,21 @@ class Pacer:
         with self._changed:
             return len(self._queue)
 
-    def acquire(self, stop: threading.Event | None = None, *, waited_out: bool = False) -> int:
+    def acquire(
+        self, stop: threading.Event | None = None, *, retry: bool = False,
+        waited_out: bool = False,
+    ) -> int:
         """Block until a request may start; its ticket, for `observe`. A set `stop` ends
-        the wait with `GTMCLICancelledError`; `waited_out`: a retry that waited out its
-        own 429's wait, which the hold after it is not for."""
+        the wait with `GTMCLICancelledError`. A `retry` goes before every request not yet
+        tried: the pages read after it are handed over only once it is answered.
+        `waited_out`: a retry that waited out its own 429's wait, which the hold after it
+        is not for."""
         me = object()
         with self._changed:
-            self._queue.append(me)
+            if retry:
+                self._queue.insert(0, me)
+            else:
+                self._queue.append(me)
             try:
                 while True:
                     raise_if_stopped(stop, "a request held by the pacer")

@@ -27,7 +27,7 @@ from tap_gtmcli.tap.pacer import (
     Pacer,
 )
 from tests.helpers.keys import API_KEY
-from tests.helpers.tap_runs import run_tap
+from tests.helpers.tap_runs import run_tap, run_tap_in_process
 from tests.tap.test_errors import RESULTS_RULE
 
 #: A Unix moment on a whole minute: the fake clock is both the monotonic and wall clock.
@@ -314,6 +314,49 @@ def test_requests_start_in_the_order_they_asked_across_threads():
     for thread in threads:
         thread.join(10)
     assert order == list(range(6))
+
+
+def test_a_retry_starts_before_every_request_not_yet_tried():
+    """Pages are handed over in order: those read after a refused page wait for its
+    answer, so its retry must not wait behind them as well."""
+    pacer = Pacer()
+    pacer.observe(pacer.acquire(), answer(429, retry_after=0.2))  # all held a moment
+    order: list[str] = []
+    threads = []
+    for name, retry in [("first", False), ("second", False), ("third", False),
+                        ("retry", True)]:
+        def go(name: str = name, retry: bool = retry) -> None:
+            pacer.acquire(retry=retry)
+            order.append(name)
+        thread = threading.Thread(target=go)
+        thread.start()
+        threads.append(thread)
+        while pacer.waiting < len(threads):  # queued in this order
+            time.sleep(0.001)
+    for thread in threads:
+        thread.join(10)
+    assert order == ["retry", "first", "second", "third"]
+
+
+def test_every_try_after_a_failure_asks_the_pacer_as_a_retry(sandbox, monkeypatch):
+    """A 503 then a 429 on the one results page: its second and third tries are retries."""
+    asked: list[bool] = []
+    real_acquire = Pacer.acquire
+
+    def acquire(self: Pacer, stop: threading.Event | None = None, *, retry: bool = False,
+                waited_out: bool = False) -> int:
+        asked.append(retry)
+        return real_acquire(self, stop, retry=retry, waited_out=waited_out)
+
+    monkeypatch.setattr(Pacer, "acquire", acquire)
+    sandbox.seed_jobs("validate", 3)
+    sandbox.add_fault_rules([{**RESULTS_RULE, "status": 503},
+                             {**RESULTS_RULE, "status": 429, "retry_after": "0"}])
+    run = run_tap_in_process({"api_key": API_KEY, "api_url": sandbox.url}, monkeypatch)
+    assert run.error is None
+    assert len(run.records("job_results")) == 3
+    # The job list, then the page: once, then twice more as a retry.
+    assert asked == [False, False, True, True]
 
 
 def test_a_stop_set_while_waiting_ends_the_wait_without_a_start():
