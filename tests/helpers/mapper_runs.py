@@ -6,7 +6,7 @@ import io
 import json
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -88,15 +88,20 @@ def run_mapper_in_process(config: dict[str, Any], messages: Iterable[Any]) -> Ma
 
 
 def run_mapper_cli(
-    config: dict[str, Any], messages: Iterable[Any] | bytes, tmp_path: Path, timeout: float = 120
+    config: dict[str, Any], messages: Iterable[Any] | bytes | Path, tmp_path: Path,
+    timeout: float = 120, *, command: str = MAPPER, env: Mapping[str, str] | None = None,
 ) -> MapperRun:
-    """Run the `mapper-gtmcli` console script with the messages on stdin."""
-    config_path = tmp_path / "mapper-config.json"
+    """Run the `mapper-gtmcli` console script (or `command`, e.g. TARGET) as a user
+    does: the messages (or a file's bytes) on stdin, `env` added to the environment."""
+    config_path = tmp_path / f"{Path(command).name}-config.json"
     config_path.write_text(json.dumps(config))
-    data = messages if isinstance(messages, bytes) else singer_text(messages).encode()
-    done = subprocess.run([MAPPER, "--config", str(config_path)], input=data,
-                          capture_output=True, timeout=timeout, env=cli_environment(),
-                          check=False)
+    if isinstance(messages, Path):
+        data = messages.read_bytes()
+    else:
+        data = messages if isinstance(messages, bytes) else singer_text(messages).encode()
+    done = subprocess.run([command, "--config", str(config_path)], input=data,
+                          capture_output=True, timeout=timeout,
+                          env={**cli_environment(), **(env or {})}, check=False)
     stdout = done.stdout.decode()
     return MapperRun(read_messages(stdout), returncode=done.returncode, stdout=stdout,
                      stderr=done.stderr.decode())

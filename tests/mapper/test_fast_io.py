@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from tap_gtmcli.api.errors import SubmissionFailedError
 from tap_gtmcli.submit.mapper import GTMCLIMapper
 from tap_gtmcli.submit.submitter import LEDGER_STREAM
 from tests.helpers.keys import API_KEY
-from tests.helpers.mapper_runs import MAPPER, mapper_settings, run_mapper
+from tests.helpers.mapper_runs import mapper_settings, run_mapper, run_mapper_cli
 from tests.helpers.sandboxes import (
     creates_seen,
     fast_sandbox,
@@ -23,7 +22,7 @@ from tests.helpers.sandboxes import (
     sandbox_jobs,
     script_creates,
 )
-from tests.helpers.singer import of_stream, read_messages, record, schema, state
+from tests.helpers.singer import of_stream, record, schema, state
 
 #: Every answer of a slow sandbox comes this late: reading runs ahead of each create.
 SLOW_ANSWERS_MS = 50
@@ -65,17 +64,10 @@ def test_passthrough_is_byte_for_byte_the_input_line(sandbox: Any) -> None:
 
 
 def test_console_script_passes_lines_through_verbatim(sandbox: Any, tmp_path: Path) -> None:
-    config_path = tmp_path / "config.json"
-    config_path.write_text(json.dumps(mapper_settings(sandbox, streams=["contacts"])))
-    result = subprocess.run(
-        [MAPPER, "--config", str(config_path)],
-        input=b"".join(RAW_LINES),
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr.decode()
-    lines = result.stdout.splitlines(keepends=True)
+    result = run_mapper_cli(mapper_settings(sandbox, streams=["contacts"]), b"".join(RAW_LINES),
+                            tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.encode().splitlines(keepends=True)
     upstream = [line for line in lines if b"gtmcli_" not in line]
     # One batch: the STATE waits for it, at the end of input.
     assert upstream == [*RAW_LINES[:4], RAW_LINES[5], RAW_LINES[6] + b"\n", RAW_LINES[4]]
@@ -185,18 +177,10 @@ def test_bad_line_names_its_number_after_confirming_running_creates() -> None:
 def test_bad_lines_stop_the_console_script_with_the_line_number(
     line: bytes, problem: str, tmp_path: Path
 ) -> None:
-    config_path = tmp_path / "config.json"
-    config_path.write_text(json.dumps({"api_key": API_KEY, "api_url": "http://127.0.0.1:9"}))
+    config = {"api_key": API_KEY, "api_url": "http://127.0.0.1:9"}
     data = json.dumps(state(1)).encode() + b"\n\n" + line + b"\n"
-    result = subprocess.run(
-        [MAPPER, "--config", str(config_path)],
-        input=data,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_mapper_cli(config, data, tmp_path)
     assert result.returncode == 1
-    stderr = result.stderr.decode()
-    assert f"Input line 3 is {problem}" in stderr
-    assert "Traceback" not in stderr
-    assert read_messages(result.stdout) == [state(1)]
+    assert f"Input line 3 is {problem}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.messages == [state(1)]

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,26 +15,10 @@ from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 from tap_gtmcli.submit.submitter import LEDGER_STREAM, REJECTED_STREAM
 from tests.helpers.key_scan import assert_no_key
 from tests.helpers.keys import API_KEY
-from tests.helpers.mapper_runs import MAPPER, mapper_settings, run_mapper
-from tests.helpers.singer import FIXTURES, fixture_messages, fixture_text, of_stream, read_messages
+from tests.helpers.mapper_runs import MAPPER, TARGET, mapper_settings, run_mapper, run_mapper_cli
+from tests.helpers.singer import FIXTURES, fixture_messages, fixture_text, of_stream
 
 CONTACTS_SETTINGS = {"streams": ["contacts"], "domain_field": "company.domain", "batch_size": 3}
-
-
-def run_cli(
-    command: str, config: dict[str, Any], fixture: str, tmp_path: Path, **env: str
-) -> subprocess.CompletedProcess[bytes]:
-    config_path = tmp_path / "config.json"
-    config_path.write_text(json.dumps(config))
-    with (FIXTURES / fixture).open("rb") as stdin:
-        return subprocess.run(
-            [str(Path(sys.executable).parent / command), "--config", str(config_path)],
-            stdin=stdin,
-            capture_output=True,
-            timeout=60,
-            check=False,
-            env={**os.environ, **env},
-        )
 
 
 def submitted_jobs(server: Any) -> list[tuple[str, list[dict]]]:
@@ -143,11 +125,11 @@ def test_contacts_fixture_in_process(sandbox: Any) -> None:
 
 
 def test_contacts_fixture_through_the_console_script(sandbox: Any, tmp_path: Path) -> None:
-    result = run_cli(
-        "mapper-gtmcli", mapper_settings(sandbox, **CONTACTS_SETTINGS), "contacts.singer", tmp_path
+    result = run_mapper_cli(
+        mapper_settings(sandbox, **CONTACTS_SETTINGS), FIXTURES / "contacts.singer", tmp_path
     )
-    assert result.returncode == 0, result.stderr.decode()
-    check_contacts_run(read_messages(result.stdout), sandbox)
+    assert result.returncode == 0, result.stderr
+    check_contacts_run(result.messages, sandbox)
 
 
 def test_402_mid_run_stops_before_the_state_of_unsubmitted_records(tmp_path: Path) -> None:
@@ -158,11 +140,11 @@ def test_402_mid_run_stops_before_the_state_of_unsubmitted_records(tmp_path: Pat
     with SandboxServer(
         SandboxConfig(api_key=API_KEY, start_delay=0, processing_rate=0, credits=0.6, db_path=db)
     ) as server:
-        result = run_cli(
-            "mapper-gtmcli", mapper_settings(server, batch_size=2), "two_batches.singer", tmp_path
+        result = run_mapper_cli(
+            mapper_settings(server, batch_size=2), FIXTURES / "two_batches.singer", tmp_path
         )
-        out = read_messages(result.stdout)
-        stderr = result.stderr.decode()
+        out = result.messages
+        stderr = result.stderr
         assert result.returncode == 1
         assert "402" in stderr
         assert "credits" in stderr
@@ -182,16 +164,16 @@ def test_402_mid_run_stops_before_the_state_of_unsubmitted_records(tmp_path: Pat
     with SandboxServer(
         SandboxConfig(api_key=API_KEY, start_delay=0, processing_rate=0, credits=10, db_path=db)
     ) as server:
-        rerun = run_cli("mapper-gtmcli", mapper_settings(server, batch_size=2), str(
-            tmp_path / "rest.singer"), tmp_path)
-        assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
+        rerun = run_mapper_cli(mapper_settings(server, batch_size=2), tmp_path / "rest.singer",
+                               tmp_path)
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
         assert submitted_jobs(server) == [
             ("validate", [{"email": "a@one.io"}, {"email": "b@one.io"}]),
             ("validate", [{"email": "c@two.io"}, {"email": "d@two.io"}]),
         ]
-        out = read_messages(rerun.stdout)
+        out = rerun.messages
         assert [m for m in out if m["type"] == "STATE"] == [messages[6]]
-        assert "Submitted 1 GTMCLI jobs (2 items)\n" in rerun.stderr.decode()
+        assert "Submitted 1 GTMCLI jobs (2 items)\n" in rerun.stderr
 
 
 def test_a_refused_key_reports_no_job_as_submitted(tmp_path: Path) -> None:
@@ -201,10 +183,10 @@ def test_a_refused_key_reports_no_job_as_submitted(tmp_path: Path) -> None:
         server.add_fault_rules(
             [{"method": "POST", "path_prefix": "/v1/jobs", "status": 401, "count": 10}]
         )
-        result = run_cli("mapper-gtmcli", mapper_settings(server, batch_size=1),
-                         "two_batches.singer", tmp_path)
+        result = run_mapper_cli(mapper_settings(server, batch_size=1),
+                                FIXTURES / "two_batches.singer", tmp_path)
         assert submitted_jobs(server) == []
-    stderr = result.stderr.decode()
+    stderr = result.stderr
     assert result.returncode == 1
     assert "Submitted 0 GTMCLI jobs (0 items); not submitted: 4 batches (4 items)" in stderr
     assert "Submitted 4" not in stderr
@@ -287,11 +269,11 @@ def test_ambiguous_create_yields_exactly_one_job_per_batch(
 )
 def test_invalid_settings_stop_the_run_at_start(settings: dict, named: str, tmp_path: Path) -> None:
     config = {"api_key": API_KEY, "api_url": "http://127.0.0.1:9", **settings}
-    result = run_cli("mapper-gtmcli", config, "two_batches.singer", tmp_path)
+    result = run_mapper_cli(config, FIXTURES / "two_batches.singer", tmp_path)
     assert result.returncode == 1
-    assert result.stdout == b""
-    assert named in result.stderr.decode()
-    assert_no_key(result.stderr.decode())
+    assert result.stdout == ""
+    assert named in result.stderr
+    assert_no_key(result.stderr)
 
 
 def test_the_api_key_never_appears_in_any_output(sandbox: Any, tmp_path: Path) -> None:
@@ -308,17 +290,17 @@ def test_the_api_key_never_appears_in_any_output(sandbox: Any, tmp_path: Path) -
         ]
     )
     outputs = []
-    for command in ("mapper-gtmcli", "target-gtmcli"):
-        result = run_cli(
-            command,
+    for command in (MAPPER, TARGET):
+        result = run_mapper_cli(
             mapper_settings(sandbox, batch_size=2),
-            "contacts.singer",
+            FIXTURES / "contacts.singer",
             tmp_path,
-            LOGLEVEL="DEBUG",
+            command=command,
+            env={"LOGLEVEL": "DEBUG"},
         )
         outputs.append(result)
     assert outputs[0].returncode == 1
-    assert "401" in outputs[0].stderr.decode()
+    assert "401" in outputs[0].stderr
     for result in outputs:
         assert_no_key(result.stdout)
         assert_no_key(result.stderr)

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sqlite3
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,12 +31,11 @@ from tap_gtmcli.submit.submitter import LEDGER_STREAM, GTMCLISubmitter
 from tap_gtmcli.submit.target import TargetGTMCLI
 from tests.helpers.keys import API_KEY
 from tests.helpers.mapper_runs import mapper_settings as sandbox_config  # the lead renames
-from tests.helpers.mapper_runs import run_mapper
+from tests.helpers.mapper_runs import run_mapper, run_mapper_cli
 from tests.helpers.singer import fixture_messages, of_stream, record, schema, state
 
 DAY = 86_400.0
 ENRICH = {"mode": "enrich", "poll_interval": 0.01, "max_wait": 10}
-MAPPER = str(Path(sys.executable).parent / "mapper-gtmcli")
 
 
 def contacts(count: int, first: int = 0) -> list[dict]:
@@ -295,18 +291,14 @@ def test_a_broken_index_stops_the_run_before_anything_is_submitted(
         with sqlite3.connect(index) as db:
             db.execute("UPDATE jobs SET digests = substr(digests, 1, 20)")
     paid = len(sandbox_items(sandbox))
-    config_path = tmp_path / "config.json"
-    config_path.write_text(json.dumps(sandbox_config(sandbox, submission_index=str(index))))
-    text = "".join(json.dumps(m) + "\n" for m in contacts(30))
+    done = run_mapper_cli(sandbox_config(sandbox, submission_index=str(index)), contacts(30),
+                          tmp_path)
 
-    done = subprocess.run([MAPPER, "--config", str(config_path)], input=text.encode(),
-                          capture_output=True, timeout=60, check=False)
-
-    stderr = done.stderr.decode()
+    stderr = done.stderr
     assert done.returncode == 1, stderr[-2000:]
     assert f"The submission index {index} could not be" in stderr
     assert "Traceback" not in stderr
-    assert done.stdout == b""  # nothing passed on: the run stopped before reading
+    assert done.stdout == ""  # nothing passed on: the run stopped before reading
     assert len(sandbox_items(sandbox)) == paid
     assert_key_absent(stderr)
 
@@ -387,15 +379,9 @@ def test_a_postgresql_index_without_its_driver_names_the_setting_and_the_extra(
         "raise ModuleNotFoundError(\"No module named 'psycopg'\", name='psycopg')\n"
     )
     config = sandbox_config(sandbox, submission_index="postgresql://worker@127.0.0.1:1/index")
-    config_path = tmp_path / "config.json"
-    config_path.write_text(json.dumps(config))
-    env = {**os.environ, "PYTHONPATH": str(shadow.parent)}
+    done = run_mapper_cli(config, contacts(3), tmp_path, env={"PYTHONPATH": str(shadow.parent)})
 
-    done = subprocess.run([MAPPER, "--config", str(config_path)],
-                          input=singer_text_of(contacts(3)).encode(), capture_output=True,
-                          timeout=60, check=False, env=env)
-
-    stderr = done.stderr.decode()
+    stderr = done.stderr
     assert done.returncode == 1, stderr[-2000:]
     assert (
         "submission_index is a postgresql:// URL, but the PostgreSQL driver (psycopg) is not "
@@ -403,10 +389,6 @@ def test_a_postgresql_index_without_its_driver_names_the_setting_and_the_extra(
     )
     assert "pip install 'tap-gtmcli[postgres]'" in stderr
     assert "Traceback" not in stderr
-    assert done.stdout == b""
+    assert done.stdout == ""
     assert sandbox_items(sandbox) == []
     assert_key_absent(stderr)
-
-
-def singer_text_of(messages: list[dict]) -> str:
-    return "".join(json.dumps(message) + "\n" for message in messages)

@@ -15,19 +15,19 @@ import pytest
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 from tap_gtmcli.submit.target import TargetGTMCLI
 from tests.helpers.keys import API_KEY
-from tests.helpers.mapper_runs import TARGET, mapper_settings, run_mapper
-from tests.helpers.singer import fixture_messages, fixture_text, read_messages
+from tests.helpers.mapper_runs import TARGET, mapper_settings, run_mapper, run_mapper_cli
+from tests.helpers.singer import FIXTURES, fixture_messages, fixture_text
 
-from .test_mapper_sandbox import CONTACTS_SETTINGS, run_cli, submitted_jobs
+from .test_mapper_sandbox import CONTACTS_SETTINGS, submitted_jobs
 
 
 def test_target_writes_only_confirmed_state_and_the_ledger(sandbox: Any, tmp_path: Path) -> None:
     ledger_path = tmp_path / "ledger.jsonl"
     config = mapper_settings(sandbox, **CONTACTS_SETTINGS, ledger_path=str(ledger_path))
-    result = run_cli("target-gtmcli", config, "contacts.singer", tmp_path)
-    assert result.returncode == 0, result.stderr.decode()
+    result = run_mapper_cli(config, FIXTURES / "contacts.singer", tmp_path, command=TARGET)
+    assert result.returncode == 0, result.stderr
     upstream = fixture_messages("contacts.singer")
-    assert read_messages(result.stdout) == [upstream[6], upstream[11], upstream[15]]
+    assert result.messages == [upstream[6], upstream[11], upstream[15]]
     rows = [json.loads(line) for line in ledger_path.read_text().splitlines()]
     assert [(row["job_type"], row["item_count"], row["source_stream"]) for row in rows] == [
         ("validate", 3, "contacts"),
@@ -39,7 +39,7 @@ def test_target_writes_only_confirmed_state_and_the_ledger(sandbox: Any, tmp_pat
         {"email": "grace@navy.mil"},
         {"email": "alan@bletchley.uk"},
     ]
-    assert "Ledger: " in result.stderr.decode()
+    assert "Ledger: " in result.stderr
 
 
 def test_target_stops_on_402_without_confirming_the_refused_batch(tmp_path: Path) -> None:
@@ -50,10 +50,11 @@ def test_target_stops_on_402_without_confirming_the_refused_batch(tmp_path: Path
         SandboxConfig(api_key=API_KEY, start_delay=0, processing_rate=0, credits=0.6)
     ) as server:
         config = mapper_settings(server, batch_size=2, ledger_path=str(ledger_path))
-        result = run_cli("target-gtmcli", config, "two_batches.singer", tmp_path)
+        result = run_mapper_cli(config, FIXTURES / "two_batches.singer", tmp_path,
+                                command=TARGET)
     assert result.returncode == 1
-    assert "402" in result.stderr.decode()
-    assert read_messages(result.stdout) == [fixture_messages("two_batches.singer")[3]]
+    assert "402" in result.stderr
+    assert result.messages == [fixture_messages("two_batches.singer")[3]]
     assert len(ledger_path.read_text().splitlines()) == 1
 
 
@@ -69,9 +70,9 @@ def test_target_in_process_matches_the_mapper_states(sandbox: Any) -> None:
 
 def test_target_refuses_enrich_mode(tmp_path: Path) -> None:
     config = {"api_key": API_KEY, "api_url": "http://127.0.0.1:9", "mode": "enrich"}
-    result = run_cli("target-gtmcli", config, "two_batches.singer", tmp_path)
+    result = run_mapper_cli(config, FIXTURES / "two_batches.singer", tmp_path, command=TARGET)
     assert result.returncode == 1
-    assert "mode: target-gtmcli only submits" in result.stderr.decode()
+    assert "mode: target-gtmcli only submits" in result.stderr
 
 
 def test_target_about_lists_the_shared_settings_and_ledger_path() -> None:
@@ -120,15 +121,13 @@ def test_a_failed_create_always_exits_non_zero(seed: int, tmp_path: Path) -> Non
                                      latency_ms=settings["latency_ms"])) as server:
         server.add_fault_rules(rules)
         config = mapper_settings(server, batch_size=settings["batch_size"], max_retries=1)
-        (tmp_path / "config.json").write_text(json.dumps(config))
-        done = subprocess.run([TARGET, "--config", str(tmp_path / "config.json")], input=data,
-                              capture_output=True, timeout=120, check=False)
+        done = run_mapper_cli(config, data, tmp_path, command=TARGET)
         received = {item["email"] for _, items in submitted_jobs(server) for item in items}
-    stderr = done.stderr.decode()
+    stderr = done.stderr
     assert done.returncode == 1, stderr[-3000:]
     assert "Submitting the validate job" in stderr and "failed" in stderr
     assert "Traceback" not in stderr
-    confirmed = [m["value"]["position"] for m in read_messages(done.stdout)]
+    confirmed = [m["value"]["position"] for m in done.messages]
     for position in range(1, (confirmed[-1] if confirmed else 0) + 1):
         assert f"p{position}@x{seed}.io" in received, f"STATE {confirmed[-1]} went out early"
     succeeded = rules[0]["count"] if len(rules) == 2 else 0

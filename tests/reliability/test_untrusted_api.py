@@ -28,7 +28,7 @@ from tap_gtmcli.tap.tap import TapGTMCLI
 from tests.helpers import key_scan
 from tests.helpers.keys import API_KEY as TEST_API_KEY
 from tests.helpers.sandboxes import fast_sandbox, seeded_truth
-from tests.helpers.tap_runs import TAP, cli_environment, run_tap_in_process, tap_settings
+from tests.helpers.tap_runs import TAP, cli_environment, run_tap, run_tap_in_process, tap_settings
 
 SCHEMAS = {name: stream.schema for name, stream in
            TapGTMCLI(config={"api_key": TEST_API_KEY}).streams.items()}
@@ -381,14 +381,9 @@ def test_a_signal_while_the_loader_reads_slowly_leaves_whole_lines_and_a_true_st
         rows = {(m["record"]["job_id"], m["record"]["row_number"]) for m in messages
                 if m["type"] == "RECORD" and m["stream"] == "job_results"}
         assert rows < truth  # stopped part-way
-        state_path = tmp_path / "state.json"
-        state_path.write_text(json.dumps(state))
-        rerun = subprocess.run([TAP, "--config", str(config), "--state", str(state_path)],
-                               capture_output=True, timeout=60, env=cli_environment(), check=False)
-        assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
-        rerun_messages = [json.loads(line) for line in rerun.stdout.decode().splitlines()]
-        again = {(m["record"]["job_id"], m["record"]["row_number"]) for m in rerun_messages
-                 if m["type"] == "RECORD" and m["stream"] == "job_results"}
+        rerun = run_tap(tmp_path, tap_settings(server, results_per_page=500), state)
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
+        again = set(rerun.result_keys)
         assert rows | again == truth  # nothing lost
 
 
