@@ -4,6 +4,7 @@ what they received, and the clients and webhook receivers that talk to them."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -21,8 +22,6 @@ from tap_gtmcli.api.client import GTMCLIClient
 from tap_gtmcli.api.retry import RetryPolicy
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 from tests.helpers.keys import API_KEY
-
-SANDBOX = str(Path(sys.executable).with_name("gtmcli-sandbox"))
 
 
 def fast_sandbox(**settings: Any) -> SandboxServer:
@@ -115,12 +114,42 @@ def seeded_truth(server: SandboxServer) -> set[tuple[str, int]]:
     return keys
 
 
+def sandbox_command() -> list[str]:
+    """The `gtmcli-sandbox` console script, or `python -m tap_gtmcli.sandbox` where the
+    script is not installed next to this interpreter."""
+    script = Path(sys.executable).with_name("gtmcli-sandbox")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "tap_gtmcli.sandbox"]
+
+
+#: The one line `gtmcli-sandbox` prints on stdout once it listens.
+LISTENING = re.compile(r"^gtmcli-sandbox listening on (http://127\.0\.0\.1:(\d+))$")
+
+
+def start_sandbox_cli(processes: list[subprocess.Popen[str]], *arguments: str,
+                      env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
+    """`gtmcli-sandbox --port 0 ARGUMENTS` (`env` added to the environment), added to
+    `processes` for the caller to stop; returns it and its URL.
+
+    Not `start_sandbox_process`: this one takes any flags, keeps stderr, and asserts the
+    first stdout line is exactly the announcement the CLI tests check."""
+    process = subprocess.Popen(
+        [*sandbox_command(), "--port", "0", *arguments],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **(env or {})},
+    )
+    processes.append(process)
+    assert process.stdout is not None
+    match = LISTENING.match(process.stdout.readline().rstrip("\n"))
+    assert match, "the first stdout line must announce the URL"
+    return process, match.group(1)
+
+
 def start_sandbox_process(
     db: Path, *, api_key: str = API_KEY, port: int = 0, latency_ms: int = 0
 ) -> tuple[subprocess.Popen, str]:
     """`gtmcli-sandbox --db DB` as a process of its own; returns it and its URL."""
     process = subprocess.Popen(
-        [SANDBOX, "--port", str(port), "--api-key", api_key, "--db", str(db),
+        [*sandbox_command(), "--port", str(port), "--api-key", api_key, "--db", str(db),
          "--start-delay", "0", "--processing-rate", "0", "--latency-ms", str(latency_ms)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )

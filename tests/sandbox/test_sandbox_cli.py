@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import re
 import signal
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
-LINE = re.compile(r"^gtmcli-sandbox listening on (http://127\.0\.0\.1:(\d+))$")
+from tests.helpers.sandboxes import sandbox_command, start_sandbox_cli
+
 SECRET = "gtm_live_never_log_me"
-
-
-def sandbox_command() -> list[str]:
-    script = Path(sys.executable).with_name("gtmcli-sandbox")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "tap_gtmcli.sandbox"]
 
 
 @pytest.fixture
@@ -33,25 +26,12 @@ def run_sandbox() -> Iterator[list[subprocess.Popen[str]]]:
         process.communicate(timeout=10)
 
 
-def start(processes: list[subprocess.Popen[str]], *arguments: str,
-          env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [*sandbox_command(), "--port", "0", *arguments],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, **(env or {})},
-    )
-    processes.append(process)
-    assert process.stdout is not None
-    match = LINE.match(process.stdout.readline().rstrip("\n"))
-    assert match, "the first stdout line must announce the URL"
-    return process, match.group(1)
-
-
 def test_cli_serves_and_exits_cleanly_on_sigterm(
     run_sandbox: list[subprocess.Popen[str]],
 ) -> None:
-    process, url = start(run_sandbox, "--api-key", SECRET, "--start-delay", "0",
-                         "--processing-rate", "0", "--log-level", "DEBUG", "--tier", "scale")
+    process, url = start_sandbox_cli(run_sandbox, "--api-key", SECRET, "--start-delay", "0",
+                                     "--processing-rate", "0", "--log-level", "DEBUG",
+                                     "--tier", "scale")
     with requests.Session() as session:
         session.trust_env = False
         session.headers["Authorization"] = f"Bearer {SECRET}"
@@ -73,7 +53,7 @@ def test_cli_serves_and_exits_cleanly_on_sigterm(
 
 
 def test_cli_sigint_and_env_key(run_sandbox: list[subprocess.Popen[str]]) -> None:
-    process, url = start(run_sandbox, env={"GTMCLI_SANDBOX_API_KEY": "from-env"})
+    process, url = start_sandbox_cli(run_sandbox, env={"GTMCLI_SANDBOX_API_KEY": "from-env"})
     with requests.Session() as session:
         session.trust_env = False
         response = session.get(f"{url}/v1/jobs", headers={"Authorization": "Bearer from-env"},
@@ -91,12 +71,12 @@ def test_cli_restart_on_a_database(
     with requests.Session() as session:
         session.trust_env = False
         session.headers["Authorization"] = "Bearer sandbox-key"
-        process, url = start(run_sandbox, "--db", database, "--start-delay", "0")
+        process, url = start_sandbox_cli(run_sandbox, "--db", database, "--start-delay", "0")
         job_ids = session.post(f"{url}/_sandbox/seed", json={"type": "validate", "count": 10},
                                timeout=5).json()["job_ids"]
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=10)
-        process, url = start(run_sandbox, "--db", database)
+        process, url = start_sandbox_cli(run_sandbox, "--db", database)
         jobs = session.get(f"{url}/v1/jobs", timeout=5).json()["jobs"]
         assert [job["id"] for job in jobs] == job_ids
         process.send_signal(signal.SIGTERM)
@@ -108,8 +88,8 @@ def test_cli_creates_the_missing_folders_of_its_database(
     run_sandbox: list[subprocess.Popen[str]], tmp_path: Path,
 ) -> None:
     database = tmp_path / "output" / "nested" / "sandbox.db"
-    process, url = start(run_sandbox, "--db", str(database), "--api-key", "k",
-                         "--start-delay", "0", "--processing-rate", "0")
+    process, url = start_sandbox_cli(run_sandbox, "--db", str(database), "--api-key", "k",
+                                     "--start-delay", "0", "--processing-rate", "0")
     with requests.Session() as session:
         session.trust_env = False
         created = session.post(f"{url}/v1/jobs", headers={"Authorization": "Bearer k"},

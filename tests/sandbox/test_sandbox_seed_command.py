@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tests.sandbox.test_sandbox_cli import sandbox_command, start
+from tests.helpers.sandboxes import sandbox_command, start_sandbox_cli
 
 KEY = "seed-test-key"
 
@@ -18,7 +18,7 @@ KEY = "seed-test-key"
 @pytest.fixture
 def sandbox_url() -> Iterator[str]:
     processes: list[subprocess.Popen[str]] = []
-    _, url = start(processes, "--api-key", KEY, "--start-delay", "0")
+    _, url = start_sandbox_cli(processes, "--api-key", KEY, "--start-delay", "0")
     yield url
     for process in processes:
         process.terminate()
