@@ -26,8 +26,10 @@ from tap_gtmcli.api.errors import SubmissionFailedError
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 from tap_gtmcli.submit.postgres_index import SCHEMA_LOCK, PostgresIndex
 from tests.helpers.keys import API_KEY
-from tests.helpers.mapper_runs import MAPPER, run_mapper
+from tests.helpers.mapper_runs import MAPPER, run_mapper, run_with_clock
 from tests.helpers.postgres import PostgresServer
+from tests.helpers.sandboxes import job_ids
+from tests.helpers.singer import contacts
 
 DAY = 86_400.0
 
@@ -84,10 +86,10 @@ def contacts_text(numbers: list[int]) -> str:
 def received(server: SandboxServer) -> Counter[str]:
     client = GTMCLIClient(api_url=server.url, api_key=API_KEY)
     try:
-        job_ids = [job["id"] for job in client.list_jobs()]
+        ids = [job["id"] for job in client.list_jobs()]
     finally:
         client.close()
-    return Counter(item["email"] for job_id in job_ids for item in server.job_items(job_id))
+    return Counter(item["email"] for job_id in ids for item in server.job_items(job_id))
 
 
 def index_counts(postgres_server: PostgresServer, database: str) -> list[list[str]]:
@@ -174,10 +176,10 @@ def jobs_with_items(server: SandboxServer) -> dict[str, list[str]]:
     """Each job's emails, oldest job first."""
     client = GTMCLIClient(api_url=server.url, api_key=API_KEY)
     try:
-        job_ids = [job["id"] for job in reversed(list(client.list_jobs()))]
+        ids = [job["id"] for job in reversed(list(client.list_jobs()))]
     finally:
         client.close()
-    return {job_id: [item["email"] for item in server.job_items(job_id)] for job_id in job_ids}
+    return {job_id: [item["email"] for item in server.job_items(job_id)] for job_id in ids}
 
 
 def test_claims_of_a_live_worker_hold_and_of_a_dead_one_lapse(index_url: str) -> None:
@@ -281,10 +283,7 @@ def test_a_live_claim_holds_for_one_role_or_pg_read_all_stats(
 def test_the_longest_window_is_kept_in_postgresql(database: str, index_url: str) -> None:
     """The PostgreSQL path of `longest_window`: a 1-day run sharing the index with 30-day
     runs prunes nothing they still count (the SQLite twin is in tests/mapper)."""
-    from tests.helpers.keys import API_KEY as MAPPER_KEY
-    from tests.mapper.test_pay_once import contacts, job_ids, run_with_clock
-
-    config = SandboxConfig(api_key=MAPPER_KEY, start_delay=0, processing_rate=0)
+    config = SandboxConfig(api_key=API_KEY, start_delay=0, processing_rate=0)
     with SandboxServer(config) as server:
         now = 1_900_000_000.0
         run_with_clock(server, contacts(20), lambda: now, submission_index=index_url)

@@ -6,7 +6,7 @@ import io
 import json
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,9 @@ from tap_gtmcli.api.client import GTMCLIClient
 from tap_gtmcli.api.retry import RetryPolicy
 from tap_gtmcli.sandbox import SandboxServer
 from tap_gtmcli.submit.mapper import GTMCLIMapper
+from tap_gtmcli.submit.settings import SubmitSettings
+from tap_gtmcli.submit.singer_io import PendingMessage
+from tap_gtmcli.submit.submitter import GTMCLISubmitter
 from tests.helpers import key_scan
 from tests.helpers.capture import captured_log
 from tests.helpers.keys import API_KEY
@@ -25,6 +28,8 @@ TARGET = str(Path(sys.executable).with_name("target-gtmcli"))
 #: The streams the mapper adds to its output (README "Submit mode").
 LEDGER = "gtmcli_submissions"
 REJECTED = "gtmcli_rejected"
+#: The mapper settings for fixtures/contacts.singer: its domains are nested.
+CONTACTS_SETTINGS = {"streams": ["contacts"], "domain_field": "company.domain", "batch_size": 3}
 
 
 def mapper_settings(server: SandboxServer | str, **settings: Any) -> dict[str, Any]:
@@ -85,6 +90,32 @@ def run_mapper_in_process(config: dict[str, Any], messages: Iterable[Any]) -> Ma
         client.close()
     run.sleeps = sleeps
     return run
+
+
+def run_with_clock(
+    server: SandboxServer, messages: list[dict], clock: Callable[[], float], **settings: Any
+) -> list[dict]:
+    """The submitter core (no Singer plugin around it) fed message by message, with
+    `clock` as its time, against `server` with `mapper_settings`; its output."""
+    config = SubmitSettings.from_config(mapper_settings(server, **settings))
+    client = GTMCLIClient(api_url=server.url, api_key=API_KEY)
+    submitter = GTMCLISubmitter(settings=config, client=client, clock=clock)
+    out: list[dict] = []
+
+    def emit(messages: Any) -> None:
+        for message in messages:
+            resolved = message.resolve() if isinstance(message, PendingMessage) else [message]
+            out.extend(each.body for each in resolved)
+
+    try:
+        for message in messages:
+            kind = message["type"].lower()
+            emit(getattr(submitter, "record" if kind == "record" else kind)(message))
+        emit(submitter.finish())
+    finally:
+        submitter.close()
+        client.close()
+    return out
 
 
 def run_mapper_cli(

@@ -68,6 +68,11 @@ def sandbox_jobs(server: SandboxServer | str) -> list[dict]:
         client.close()
 
 
+def job_ids(server: SandboxServer | str) -> set[str]:
+    """The ids of every job the sandbox holds."""
+    return {job["id"] for job in sandbox_jobs(server)}
+
+
 def job_items(server: SandboxServer | str, job_id: str) -> list[dict]:
     """The items of one job exactly as submitted (in process, or the admin route)."""
     if not isinstance(server, str):
@@ -103,6 +108,16 @@ def received_jobs(
         for job in sandbox_jobs(server)
         if job["id"] not in skipped
     ]
+
+
+def submitted_jobs(server: SandboxServer | str) -> list[tuple[str, list[dict]]]:
+    """(type, items) of every job the sandbox holds, oldest first, each item the whole
+    dict the client sent.
+
+    Not `received_jobs`: its tuples (`item_key`) keep only the fields that name an item,
+    so a find item sent with a stray field (an `email`, say) would still compare equal.
+    The mapper's payload tests compare what went over the wire, field for field."""
+    return [(job["type"], job_items(server, job["id"])) for job in sandbox_jobs(server)]
 
 
 def seeded_truth(server: SandboxServer) -> set[tuple[str, int]]:

@@ -43,6 +43,17 @@ def state(n: int) -> dict:
     return {"type": "STATE", "value": {"bookmarks": {"contacts": {"id": n}}}}
 
 
+def contacts(count: int, first: int = 0) -> list[dict]:
+    """SCHEMA, `count` validate records (ids from `first`, emails in mixed case with a
+    trailing space), a STATE after each 10."""
+    messages: list[dict] = [schema()]
+    for number in range(first, first + count):
+        messages.append(record(id=number, email=f"Person{number}@Example.com "))
+        if number % 10 == 9:
+            messages.append(state(number))
+    return messages
+
+
 def of_stream(messages: list[dict], stream: str, kind: str = "RECORD") -> list[dict]:
     return [m for m in messages if m.get("type") == kind and m.get("stream") == stream]
 

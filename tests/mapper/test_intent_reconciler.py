@@ -22,9 +22,8 @@ from tap_gtmcli.submit.submitter import LEDGER_STREAM
 from tests.helpers.keys import API_KEY
 from tests.helpers.mapper_runs import mapper_settings as sandbox_config
 from tests.helpers.mapper_runs import run_mapper
+from tests.helpers.sandboxes import job_ids, received_items
 from tests.helpers.singer import of_stream, record, schema
-
-from .test_pay_once import job_ids, sandbox_items
 
 STREAM = "contacts"
 
@@ -83,8 +82,9 @@ def reconciliations(out: list[dict]) -> dict[str, str]:
 
 
 def received(server: Any) -> Counter[str]:
-    return Counter(item.get("email") or item["domain"] + "/" + item["first_name"]
-                   for item in sandbox_items(server))
+    """How often the sandbox received each item: an email, or a find's "domain/first"."""
+    return Counter(key[1] if key[0] == "validate" else f"{key[3]}/{key[1]}"
+                   for key in received_items(server))
 
 
 def test_validate_batches_alike_are_told_apart_by_their_first_result(

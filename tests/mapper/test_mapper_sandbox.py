@@ -15,22 +15,16 @@ from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 from tap_gtmcli.submit.submitter import LEDGER_STREAM, REJECTED_STREAM
 from tests.helpers.key_scan import assert_no_key
 from tests.helpers.keys import API_KEY
-from tests.helpers.mapper_runs import MAPPER, TARGET, mapper_settings, run_mapper, run_mapper_cli
+from tests.helpers.mapper_runs import (
+    CONTACTS_SETTINGS,
+    MAPPER,
+    TARGET,
+    mapper_settings,
+    run_mapper,
+    run_mapper_cli,
+)
+from tests.helpers.sandboxes import submitted_jobs
 from tests.helpers.singer import FIXTURES, fixture_messages, fixture_text, of_stream
-
-CONTACTS_SETTINGS = {"streams": ["contacts"], "domain_field": "company.domain", "batch_size": 3}
-
-
-def submitted_jobs(server: Any) -> list[tuple[str, list[dict]]]:
-    """(type, items) of every job the sandbox holds, oldest first."""
-
-
-    client = GTMCLIClient(api_url=server.url, api_key=API_KEY)
-    try:
-        jobs = list(reversed(list(client.list_jobs())))
-    finally:
-        client.close()
-    return [(job["type"], server.job_items(job["id"])) for job in jobs]
 
 
 def expected_contacts_output(out: list[dict]) -> list[tuple]:

@@ -10,60 +10,30 @@ import json
 import logging
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from singer_sdk.exceptions import ConfigValidationError
 
-from tap_gtmcli.api.client import GTMCLIClient
 from tap_gtmcli.submit.resubmit_guard import SKIPPED_JOB_PREFIX
-from tap_gtmcli.submit.settings import SubmitSettings
-from tap_gtmcli.submit.singer_io import PendingMessage
 from tap_gtmcli.submit.submission_index import (
     MELTANO_INDEX_PATH,
     SQLiteIndex,
     account_secret,
     default_location,
 )
-from tap_gtmcli.submit.submitter import LEDGER_STREAM, GTMCLISubmitter
+from tap_gtmcli.submit.submitter import LEDGER_STREAM
 from tap_gtmcli.submit.target import TargetGTMCLI
 from tests.helpers.keys import API_KEY
 from tests.helpers.mapper_runs import mapper_settings as sandbox_config  # the lead renames
-from tests.helpers.mapper_runs import run_mapper, run_mapper_cli
-from tests.helpers.singer import fixture_messages, of_stream, record, schema, state
+from tests.helpers.mapper_runs import run_mapper, run_mapper_cli, run_with_clock
+from tests.helpers.sandboxes import job_ids, received_items
+from tests.helpers.singer import contacts, fixture_messages, of_stream, record, schema
 
 DAY = 86_400.0
 ENRICH = {"mode": "enrich", "poll_interval": 0.01, "max_wait": 10}
-
-
-def contacts(count: int, first: int = 0) -> list[dict]:
-    """SCHEMA, `count` validate records, a STATE after each 10."""
-    messages: list[dict] = [schema()]
-    for number in range(first, first + count):
-        messages.append(record(id=number, email=f"Person{number}@Example.com "))
-        if number % 10 == 9:
-            messages.append(state(number))
-    return messages
-
-
-def sandbox_items(server: Any, skip: set[str] | frozenset[str] = frozenset()) -> list[dict]:
-    """Every item the sandbox received in jobs not in `skip`, oldest job first."""
-    client = GTMCLIClient(api_url=server.url, api_key=API_KEY)
-    try:
-        jobs = [job["id"] for job in reversed(list(client.list_jobs()))]
-    finally:
-        client.close()
-    return [item for job_id in jobs if job_id not in skip for item in server.job_items(job_id)]
-
-
-def job_ids(server: Any) -> set[str]:
-    client = GTMCLIClient(api_url=server.url, api_key=API_KEY)
-    try:
-        return {job["id"] for job in client.list_jobs()}
-    finally:
-        client.close()
 
 
 def assert_key_absent(*outputs: Any) -> None:
@@ -86,38 +56,13 @@ def upstream_records(out: list[dict]) -> list[dict]:
     return [m["record"] for m in of_stream(out, "contacts")]
 
 
-def run_with_clock(
-    server: Any, messages: list[dict], clock: Callable[[], float], **settings: Any
-) -> list[dict]:
-    """The submitter core fed message by message with an injected clock; its output."""
-    config = SubmitSettings.from_config(sandbox_config(server, **settings))
-    client = GTMCLIClient(api_url=server.url, api_key=API_KEY)
-    submitter = GTMCLISubmitter(settings=config, client=client, clock=clock)
-    out: list[dict] = []
-
-    def emit(messages: Any) -> None:
-        for message in messages:
-            resolved = message.resolve() if isinstance(message, PendingMessage) else [message]
-            out.extend(each.body for each in resolved)
-
-    try:
-        for message in messages:
-            kind = message["type"].lower()
-            emit(getattr(submitter, "record" if kind == "record" else kind)(message))
-        emit(submitter.finish())
-    finally:
-        submitter.close()
-        client.close()
-    return out
-
-
 def test_unchanged_rerun_submits_nothing_and_passes_every_record(
     sandbox: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = sandbox_config(sandbox, batch_size=30, submission_index=str(tmp_path / "i.sqlite"))
     messages = contacts(100)
     first = run_mapper(config, messages)
-    paid = sandbox_items(sandbox)
+    paid = received_items(sandbox)
     assert len(paid) == 100
     before = job_ids(sandbox)
 
@@ -147,7 +92,9 @@ def test_one_new_contact_submits_exactly_that_item(
     with caplog.at_level(logging.INFO):
         out = run_mapper(config, [*contacts(1969), record(id=5000, email="new@Example.com")])
 
-    assert sandbox_items(sandbox, skip=before) == [{"email": "new@example.com"}]
+    assert received_items(sandbox, job_ids(sandbox) - before) == [
+        ("validate", "new@example.com")
+    ]
     [row] = [m["record"] for m in of_stream(out, LEDGER_STREAM)]
     assert (row["item_count"], row["skipped_item_count"]) == (1, 1969)
     assert len(upstream_records(out)) == 1970
@@ -167,7 +114,7 @@ def test_items_are_submitted_again_past_the_window(sandbox: Any, tmp_path: Path)
     assert job_ids(sandbox) == before
     # Past the window, every item is paid for again, once.
     past = run_with_clock(sandbox, messages, lambda: now + 30 * DAY + 1, submission_index=index)
-    assert Counter(item["email"] for item in sandbox_items(sandbox, skip=before)) == {
+    assert Counter(email for _, email in received_items(sandbox, job_ids(sandbox) - before)) == {
         f"person{number}@example.com": 1 for number in range(20)
     }
     assert of_stream(inside, LEDGER_STREAM)[0]["record"]["skipped_item_count"] == 20
@@ -211,7 +158,7 @@ def test_resubmit_after_days_zero_sends_everything_every_run(sandbox: Any, tmp_p
     config = sandbox_config(sandbox, resubmit_after_days=0,
                             submission_index=str(tmp_path / "never-made" / "i.sqlite"))
     outputs = [run_mapper(config, contacts(5)), run_mapper(config, contacts(5))]
-    assert len(sandbox_items(sandbox)) == 10
+    assert len(received_items(sandbox)) == 10
     assert_key_absent(outputs)
     assert not (tmp_path / "never-made").exists()
 
@@ -251,7 +198,7 @@ def test_enrich_fetches_again_what_fell_out_of_the_window(sandbox: Any, tmp_path
     before = job_ids(sandbox)
     later = run_with_clock(sandbox, messages, lambda: now + 31 * DAY, submission_index=index,
                            **ENRICH)
-    assert len(sandbox_items(sandbox, skip=before)) == 2
+    assert len(received_items(sandbox, job_ids(sandbox) - before)) == 2
     [job_id] = job_ids(sandbox) - before
     assert {r["gtmcli_job_id"] for r in upstream_records(later)} == {job_id}
     assert_key_absent(later)
@@ -262,7 +209,9 @@ def test_target_skips_what_it_submitted(sandbox: Any, tmp_path: Path) -> None:
     run_mapper(config, contacts(12), plugin=TargetGTMCLI)
     before = job_ids(sandbox)
     out = run_mapper(config, contacts(13), plugin=TargetGTMCLI)
-    assert sandbox_items(sandbox, skip=before) == [{"email": "person12@example.com"}]
+    assert received_items(sandbox, job_ids(sandbox) - before) == [
+        ("validate", "person12@example.com")
+    ]
     assert out == [m for m in contacts(13) if m["type"] == "STATE"]
     assert_key_absent(out)
 
@@ -272,7 +221,7 @@ def test_submit_then_enrich_fetches_results_it_never_kept(sandbox: Any, tmp_path
     config = sandbox_config(sandbox, submission_index=str(tmp_path / "i.sqlite"))
     run_mapper(config, contacts(3))
     enriched = run_mapper({**config, **ENRICH}, contacts(3))
-    assert len(sandbox_items(sandbox)) == 6
+    assert len(received_items(sandbox)) == 6
     assert all(r["gtmcli_status"] for r in upstream_records(enriched))
     assert_key_absent(enriched)
 
@@ -290,7 +239,7 @@ def test_a_broken_index_stops_the_run_before_anything_is_submitted(
         run_mapper(sandbox_config(sandbox, submission_index=str(index)), contacts(3))
         with sqlite3.connect(index) as db:
             db.execute("UPDATE jobs SET digests = substr(digests, 1, 20)")
-    paid = len(sandbox_items(sandbox))
+    paid = len(received_items(sandbox))
     done = run_mapper_cli(sandbox_config(sandbox, submission_index=str(index)), contacts(30),
                           tmp_path)
 
@@ -299,7 +248,7 @@ def test_a_broken_index_stops_the_run_before_anything_is_submitted(
     assert f"The submission index {index} could not be" in stderr
     assert "Traceback" not in stderr
     assert done.stdout == ""  # nothing passed on: the run stopped before reading
-    assert len(sandbox_items(sandbox)) == paid
+    assert len(received_items(sandbox)) == paid
     assert_key_absent(stderr)
 
 
@@ -390,5 +339,5 @@ def test_a_postgresql_index_without_its_driver_names_the_setting_and_the_extra(
     assert "pip install 'tap-gtmcli[postgres]'" in stderr
     assert "Traceback" not in stderr
     assert done.stdout == ""
-    assert sandbox_items(sandbox) == []
+    assert received_items(sandbox) == []
     assert_key_absent(stderr)

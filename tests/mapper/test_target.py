@@ -15,10 +15,15 @@ import pytest
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 from tap_gtmcli.submit.target import TargetGTMCLI
 from tests.helpers.keys import API_KEY
-from tests.helpers.mapper_runs import TARGET, mapper_settings, run_mapper, run_mapper_cli
+from tests.helpers.mapper_runs import (
+    CONTACTS_SETTINGS,
+    TARGET,
+    mapper_settings,
+    run_mapper,
+    run_mapper_cli,
+)
+from tests.helpers.sandboxes import submitted_jobs
 from tests.helpers.singer import FIXTURES, fixture_messages, fixture_text
-
-from .test_mapper_sandbox import CONTACTS_SETTINGS, submitted_jobs
 
 
 def test_target_writes_only_confirmed_state_and_the_ledger(sandbox: Any, tmp_path: Path) -> None:

@@ -22,7 +22,13 @@ from tests.helpers.mapper_runs import (
     run_mapper_cli,
     run_mapper_in_process,
 )
-from tests.helpers.sandboxes import fast_sandbox, received_items, received_jobs, sandbox_jobs
+from tests.helpers.sandboxes import (
+    fast_sandbox,
+    job_ids,
+    received_items,
+    received_jobs,
+    sandbox_jobs,
+)
 from tests.helpers.singer import singer_text
 from tests.helpers.submit_oracle import (
     contacts_input,
@@ -43,10 +49,6 @@ def shared_sandbox() -> Iterator[SandboxServer]:
 
 def new_jobs(server: SandboxServer, before: set[str]) -> list[tuple[str, tuple]]:
     return received_jobs(server, skip=before)
-
-
-def job_ids(server: SandboxServer) -> set[str]:
-    return {job["id"] for job in sandbox_jobs(server)}
 
 
 # --------------------------------------------------------------------- strategies
