@@ -23,12 +23,56 @@ from tap_gtmcli.api.retry import RetryPolicy
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 from tests.helpers.keys import API_KEY
 
+#: Keys of `server.stats()["requests"]`: the requests a sandbox received, by route.
+LIST = "GET /v1/jobs"
+ONE_JOB = "GET /v1/jobs/{id}"
+RESULTS = "GET /v1/jobs/{id}/results"
+#: Fault rules (`server.add_fault_rules`) for the job list and for any job's results.
+LIST_RULE = {"method": "GET", "path_prefix": "/v1/jobs"}
+RESULTS_RULE = {"method": "GET", "path_prefix": "/v1/jobs/job_"}
+
+#: The slow sandbox (`slow_sandbox_server`): a job starts an hour after its create, so
+#: none moves until a test pushes the clock (`start_jobs`); then RATE items a second.
+START_DELAY = 3600.0
+RATE = 2000.0
+
 
 def fast_sandbox(**settings: Any) -> SandboxServer:
     """An in-process sandbox on 127.0.0.1 (use as a context manager, or `.start()` it)
     that takes `API_KEY` and whose jobs complete the moment they are created."""
     config = {"api_key": API_KEY, "start_delay": 0, "processing_rate": 0, **settings}
     return SandboxServer(SandboxConfig(**config))
+
+
+def slow_sandbox_server(**settings: Any) -> SandboxServer:
+    """An in-process sandbox (use as a context manager) whose jobs start only when the
+    test moves its clock (`start_jobs`), then process at RATE items a second."""
+    config = {"api_key": API_KEY, "start_delay": START_DELAY, "processing_rate": RATE,
+              **settings}
+    return SandboxServer(SandboxConfig(**config))
+
+
+def create_jobs(sandbox: SandboxServer, sizes: list[int]) -> list[str]:
+    """One validate job of each size, a second of sandbox time apart; their ids."""
+    ids = []
+    for number, size in enumerate(sizes):
+        items = [{"email": f"person{n}@job{number}.example.com"} for n in range(size)]
+        ids.append(sandbox.create_job("validate", items)["id"])
+        sandbox.advance_clock(1)  # distinct created_at, so the order is plain
+    return ids
+
+
+def start_jobs(sandbox: SandboxServer) -> None:
+    """Push the clock so that the last job created starts now, each earlier one a second
+    before the next (create_jobs spaced them so)."""
+    sandbox.advance_clock(START_DELAY - 1)
+
+
+def result_truth(sandbox: SandboxServer, job_ids: Iterable[str]) -> set[tuple[str, int]]:
+    """(job_id, row_number) of every result row the given jobs hold once done, whatever
+    their status now (`seeded_truth` is what the sandbox can serve at this moment)."""
+    return {(job_id, n) for job_id in job_ids
+            for n in range(1, sandbox.get_job(job_id)["total"] + 1)}
 
 
 #: What one scripted `POST /v1/jobs` does (see `script_creates`), as a fault rule.

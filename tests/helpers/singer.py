@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -56,6 +57,24 @@ def contacts(count: int, first: int = 0) -> list[dict]:
 
 def of_stream(messages: list[dict], stream: str, kind: str = "RECORD") -> list[dict]:
     return [m for m in messages if m.get("type") == kind and m.get("stream") == stream]
+
+
+def result_rows(output: str) -> list[dict]:
+    """The `job_results` rows a tap wrote, from its stdout."""
+    return [m["record"] for m in of_stream(read_messages(output), "job_results")]
+
+
+def file_rows(url: str) -> list[dict[str, Any]]:
+    """The rows of one BATCH file (a file:// URL), gzipped or not."""
+    path = Path(url.removeprefix("file://"))
+    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    return [json.loads(line) for line in data.splitlines()]
+
+
+def batch_rows(messages: list[dict[str, Any]], stream: str) -> list[dict[str, Any]]:
+    """The rows of `stream` in every file the BATCH messages name, in order."""
+    return [row for m in messages if m["type"] == "BATCH" and m["stream"] == stream
+            for url in m["manifest"] for row in file_rows(url)]
 
 
 def fixture_text(name: str) -> str:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,11 @@ from tests.helpers.keys import API_KEY
 from tests.helpers.singer import TapRun, read_messages
 
 TAP = str(Path(sys.executable).with_name("tap-gtmcli"))
+#: Quick polling for `wait_for_jobs` runs against the slow sandbox (tests/helpers/sandboxes.py).
+WAIT_SETTINGS = {"poll_interval": 0.2, "poll_interval_max": 1.0, "results_per_page": 500}
+#: What a test does when the tap has emitted a message (`run_tap_watched`): "kill" stops
+#: the tap. It gets the message and every message so far.
+Watcher = Callable[[dict[str, Any], list[dict[str, Any]]], str | None]
 
 
 def tap_settings(server: SandboxServer | str, **settings: Any) -> dict[str, Any]:
@@ -58,6 +65,36 @@ def run_tap(
                           timeout=timeout, env=cli_environment(), check=False)
     return TapRun(read_messages(done.stdout), returncode=done.returncode, stdout=done.stdout,
                   stderr=done.stderr)
+
+
+def run_tap_watched(
+    tmp_path: Path, config: dict[str, Any], watch: Watcher, state: dict | None = None,
+    timeout: float = 120,
+) -> TapRun:
+    """Run the console script, handing each message to `watch` as it arrives; SIGKILL
+    the tap when `watch` says "kill" (the run keeps what was already in the pipe)."""
+    command = tap_command(tmp_path, config, state, prefix="watched-")
+    stderr_path = tmp_path / "watched-stderr.log"
+    messages: list[dict[str, Any]] = []
+    with stderr_path.open("w") as stderr, subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=cli_environment(),
+    ) as process:
+        assert process.stdout is not None
+        try:
+            for line in process.stdout:
+                messages.append(json.loads(line))
+                if watch(messages[-1], messages) == "kill":
+                    process.send_signal(signal.SIGKILL)
+                    break
+            # What was already in the pipe reached the "target" before the kill took effect.
+            messages += [json.loads(line) for line in process.stdout if line.endswith("\n")]
+            process.wait(timeout=timeout)
+        finally:
+            if process.poll() is None:  # a failed assertion in `watch` must not leave it
+                process.kill()
+    stdout = "".join(json.dumps(message) + "\n" for message in messages)
+    return TapRun(messages, returncode=process.returncode, stdout=stdout,
+                  stderr=stderr_path.read_text())
 
 
 def run_tap_in_process(

@@ -6,28 +6,17 @@ from __future__ import annotations
 import gzip
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tap_gtmcli.api.timestamps import parse_timestamp
-from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 from tests.helpers.key_scan import assert_no_key
 from tests.helpers.keys import API_KEY
-from tests.helpers.singer import TapRun
-from tests.helpers.tap_runs import TAP, run_tap
-from tests.tap.test_wait_for_jobs import (
-    RATE,
-    RESULTS,
-    START_DELAY,
-    WAIT_SETTINGS,
-    create_jobs,
-    run_tap_watched,
-    start_jobs,
-    truth,
-)
+from tests.helpers.sandboxes import RESULTS, create_jobs, result_truth, start_jobs
+from tests.helpers.singer import TapRun, batch_rows, file_rows
+from tests.helpers.tap_runs import TAP, WAIT_SETTINGS, run_tap, run_tap_watched
 
 BATCH_SIZE = 700
 
@@ -35,18 +24,6 @@ BATCH_SIZE = 700
 def batch_config(directory: Path, **overrides: Any) -> dict[str, Any]:
     return {"encoding": {"format": "jsonl", "compression": "gzip"},
             "storage": {"root": directory.as_uri()}, "batch_size": BATCH_SIZE, **overrides}
-
-
-def file_rows(url: str) -> list[dict[str, Any]]:
-    path = Path(url.removeprefix("file://"))
-    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    return [json.loads(line) for line in data.splitlines()]
-
-
-def batch_rows(messages: list[dict[str, Any]], stream: str) -> list[dict[str, Any]]:
-    """The rows of `stream` in every file the BATCH messages name, in order."""
-    return [row for m in messages if m["type"] == "BATCH" and m["stream"] == stream
-            for url in m["manifest"] for row in file_rows(url)]
 
 
 def settled_jobs(state: dict[str, Any], jobs: list[dict[str, Any]]) -> set[str]:
@@ -208,14 +185,6 @@ def assert_states_follow_files(messages: list[dict[str, Any]]) -> list[set[str]]
     return newly_settled
 
 
-@pytest.fixture
-def slow_sandbox() -> Iterator[SandboxServer]:
-    """Jobs start only when the test moves the clock (as in test_wait_for_jobs.py)."""
-    with SandboxServer(SandboxConfig(api_key=API_KEY, start_delay=START_DELAY,
-                                     processing_rate=RATE)) as server:
-        yield server
-
-
 def test_wait_for_jobs_in_batch_mode_keeps_the_state_rule(slow_sandbox, tmp_path):
     job_ids = create_jobs(slow_sandbox, [300, 800, 3000])
     batch_dir = tmp_path / "batches"
@@ -235,7 +204,7 @@ def test_wait_for_jobs_in_batch_mode_keeps_the_state_rule(slow_sandbox, tmp_path
         *[(job_id, "completed") for job_id in job_ids],
     ]
     keys = [(row["job_id"], row["row_number"]) for row in batch_rows(run.messages, "job_results")]
-    assert len(keys) == len(set(keys)) and set(keys) == truth(slow_sandbox, job_ids)
+    assert len(keys) == len(set(keys)) and set(keys) == result_truth(slow_sandbox, job_ids)
     assert len(assert_states_follow_files(run.messages)) >= 2
     assert run.last_state is not None
     assert run.last_state["bookmarks"]["jobs"]["open_jobs"] == {}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import email.utils
-import json
 import time
 from types import SimpleNamespace
 
@@ -12,15 +11,9 @@ import pytest
 from tap_gtmcli.api.errors import GTMCLIAuthError, GTMCLIRetriesExhaustedError
 from tests.helpers.key_scan import assert_no_key
 from tests.helpers.keys import API_KEY
+from tests.helpers.sandboxes import LIST_RULE, RESULTS_RULE
+from tests.helpers.singer import result_rows
 from tests.helpers.tap_runs import run_tap, sync_in_process
-
-LIST_RULE = {"method": "GET", "path_prefix": "/v1/jobs"}
-RESULTS_RULE = {"method": "GET", "path_prefix": "/v1/jobs/job_"}
-
-
-def result_rows(output: str) -> list[dict]:
-    messages = [json.loads(line) for line in output.splitlines()]
-    return [m["record"] for m in messages if m["type"] == "RECORD" and m["stream"] == "job_results"]
 
 
 def test_retry_after_seconds_is_honoured_exactly(sandbox, tap_config, monkeypatch):

@@ -7,10 +7,8 @@ from collections import Counter
 
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 from tests.helpers.keys import API_KEY
+from tests.helpers.sandboxes import LIST, RESULTS
 from tests.helpers.tap_runs import run_tap
-
-RESULTS = "GET /v1/jobs/{id}/results"
-LIST = "GET /v1/jobs"
 
 
 def result_keys(run) -> list[tuple[str, int]]:

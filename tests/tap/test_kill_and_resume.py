@@ -21,8 +21,8 @@ import pytest
 
 from tests.helpers.key_scan import assert_no_key
 from tests.helpers.keys import API_KEY
+from tests.helpers.singer import batch_rows
 from tests.helpers.tap_runs import TAP, run_tap, run_tap_in_process
-from tests.tap.test_batch_mode import batch_rows
 
 TRIALS = 20
 JOBS = 6

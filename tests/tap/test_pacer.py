@@ -27,8 +27,8 @@ from tap_gtmcli.tap.pacer import (
     Pacer,
 )
 from tests.helpers.keys import API_KEY
+from tests.helpers.sandboxes import RESULTS_RULE
 from tests.helpers.tap_runs import run_tap, run_tap_in_process
-from tests.tap.test_errors import RESULTS_RULE
 
 #: A Unix moment on a whole minute: the fake clock is both the monotonic and wall clock.
 START = 1_767_225_600.0

@@ -14,10 +14,10 @@ from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 from tap_gtmcli.tap.page_pipeline import PagePipeline
 from tap_gtmcli.tap.result_pages import ResultPage
 from tests.helpers.keys import API_KEY
+from tests.helpers.sandboxes import RESULTS, RESULTS_RULE
+from tests.helpers.singer import result_rows
 from tests.helpers.tap_runs import run_tap, sync_in_process
-from tests.tap.test_errors import RESULTS_RULE, result_rows
 
-RESULTS = "GET /v1/jobs/{id}/results"
 PAGE_BYTES = 1000
 
 

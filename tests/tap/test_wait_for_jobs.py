@@ -2,62 +2,37 @@
 
 Jobs are created with a start delay of an hour, so none moves until a test pushes the
 sandbox clock, at the moment it chooses (when the tap has emitted every job and begun
-to wait). From then on they process at `RATE` items per second of real time.
+to wait). From then on they process at `RATE` items per second of real time (the
+slow sandbox of tests/helpers/sandboxes.py).
 """
 
 from __future__ import annotations
 
-import json
 import re
 import signal
-import subprocess
 from collections import Counter
 from collections.abc import Callable
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 from tap_gtmcli.tap.job_waiter import PollSchedule
 from tests.helpers.key_scan import assert_no_key
 from tests.helpers.keys import API_KEY
+from tests.helpers.sandboxes import (
+    LIST,
+    ONE_JOB,
+    RESULTS,
+    create_jobs,
+    result_truth,
+    slow_sandbox_server,
+    start_jobs,
+)
 from tests.helpers.singer import TapRun
-from tests.helpers.tap_runs import cli_environment, run_tap, tap_command
+from tests.helpers.tap_runs import WAIT_SETTINGS, Watcher, run_tap, run_tap_watched
 
-START_DELAY = 3600.0
-RATE = 2000.0
-LIST = "GET /v1/jobs"
-ONE_JOB = "GET /v1/jobs/{id}"
-RESULTS = "GET /v1/jobs/{id}/results"
 CHECKS = re.compile(r"stopped waiting after ([\d.]+) s and (\d+) checks?:")
-WAIT_SETTINGS = {"poll_interval": 0.2, "poll_interval_max": 1.0, "results_per_page": 500}
-
-#: What a test does when the tap has emitted a message: "kill" stops the tap.
-Watcher = Callable[[dict[str, Any], list[dict[str, Any]]], str | None]
-
-
-@pytest.fixture
-def slow_sandbox() -> Any:
-    with SandboxServer(SandboxConfig(api_key=API_KEY, start_delay=START_DELAY,
-                                     processing_rate=RATE)) as server:
-        yield server
-
-
-def create_jobs(sandbox: SandboxServer, sizes: list[int]) -> list[str]:
-    ids = []
-    for number, size in enumerate(sizes):
-        items = [{"email": f"person{n}@job{number}.example.com"} for n in range(size)]
-        ids.append(sandbox.create_job("validate", items)["id"])
-        sandbox.advance_clock(1)  # distinct created_at, so the order is plain
-    return ids
-
-
-def start_jobs(sandbox: SandboxServer) -> None:
-    """Push the clock so that the last job created starts now, each earlier one a second
-    before the next (create_jobs spaced them so)."""
-    sandbox.advance_clock(START_DELAY - 1)
 
 
 def is_record(message: dict[str, Any], stream: str) -> bool:
@@ -79,40 +54,6 @@ def when_waiting(job_count: int, action: Callable[[], str | None]) -> Watcher:
         return action()
 
     return watch
-
-
-def run_tap_watched(
-    tmp_path: Path, config: dict[str, Any], watch: Watcher, state: dict | None = None,
-    timeout: float = 120,
-) -> TapRun:
-    """Run the console script, handing each message to `watch` as it arrives."""
-    command = tap_command(tmp_path, config, state, prefix="watched-")
-    stderr_path = tmp_path / "watched-stderr.log"
-    messages: list[dict[str, Any]] = []
-    with stderr_path.open("w") as stderr, subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=cli_environment(),
-    ) as process:
-        assert process.stdout is not None
-        try:
-            for line in process.stdout:
-                messages.append(json.loads(line))
-                if watch(messages[-1], messages) == "kill":
-                    process.send_signal(signal.SIGKILL)
-                    break
-            # What was already in the pipe reached the "target" before the kill took effect.
-            messages += [json.loads(line) for line in process.stdout if line.endswith("\n")]
-            process.wait(timeout=timeout)
-        finally:
-            if process.poll() is None:  # a failed assertion in `watch` must not leave it
-                process.kill()
-    stdout = "".join(json.dumps(message) + "\n" for message in messages)
-    return TapRun(messages, returncode=process.returncode, stdout=stdout,
-                  stderr=stderr_path.read_text())
-
-
-def truth(sandbox: SandboxServer, job_ids: list[str]) -> set[tuple[str, int]]:
-    return {(job_id, n) for job_id in job_ids
-            for n in range(1, sandbox.get_job(job_id)["total"] + 1)}
 
 
 def job_spans_after_the_wait(messages: list[dict[str, Any]]) -> list[tuple[str, int, int]]:
@@ -171,7 +112,7 @@ def test_one_run_collects_each_job_as_it_finishes(slow_sandbox, tmp_path):
         *[(job_id, "completed") for job_id in job_ids],
     ]
     keys = run.result_keys
-    assert len(keys) == len(set(keys)) and set(keys) == truth(slow_sandbox, job_ids)
+    assert len(keys) == len(set(keys)) and set(keys) == result_truth(slow_sandbox, job_ids)
     emails = [row["email"] for row in run.records("job_results") if row["job_id"] == job_ids[2]]
     assert emails == [item["email"] for item in slow_sandbox.job_items(job_ids[2])]
     # The small jobs' rows were out before the big job finished, not after it.
@@ -239,7 +180,7 @@ def test_time_up_exits_0_keeps_open_jobs_and_the_next_run_completes_them(slow_sa
     assert [(job["id"], job["status"]) for job in second.records("jobs")] == [(slow, "completed")]
     emitted = first.result_keys + second.result_keys
     assert Counter(emitted).most_common(1)[0][1] == 1, "a result row was emitted twice"
-    assert set(emitted) == truth(slow_sandbox, [quick, slow])
+    assert set(emitted) == result_truth(slow_sandbox, [quick, slow])
     assert second.last_state["bookmarks"]["jobs"]["open_jobs"] == {}
     assert "waiting up to" not in second.stderr  # nothing was left to wait for
 
@@ -267,15 +208,14 @@ def test_a_job_that_fails_while_waited_for_is_emitted_with_its_error(slow_sandbo
     assert processed == slow_sandbox.get_job(failing)["completed"]
     failed_rows = {(failing, n) for n in range(1, processed + 1)}
     assert len(keys) == len(set(keys))
-    assert set(keys) == truth(slow_sandbox, [ok_first, ok_last]) | failed_rows
+    assert set(keys) == result_truth(slow_sandbox, [ok_first, ok_last]) | failed_rows
     assert run.last_state["bookmarks"]["jobs"]["open_jobs"] == {}
 
 
 @pytest.mark.parametrize("kill_at", ["wait begins", 700, 2600, 7100])
 def test_sigkill_during_the_wait_then_resume_loses_no_row(tmp_path, kill_at):
     sizes = [1000, 2000, 3000, 4000]  # the first two done at the first check, then 1 and 2 s
-    with SandboxServer(SandboxConfig(api_key=API_KEY, start_delay=START_DELAY,
-                                     processing_rate=RATE)) as sandbox:
+    with slow_sandbox_server() as sandbox:
         job_ids = create_jobs(sandbox, sizes)
         config = {"api_key": API_KEY, "api_url": sandbox.url, "wait_for_jobs": 60,
                   **WAIT_SETTINGS}
@@ -299,8 +239,10 @@ def test_sigkill_during_the_wait_then_resume_loses_no_row(tmp_path, kill_at):
         assert resumed.returncode == 0, resumed.stderr
         assert_no_key(killed.stdout, killed.stderr, resumed.stdout, resumed.stderr)
         emitted = killed.result_keys + resumed.result_keys
-        assert truth(sandbox, job_ids) - set(emitted) == set(), f"rows lost (killed at {kill_at})"
-        assert set(emitted) <= truth(sandbox, job_ids)
+        assert result_truth(sandbox, job_ids) - set(emitted) == set(), (
+            f"rows lost (killed at {kill_at})"
+        )
+        assert set(emitted) <= result_truth(sandbox, job_ids)
         # Resuming redoes at most the job whose rows were being emitted at the kill.
         assert len(emitted) - len(set(emitted)) <= max(sizes)
         assert resumed.last_state["bookmarks"]["jobs"]["open_jobs"] == {}
@@ -327,7 +269,7 @@ def test_a_429_on_a_check_is_retried_after_its_retry_after(slow_sandbox, tmp_pat
     assert stats["rate_limited"] == 2
     # The first check took 3 requests (2 answered 429); each check is one job request.
     assert stats["requests"][ONE_JOB] == checks_made(run) + 2
-    assert set(run.result_keys) == truth(slow_sandbox, [job_id])
+    assert set(run.result_keys) == result_truth(slow_sandbox, [job_id])
 
 
 def test_poll_intervals_that_cannot_work_fail_before_any_request(slow_sandbox, tmp_path):
