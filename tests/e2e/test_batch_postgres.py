@@ -22,11 +22,9 @@ from tap_gtmcli.api.paging import iterate_pages
 from tap_gtmcli.demo.meltano_project import MeltanoRun
 from tap_gtmcli.tap.tap import TapGTMCLI
 from tests.helpers.key_scan import assert_no_key
-from tests.helpers.meltano import Pipelines
+from tests.helpers.meltano import NOTHING_NEW, Pipelines, assert_small_state, submit_more
 from tests.helpers.postgres import PostgresServer
 from tests.helpers.warehouse import assert_warehouse_holds_exactly
-
-from .test_meltano_pipelines import NOTHING_NEW, assert_small_state, submit_more
 
 pytestmark = pytest.mark.e2e
 

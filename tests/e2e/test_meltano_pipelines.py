@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import re
 import threading
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from tap_gtmcli.demo.meltano_project import MeltanoRun
 from tap_gtmcli.demo.sandbox_process import SandboxProcess
 from tests.helpers.key_scan import assert_no_key
 from tests.helpers.keys import API_KEY
-from tests.helpers.meltano import Pipelines
+from tests.helpers.meltano import NOTHING_NEW, Pipelines, assert_small_state, submit_more
 from tests.helpers.postgres import PostgresServer
 from tests.helpers.warehouse import assert_warehouse_holds_exactly
 
@@ -27,32 +26,6 @@ pytestmark = pytest.mark.e2e
 
 STATE_ID_DUCKDB = "dev:tap-gtmcli-to-target-duckdb"
 STATE_ID_POSTGRES = "dev:tap-gtmcli-to-target-postgres"
-#: A state that grows with the number of jobs or rows would show up far above this.
-MAX_STATE_BYTES = 4096
-#: What tap-gtmcli logs when a run finds no new or changed job.
-NOTHING_NEW = "0 new or changed jobs to emit"
-
-
-def submit_more(pipelines: Pipelines, log_name: str) -> None:
-    """A find job on top of the validate job, so the second extract has something new.
-
-    Several tests call this on the session's sandbox: the submission index would skip the
-    items an earlier call sent, and there would be no new job.
-    """
-    pipelines.run("--full-refresh", "tap-spreadsheets", "gtmcli-find", "target-jsonl",
-                  log_name=log_name, env={"MAPPER_GTMCLI_RESUBMIT_AFTER_DAYS": "0"})
-
-
-def assert_small_state(pipelines: Pipelines, state_id: str) -> None:
-    """The tap's state stays small: no open jobs once all settled, nothing per job."""
-    state = pipelines.state(state_id)
-    assert len(json.dumps(state)) < MAX_STATE_BYTES, state
-    bookmarks = state["singer_state"]["bookmarks"]
-    assert bookmarks["jobs"]["open_jobs"] == {}
-    assert bookmarks["jobs"]["replication_key"] == "created_at"
-    assert not bookmarks.get("job_results", {}).get("partitions")
-
-
 def test_incremental_runs_into_duckdb_and_postgres_match_the_sandbox(
     pipelines: Pipelines,
     submitted: MeltanoRun,

@@ -16,11 +16,9 @@ import requests
 from tap_gtmcli.demo.meltano_project import MeltanoRun
 from tests.helpers.key_scan import assert_no_key
 from tests.helpers.keys import API_KEY
-from tests.helpers.meltano import Pipelines
+from tests.helpers.meltano import NOTHING_NEW, Pipelines
 from tests.helpers.postgres import PostgresServer
 from tests.helpers.warehouse import assert_warehouse_holds_exactly
-
-from .test_meltano_pipelines import NOTHING_NEW
 
 pytestmark = pytest.mark.e2e
 

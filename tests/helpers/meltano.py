@@ -24,6 +24,10 @@ E2E_PLUGINS = ("tap-spreadsheets", "mapper-gtmcli", "tap-gtmcli", "target-gtmcli
 #: The environment prefixes of the project's own plugins.
 GTMCLI_PLUGIN_ENV = ("TAP_GTMCLI", "MAPPER_GTMCLI", "TARGET_GTMCLI")
 JOB_SETTLE_SECONDS = 120.0
+#: A state that grows with the number of jobs or rows would show up far above this.
+MAX_STATE_BYTES = 4096
+#: What tap-gtmcli logs when a run finds no new or changed job.
+NOTHING_NEW = "0 new or changed jobs to emit"
 #: What Meltano writes of its own under the project, whichever test runs it: `meltano
 #: elt` logs, and under `.meltano/run` the plugins' logging files and the config files
 #: each run writes its plugin (with the key; Meltano deletes them when the run ends).
@@ -63,6 +67,26 @@ class Pipelines:
         jobs = self.sandbox.wait_until_jobs_settle(JOB_SETTLE_SECONDS)
         rows = sum(int(job["total"]) for job in jobs if job["status"] == "completed")
         return {job["id"]: job for job in jobs}, rows
+
+
+def submit_more(pipelines: Pipelines, log_name: str) -> None:
+    """A find job on top of the validate job, so the second extract has something new.
+
+    Several tests call this on the session's sandbox: the submission index would skip the
+    items an earlier call sent, and there would be no new job.
+    """
+    pipelines.run("--full-refresh", "tap-spreadsheets", "gtmcli-find", "target-jsonl",
+                  log_name=log_name, env={"MAPPER_GTMCLI_RESUBMIT_AFTER_DAYS": "0"})
+
+
+def assert_small_state(pipelines: Pipelines, state_id: str) -> None:
+    """The tap's state stays small: no open jobs once all settled, nothing per job."""
+    state = pipelines.state(state_id)
+    assert len(json.dumps(state)) < MAX_STATE_BYTES, state
+    bookmarks = state["singer_state"]["bookmarks"]
+    assert bookmarks["jobs"]["open_jobs"] == {}
+    assert bookmarks["jobs"]["replication_key"] == "created_at"
+    assert not bookmarks.get("job_results", {}).get("partitions")
 
 
 @contextmanager
