@@ -23,7 +23,7 @@ import yaml
 from tap_gtmcli.demo.meltano_project import PROJECT_ROOT, MeltanoProject, base_environment
 from tests.helpers import key_scan
 from tests.helpers.keys import API_KEY as TEST_API_KEY
-from tests.helpers.meltano import installing
+from tests.helpers.meltano import NOTHING_NEW, installing
 from tools.readme_settings import README
 
 pytestmark = pytest.mark.e2e
@@ -211,7 +211,7 @@ def test_a_new_project_adds_the_plugins_and_runs_sandbox_mapper_tap_target(
     assert "No state was found" in first
 
     second = project("meltano run tap-gtmcli target-jsonl")
-    assert "0 new or changed jobs to emit" in second
+    assert NOTHING_NEW in second
     assert (len(project.lines("jobs")), len(project.lines("job_results"))) == (
         len(jobs), len(results))
     print_figures(f"own project: {installed - started:.0f} s to init, add and install, "
