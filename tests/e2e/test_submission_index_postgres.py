@@ -21,14 +21,13 @@ from typing import Any
 
 import pytest
 
-from tap_gtmcli.api.client import GTMCLIClient
 from tap_gtmcli.api.errors import SubmissionFailedError
 from tap_gtmcli.sandbox import SandboxConfig, SandboxServer
 from tap_gtmcli.submit.postgres_index import SCHEMA_LOCK, PostgresIndex
 from tests.helpers.keys import API_KEY
 from tests.helpers.mapper_runs import MAPPER, run_mapper, run_with_clock
 from tests.helpers.postgres import PostgresServer
-from tests.helpers.sandboxes import job_ids
+from tests.helpers.sandboxes import job_ids, job_items, sandbox_jobs
 from tests.helpers.singer import contacts
 
 DAY = 86_400.0
@@ -84,12 +83,9 @@ def contacts_text(numbers: list[int]) -> str:
 
 
 def received(server: SandboxServer) -> Counter[str]:
-    client = GTMCLIClient(api_url=server.url, api_key=API_KEY)
-    try:
-        ids = [job["id"] for job in client.list_jobs()]
-    finally:
-        client.close()
-    return Counter(item["email"] for job_id in ids for item in server.job_items(job_id))
+    """How many times the sandbox received each email, over all its jobs."""
+    return Counter(item["email"] for job in sandbox_jobs(server)
+                   for item in job_items(server, job["id"]))
 
 
 def index_counts(postgres_server: PostgresServer, database: str) -> list[list[str]]:
@@ -174,12 +170,8 @@ def test_a_failed_create_releases_its_claims(
 
 def jobs_with_items(server: SandboxServer) -> dict[str, list[str]]:
     """Each job's emails, oldest job first."""
-    client = GTMCLIClient(api_url=server.url, api_key=API_KEY)
-    try:
-        ids = [job["id"] for job in reversed(list(client.list_jobs()))]
-    finally:
-        client.close()
-    return {job_id: [item["email"] for item in server.job_items(job_id)] for job_id in ids}
+    return {job["id"]: [item["email"] for item in job_items(server, job["id"])]
+            for job in sandbox_jobs(server)}
 
 
 def test_claims_of_a_live_worker_hold_and_of_a_dead_one_lapse(index_url: str) -> None:
