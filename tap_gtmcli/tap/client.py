@@ -272,11 +272,10 @@ class GTMCLIStream(RESTStream[int]):
             def attempt() -> Answer:
                 raise_if_stopped(stop, what)
                 try:
-                    if budget.waited_out:  # not held again for the 429 it waited out
-                        return func(*args, **kwargs, retry=True, waited_out=True)
-                    if budget.retried:
-                        return func(*args, **kwargs, retry=True)
-                    return func(*args, **kwargs)
+                    # A retry goes first at the pacer, and is not held again for the
+                    # 429 it waited out.
+                    return func(*args, **kwargs, retry=budget.retried,
+                                waited_out=budget.waited_out)
                 except requests.exceptions.TooManyRedirects as error:
                     raise GTMCLIFatalError(
                         f"{what} was {describe_transport_error(error)}") from error
