@@ -29,6 +29,8 @@ QUIRKS: dict[str, str] = {
     "results-null-row": "the first row of each results page is null",
     "results-string-row": "the first row of each results page is a string",
     "results-short": "the job's last row is never served",
+    "results-page-off": "results answers say `page` is one more than the page asked",
+    "results-per-page-over": "results answers say `per_page` is twice what was asked",
     "results-wrong-types": "every row's `status` is a number and `email` a list",
     "results-refuse-failed": "results of a failed job answer 409",
     "unknown-fields": "every job object and result row carries a field the docs do not "
@@ -145,6 +147,10 @@ class QuirkSet:
                 answer["results"] = msgspec.json.decode(last_page)["results"]
         if "results-short" in names and (page - 1) * per_page + len(answer["results"]) >= total:
             answer["results"] = answer["results"][:-1]
+        if "results-page-off" in names:
+            answer["page"] = page + 1
+        if "results-per-page-over" in names:
+            answer["per_page"] = per_page * 2
         if "results-total-pages-one" in names:
             answer["total_pages"] = 1
         if "results-total-pages-zero" in names:

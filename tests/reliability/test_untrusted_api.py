@@ -92,6 +92,9 @@ def test_wrong_total_pages_cannot_cut_or_stretch_a_job(quirk, monkeypatch):
     ("results-string-row", r"row 1 of the page as str, not an object"),
     ("results-short", r"page 3 of 3 \(1000 rows a page\) should hold 500 of the job's 2500"),
     ("results-ignore-page", r"page 2 repeats the rows of an earlier page"),
+    ("results-page-off", r"asked for page 1, answered page 2"),
+    ("results-per-page-over",
+     r"page 1 answered per_page 2000, not a number from 1 to the 1000 asked for"),
 ])
 def test_a_job_whose_rows_do_not_add_up_stays_open_and_the_rerun_reads_it(
     quirk, problem, monkeypatch
